@@ -1,0 +1,3 @@
+from quantshift.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Wiring: turn Settings into a journal, an engine with its executor, and a feed."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from quantshift.domain import ExecutorKind
+from quantshift.engine import Engine
+from quantshift.execution import make_executor
+from quantshift.feeds.base import Feed
+from quantshift.feeds.replay import ReplayFeed
+from quantshift.feeds.sim import SimFeed
+from quantshift.portfolio import Portfolio
+from quantshift.risk.gate import RiskGate
+from quantshift.risk.profiles import RiskLimits, limits_for
+from quantshift.settings import Settings, StrategySpec
+from quantshift.state.journal import Journal
+from quantshift.strategies import factory
+
+
+def risk_limits(settings: Settings) -> RiskLimits:
+    return limits_for(settings.phase, {f.name: getattr(settings, f"risk_{f.name}")
+                                       for f in fields(RiskLimits)})
+
+
+def open_journal(settings: Settings, path: Path | None = None,
+                 executor: ExecutorKind | None = None, durable: bool = True) -> Journal:
+    kind = executor or settings.executor
+    return Journal(path or settings.ledger_path(), bot=settings.bot, executor=kind.value,
+                   durable=durable)
+
+
+def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind | None = None,
+                 strategies: list[StrategySpec] | None = None, log_decisions: bool = True,
+                 keep_trades: bool = False) -> Engine:
+    gate = RiskGate(settings.bot, risk_limits(settings), settings.sizing, settings.fractional)
+    makers = [factory(spec.name, spec.key, spec.params)
+              for spec in (strategies or settings.strategies)]
+    engine = Engine(strategies=makers, gate=gate, portfolio=Portfolio(settings.paper_cash),
+                    journal=journal, log_decisions=log_decisions, keep_trades=keep_trades)
+    engine.executor = make_executor(
+        executor or settings.executor, engine, paper_fill=settings.paper_fill,
+        slippage_bps=settings.paper_slippage_bps, commission_bps=settings.paper_commission_bps)
+    return engine
+
+
+def build_feed(settings: Settings, start_prices: dict[str, float]) -> Feed:
+    if settings.feed == "replay":
+        assert settings.replay_file is not None  # check_startup made sure
+        return ReplayFeed(settings.replay_file, settings.replay_pace)
+    return SimFeed(settings.symbols, settings.sim_interval, settings.sim_seed,
+                   start_prices=start_prices, start_price=settings.sim_start_price,
+                   batch=1 if settings.sim_interval > 0 else 4)

@@ -1,0 +1,265 @@
+"""The daemon's lifecycle: startup, main loop, shutdown.
+
+Signal handlers only set flags; everything they lead to happens in ``shutdown``:
+stop the feeds, let the bar in hand finish, cancel open orders (if configured),
+flatten (if configured), flush the journal and write the snapshot, close the broker
+sessions, exit 0, all inside ``shutdown_timeout``. A second signal skips to the
+snapshot and exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from loguru import logger
+
+from quantshift import __version__
+from quantshift.app import build_engine, build_feed, open_journal, risk_limits
+from quantshift.engine import Engine
+from quantshift.errors import EX_SOFTWARE
+from quantshift.feeds.base import Feed
+from quantshift.ops.systemd import Notifier
+from quantshift.settings import Settings
+from quantshift.state.journal import Journal
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.should_exit = False
+        self.force_exit = False
+        self.exit_code = 0
+        self.exit_reason = ""
+        self.notifier = Notifier()
+        self.journal: Journal | None = None
+        self.engine: Engine | None = None
+        self.feed: Feed | None = None
+        self._tasks: dict[asyncio.Task[Any], str] = {}
+        self._exit_event: asyncio.Event | None = None
+        self._force_event: asyncio.Event | None = None
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._persisted = False
+
+    # -- signals: flags only -----------------------------------------------------------
+    def handle_exit(self, sig: int) -> None:
+        if self.should_exit:
+            self.force_exit = True
+            if self._force_event is not None:
+                self._force_event.set()
+            return
+        self.should_exit = True
+        self.exit_reason = signal.Signals(sig).name
+        if self._exit_event is not None:
+            self._exit_event.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def serve(self) -> int:
+        self._exit_event = asyncio.Event()
+        self._force_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+        self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    def startup(self) -> None:
+        s = self.settings
+        self.journal = journal = open_journal(s)
+        self.engine = engine = build_engine(s, journal)
+        executor = engine.executor
+        assert executor is not None
+        logger.info("quantshift {} starting: bot={} phase={} executor={}: {}", __version__,
+                    s.bot, s.phase.value, executor.kind.value, executor.description)
+        lim = risk_limits(s)
+        logger.info("risk profile {}: position <= {:g}, exposure <= {:g}, open positions <= {}, "
+                    "daily loss <= {:g}, trades/day <= {} (0 = no limit); sizing {}",
+                    s.phase.value, lim.max_position_notional, lim.max_exposure,
+                    lim.max_open_positions, lim.max_daily_loss, lim.max_trades_per_day,
+                    s.sizing)
+        restored = engine.restore()
+        pf = engine.portfolio
+        logger.info("state {}: {}; cash {:.2f}, equity {:.2f}, realized P&L {:.2f}, "
+                    "{} open positions, {} fills replayed after it, {} open orders, trading {}",
+                    journal.path, "restored from snapshot" if restored["snapshot"] else "new",
+                    pf.cash, pf.equity, pf.realized_pnl, pf.open_symbols(),
+                    restored["fills_replayed"], restored["open_orders"], engine.gate.state)
+        if restored["halted"]:
+            logger.warning("trading stays HALTED ({}): no new orders until resumed",
+                           engine.gate.halt_reason)
+        self.feed = feed = build_feed(s, dict(pf.marks))
+        where = s.replay_file if s.feed == "replay" else f"interval {s.sim_interval:g}s"
+        logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
+                    ",".join(s.symbols) if s.feed == "sim" else "from file",
+                    ",".join(spec.key for spec in s.strategies))
+        self._spawn(feed.run(engine.on_bar), "feed")
+        self._spawn(self._every(s.flush_interval, self._flush), "journal")
+        self._spawn(self._every(s.snapshot_interval, self._snapshot), "snapshots")
+        self._spawn(self._every(s.status_interval, self._status), "status")
+        if self.notifier.watchdog_interval:
+            self._spawn(self._every(self.notifier.watchdog_interval, self._watchdog), "watchdog")
+        self.notifier.ready(self._status_text())
+        logger.info("ready")
+
+    async def main_loop(self) -> None:
+        assert self._exit_event is not None
+        waiter = asyncio.create_task(self._exit_event.wait(), name="exit-signal")
+        try:
+            done, _ = await asyncio.wait([*self._tasks, waiter],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        for task in done:
+            name = self._tasks.get(task)
+            if name is None or task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                logger.opt(exception=exc).error("component {} crashed; stopping the daemon", name)
+                self.exit_code, self.exit_reason = EX_SOFTWARE, f"{name} crashed"
+            elif name == "feed":
+                logger.info("feed {} finished: no more bars", self.feed.name)  # type: ignore[union-attr]
+                self.exit_reason = "feed finished"
+            else:
+                logger.error("component {} stopped unexpectedly; stopping the daemon", name)
+                self.exit_code, self.exit_reason = EX_SOFTWARE, f"{name} stopped"
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        reason = self.exit_reason or "stop"
+        self.notifier.stopping(f"stopping ({reason})")
+        logger.info("shutdown: begin ({}), bound {:g}s", reason, self.settings.shutdown_timeout)
+        assert self._force_event is not None
+        graceful = asyncio.create_task(self._graceful(), name="shutdown")
+        forced = asyncio.create_task(self._force_event.wait(), name="force")
+        done, _ = await asyncio.wait([graceful, forced], timeout=self.settings.shutdown_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if graceful not in done:
+            graceful.cancel()
+            if self.force_exit:
+                logger.warning("shutdown: second signal, exiting at once after the snapshot")
+            else:
+                logger.error("shutdown: not finished within {:g}s; writing the snapshot and "
+                             "exiting", self.settings.shutdown_timeout)
+                self.exit_code = self.exit_code or 1
+        elif graceful.exception() is not None:
+            logger.opt(exception=graceful.exception()).error("shutdown: step failed")
+            self.exit_code = self.exit_code or 1
+        self._persist_now()
+        self._db_thread.shutdown(wait=False, cancel_futures=True)
+        if self.journal is not None:
+            self.journal.close()
+        self.notifier.close()
+        logger.info("shutdown complete in {:.3f}s, exit status {}", time.monotonic() - started,
+                    self.exit_code)
+
+    async def _graceful(self) -> None:
+        engine, journal = self.engine, self.journal
+        assert engine is not None and journal is not None
+        logger.info("shutdown: stopping feeds")
+        if self.feed is not None:
+            self.feed.stop()
+        feed_task = next((t for t, n in self._tasks.items() if n == "feed"), None)
+        if feed_task is not None and not feed_task.done():
+            await asyncio.wait([feed_task], timeout=2.0)
+            feed_task.cancel()
+        # on_bar is synchronous, so the bar in hand is always finished by now.
+        logger.info("shutdown: feeds stopped after {} bars; no bar in flight",
+                    engine.counts["bars"])
+        for task, name in self._tasks.items():
+            if name != "feed":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.settings.cancel_on_shutdown:
+            n = engine.executor.cancel_all("shutdown") if engine.executor else 0
+            logger.info("shutdown: cancelled {} open orders", n)
+        else:
+            logger.info("shutdown: leaving {} open orders in place", len(engine.open_orders()))
+        if self.settings.flatten_on_shutdown:
+            logger.info("shutdown: flattening, {} orders sent", engine.flatten("shutdown"))
+        engine.snapshot()
+        rows = await asyncio.get_running_loop().run_in_executor(self._db_thread, journal.flush)
+        self._persisted = True
+        pf = engine.portfolio
+        logger.info("shutdown: journal flushed ({} rows) and snapshot written: cash {:.2f}, "
+                    "equity {:.2f}, realized P&L {:.2f}, {} open positions", rows, pf.cash,
+                    pf.equity, pf.realized_pnl, pf.open_symbols())
+        if engine.executor is not None:
+            await engine.executor.close()
+        logger.info("shutdown: broker sessions closed")
+
+    def _persist_now(self) -> None:
+        if self._persisted or self.engine is None or self.journal is None:
+            return
+        try:
+            self.engine.snapshot()
+            self.journal.flush()
+            self._persisted = True
+            logger.info("shutdown: snapshot written (fill seq {})",
+                        self.engine.portfolio.fill_seq)
+        except sqlite3.Error as exc:
+            logger.error("shutdown: could not write the snapshot: {}", exc)
+            self.exit_code = self.exit_code or 1
+
+    # -- periodic work -------------------------------------------------------------------
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks[asyncio.create_task(coro, name=name)] = name
+
+    @staticmethod
+    async def _every(interval: float, action: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await action()
+
+    async def _flush(self) -> None:
+        journal, engine = self.journal, self.engine
+        assert journal is not None and engine is not None
+        if not journal.pending:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, journal.flush)
+        except sqlite3.Error as exc:
+            # Intents must be durable before orders go out: without a journal, stop trading.
+            logger.error("journal write failed ({}); rows kept in memory", exc)
+            if engine.gate.state != "halted":
+                engine.halt(f"journal write failed: {exc}")
+
+    async def _snapshot(self) -> None:
+        assert self.engine is not None
+        self.engine.snapshot()
+
+    async def _watchdog(self) -> None:
+        self.notifier.watchdog()
+
+    async def _status(self) -> None:
+        text = self._status_text()
+        self.notifier.status(text)
+        logger.info("status: {}", text)
+
+    def _status_text(self) -> str:
+        engine = self.engine
+        if engine is None:
+            return "starting"
+        pf, c = engine.portfolio, engine.counts
+        return (f"{engine.gate.state}; bars {c['bars']}, signals {c['signals']}, orders "
+                f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
+                f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
+                f"{pf.open_symbols()}")
+
+    def run(self) -> int:
+        try:
+            import uvloop
+            factory = uvloop.new_event_loop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            factory = None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(self.serve())

@@ -1,0 +1,206 @@
+"""One bar's trip: feed -> strategies -> RiskGate -> executor, and what comes back.
+
+Everything here is synchronous: the hot path awaits nothing, and journal writes are
+only queued (the daemon group-commits them off the loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+
+from quantshift.domain import Bar, Direction, Fill, Order, OrderIntent, OrderState, Signal, Trade
+from quantshift.execution.base import Executor
+from quantshift.portfolio import Portfolio
+from quantshift.risk.gate import HALTED, RiskGate
+from quantshift.state.journal import Journal
+from quantshift.strategies.base import StrategyBase
+
+StrategyMaker = Callable[[str], StrategyBase]
+_EPS = 1e-9
+
+
+class Engine:
+    def __init__(self, *, strategies: list[StrategyMaker], gate: RiskGate,
+                 portfolio: Portfolio, journal: Journal, log_decisions: bool = True,
+                 keep_trades: bool = False) -> None:
+        self.makers = strategies
+        self.gate = gate
+        self.portfolio = portfolio
+        self.journal = journal
+        self.executor: Executor | None = None
+        self.log_decisions = log_decisions
+        self.trades: list[Trade] | None = [] if keep_trades else None
+        self.counts = {"bars": 0, "signals": 0, "approved": 0, "vetoed": 0, "orders": 0,
+                       "fills": 0, "trades": 0, "duplicates": 0, "warmup_signals": 0}
+        self.last_ts: dict[str, int] = {}
+        self._by_symbol: dict[str, list[StrategyBase]] = {}
+        self._resume_after: dict[str, int] = {}
+        self._known_ids: set[str] = set()
+        self._orders: dict[str, Order] = {}
+        self._fill_seq = 0
+
+    # -- the hot path ------------------------------------------------------------------
+    def on_bar(self, bar: Bar) -> None:
+        self.counts["bars"] += 1
+        self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders fill first
+        self.portfolio.mark(bar.symbol, bar.close, bar.ts)
+        symbol = bar.symbol
+        strategies = self._by_symbol.get(symbol)
+        if strategies is None:
+            strategies = self._by_symbol[symbol] = [make(symbol) for make in self.makers]
+        # Bars at or before the last one handled before a restart only warm indicators up.
+        live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
+        for strategy in strategies:
+            signal = strategy.on_bar(bar)
+            if signal is not None:
+                if live:
+                    self.decide(signal, bar.close)
+                else:
+                    self.counts["warmup_signals"] += 1
+        self.last_ts[symbol] = bar.ts
+
+    def decide(self, signal: Signal, price: float) -> OrderIntent | None:
+        counts = self.counts
+        counts["signals"] += 1
+        decision = self.gate.evaluate(signal, price, self.portfolio)
+        journal = self.journal
+        intent = decision.intent
+        veto = decision.veto
+        if veto is not None:
+            counts["vetoed"] += 1
+            journal.veto(signal.ts, signal.strategy, signal.symbol, int(signal.target), veto)
+            if self.log_decisions:
+                logger.info("veto {} {} {}: {}", signal.strategy, signal.symbol,
+                            signal.target.name, veto)
+        if intent is None:
+            journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
+                             "vetoed" if veto else "unchanged", veto or signal.reason,
+                             signal.confidence, signal.indicators, None)
+            return None
+        coid = intent.client_order_id
+        if coid in self._known_ids:
+            # The same strategy, symbol, bar and side: this order exists already.
+            counts["duplicates"] += 1
+            journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
+                             "duplicate", f"order {coid} exists already", signal.confidence,
+                             signal.indicators, coid)
+            logger.warning("not sending {} again: {} {} for this bar exists already", coid,
+                           intent.side.value, intent.symbol)
+            return None
+        self._known_ids.add(coid)
+        counts["approved"] += 1
+        counts["orders"] += 1
+        journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
+                         "exit_only" if veto else "approved", intent.reason, signal.confidence,
+                         signal.indicators, coid)
+        journal.intent(intent)
+        if self.log_decisions:
+            logger.info("signal {} {} {} ({}) -> {} {:g} @ {:g} coid={}", signal.strategy,
+                        signal.symbol, signal.target.name, signal.reason, intent.side.value,
+                        intent.qty, price, coid)
+        self._orders[coid] = Order(intent)
+        self.executor.submit(intent)  # type: ignore[union-attr]
+        return intent
+
+    # -- what the executor reports (ExecutionSink) -------------------------------------
+    def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None:
+        coid = intent.client_order_id
+        order = self._orders.get(coid)
+        if order is not None:
+            order.state = state
+            if state.final:
+                del self._orders[coid]
+        self.journal.order_state(coid, state, detail)
+        if self.log_decisions and state is not OrderState.FILLED:
+            logger.info("order {} {}{}", coid, state.value, f": {detail}" if detail else "")
+
+    def on_fill(self, intent: OrderIntent, qty: float, price: float, commission: float,
+                ts: int) -> None:
+        self._fill_seq += 1
+        fill = Fill(self._fill_seq, intent.client_order_id, intent.strategy, intent.symbol,
+                    intent.side, qty, price, commission, ts)
+        trade = self.portfolio.apply_fill(fill)
+        self.journal.fill(fill)
+        self.counts["fills"] += 1
+        if trade is not None:
+            self.counts["trades"] += 1
+            self.journal.trade(trade)
+            if self.trades is not None:
+                self.trades.append(trade)
+        order = self._orders.get(intent.client_order_id)
+        done = True
+        if order is not None:
+            total = order.filled_qty + qty
+            order.avg_price = (order.avg_price * order.filled_qty + price * qty) / total
+            order.filled_qty = total
+            done = total >= intent.qty - _EPS
+        if self.log_decisions:
+            logger.info("fill {} {:g} {} @ {:.4f} commission {:.2f} coid={} equity {:.2f}",
+                        intent.side.value, qty, intent.symbol, price, commission,
+                        intent.client_order_id, self.portfolio.equity)
+        self.on_order_state(intent, OrderState.FILLED if done else OrderState.PARTIALLY_FILLED)
+
+    # -- halts, shutdown, persistence --------------------------------------------------
+    def halt(self, reason: str) -> None:
+        self.gate.halt(reason)
+        self.journal.set("trading_state", {"state": HALTED, "reason": reason})
+        logger.warning("trading halted: {}", reason)
+
+    def open_orders(self) -> list[OrderIntent]:
+        return self.executor.open_orders() if self.executor is not None else []
+
+    def flatten(self, reason: str) -> int:
+        """Send the orders that take every position to flat (exits pass any entry limit)."""
+        sent = 0
+        for pos in list(self.portfolio.positions.values()):
+            if abs(pos.qty) > _EPS:
+                mark = self.portfolio.marks.get(pos.symbol, pos.avg_price)
+                ts = max(self.last_ts.get(pos.symbol, 0), 0)
+                signal = Signal(pos.strategy, pos.symbol, ts, Direction.FLAT, reason)
+                was = self.gate.state
+                self.gate.state = "active"  # flattening is what a halt wants, so it passes
+                try:
+                    sent += self.decide(signal, mark) is not None
+                finally:
+                    self.gate.state = was
+        return sent
+
+    def state(self) -> dict[str, Any]:
+        return {"portfolio": self.portfolio.snapshot(), "risk": self.gate.counters(),
+                "last_ts": dict(self.last_ts), "counts": dict(self.counts),
+                "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason}
+
+    def snapshot(self) -> None:
+        self.journal.snapshot(self.state())
+
+    def restore(self) -> dict[str, Any]:
+        """Load the last snapshot, then every fill journaled after it; return what was done."""
+        journal = self.journal
+        snap = journal.latest_snapshot()
+        replayed = 0
+        if snap is not None:
+            self.portfolio = Portfolio.restore(snap["portfolio"])
+            self.gate.restore_counters(snap.get("risk", {}))
+            self._resume_after = {s: int(t) for s, t in snap.get("last_ts", {}).items()}
+            self.last_ts = dict(self._resume_after)
+        for fill in journal.fills_after(self.portfolio.fill_seq):
+            self.portfolio.apply_fill(fill)
+            replayed += 1
+        self._fill_seq = max(journal.max_fill_seq(), self.portfolio.fill_seq)
+        self._known_ids = journal.client_order_ids()
+        trading = journal.get("trading_state")
+        if trading and trading.get("state") == HALTED:
+            self.gate.halt(trading.get("reason", "halted before the restart"))
+        for intent in journal.unfinished_intents():
+            journal.order_state(intent.client_order_id, OrderState.CANCELLED,
+                                "never submitted: the daemon stopped first")
+        resting = journal.open_intents()
+        if self.executor is not None and resting:
+            for intent, _filled in resting:
+                self._orders[intent.client_order_id] = Order(intent, OrderState.SUBMITTED)
+            self.executor.restore_open([intent for intent, _ in resting])
+        return {"snapshot": snap is not None, "fills_replayed": replayed,
+                "open_orders": len(resting), "halted": self.gate.state == HALTED}

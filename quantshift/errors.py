@@ -1,0 +1,13 @@
+"""Errors that end the daemon with a clear line instead of a traceback."""
+
+EX_CONFIG = 78  # sysexits.h: configuration error; the systemd units do not restart on it
+EX_SOFTWARE = 70  # a component crashed
+
+
+class ConfigError(Exception):
+    """A setting is invalid; ``setting`` names it the way the operator writes it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message

@@ -1,0 +1,38 @@
+"""The executor protocol: whether, and where, an approved intent becomes an order.
+
+Executors report back through an ``ExecutionSink`` (the engine), so no executor
+touches the portfolio or the journal directly and none knows which strategy spoke.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from quantshift.domain import Bar, ExecutorKind, OrderIntent, OrderState
+
+
+class ExecutionSink(Protocol):
+    def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None: ...
+
+    def on_fill(self, intent: OrderIntent, qty: float, price: float, commission: float,
+                ts: int) -> None: ...
+
+
+class Executor(Protocol):
+    kind: ExecutorKind
+    description: str  # the start-up line's plain words: where orders go
+
+    def submit(self, intent: OrderIntent) -> None:
+        """Hand the intent on; it is already journaled. Never blocks the loop."""
+
+    def on_bar(self, bar: Bar) -> None:
+        """Called with each bar before the strategies see it (fills for resting orders)."""
+
+    def open_orders(self) -> list[OrderIntent]: ...
+
+    def restore_open(self, intents: list[OrderIntent]) -> None:
+        """Take back orders that were open when the daemon last stopped."""
+
+    def cancel_all(self, reason: str) -> int: ...
+
+    async def close(self) -> None: ...

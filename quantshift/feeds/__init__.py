@@ -1,0 +1,1 @@
+"""Feeds turn a source into validated Bars."""

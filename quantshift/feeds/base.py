@@ -1,0 +1,78 @@
+"""The feed protocol and the validation every bar passes before anything sees it."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+from loguru import logger
+
+from quantshift.domain import Bar
+
+_INF = math.inf
+_LOG_FIRST = 20  # rejects logged one by one per feed; after that one line per 1000
+
+
+class Feed(Protocol):
+    name: str
+    validator: BarValidator
+
+    async def run(self, on_bar: Callable[[Bar], None]) -> None:
+        """Deliver bars until the source ends or ``stop`` is called."""
+
+    def stop(self) -> None: ...
+
+
+class BarValidator:
+    """Rejects NaN or non-positive prices, high < low, open/close outside the bar's range,
+    negative volume, and out-of-order or duplicate timestamps (per symbol)."""
+
+    def __init__(self, feed: str) -> None:
+        self.feed = feed
+        self.accepted = 0
+        self.rejected = 0
+        self.reasons: Counter[str] = Counter()
+        self._last: dict[str, int] = {}
+
+    def accept(self, bar: Bar) -> bool:
+        lo = bar.low
+        hi = bar.high
+        last = self._last.get(bar.symbol)
+        # NaN fails every comparison, so these two chains also catch NaN.
+        if (0.0 < lo <= hi < _INF and lo <= bar.open <= hi and lo <= bar.close <= hi
+                and 0.0 <= bar.volume < _INF and (last is None or bar.ts > last)):
+            self._last[bar.symbol] = bar.ts
+            self.accepted += 1
+            return True
+        self.reject(self.reason(bar, last), repr(bar))
+        return False
+
+    def reject(self, reason: str, what: str) -> None:
+        self.rejected += 1
+        self.reasons[reason] += 1
+        if self.rejected <= _LOG_FIRST:
+            logger.warning("feed {}: rejected bar ({}): {}", self.feed, reason, what)
+        elif self.rejected % 1000 == 0:
+            logger.warning("feed {}: {} bars rejected so far: {}", self.feed, self.rejected,
+                           dict(self.reasons))
+
+    @staticmethod
+    def reason(bar: Bar, last: int | None) -> str:
+        prices = (bar.open, bar.high, bar.low, bar.close)
+        if any(math.isnan(p) for p in prices) or math.isnan(bar.volume):
+            return "NaN value"
+        if any(not math.isfinite(p) for p in prices) or not math.isfinite(bar.volume):
+            return "infinite value"
+        if any(p <= 0 for p in prices):
+            return "non-positive price"
+        if bar.high < bar.low:
+            return "high < low"
+        if not (bar.low <= bar.open <= bar.high and bar.low <= bar.close <= bar.high):
+            return "open/close outside high-low"
+        if bar.volume < 0:
+            return "negative volume"
+        if last is not None and bar.ts == last:
+            return "duplicate timestamp"
+        return "out-of-order timestamp"

@@ -1,0 +1,1 @@
+"""Operations: logging, systemd, (later) HTTP, metrics and alerts."""

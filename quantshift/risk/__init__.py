@@ -1,0 +1,1 @@
+"""The RiskGate: every limit of the current phase lives here and nowhere else."""

@@ -1,0 +1,230 @@
+"""The journal: every decision, veto, intent, order transition, fill and snapshot.
+
+One SQLite file (WAL) per bot and executor. The hot path only appends rows to an
+in-memory queue; ``flush`` writes everything queued so far in one transaction (group
+commit) and is run off the event loop by the daemon, every ``flush_interval``. A
+snapshot is queued behind the fills it includes, so a snapshot on disk never claims a
+fill that is not on disk too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from quantshift.domain import Fill, OrderIntent, OrderState, Side, Trade
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ns INTEGER);
+CREATE TABLE IF NOT EXISTS decisions (
+  id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL, symbol TEXT NOT NULL,
+  target INTEGER NOT NULL, outcome TEXT NOT NULL, reason TEXT, confidence REAL,
+  indicators TEXT, client_order_id TEXT);
+CREATE TABLE IF NOT EXISTS vetoes (
+  id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL, symbol TEXT NOT NULL,
+  target INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS intents (
+  client_order_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL,
+  symbol TEXT NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL, ref_price REAL NOT NULL,
+  reduce_only INTEGER NOT NULL, reason TEXT, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS order_events (
+  id INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, state TEXT NOT NULL, detail TEXT,
+  ts_ns INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS order_events_coid ON order_events (client_order_id, id);
+CREATE TABLE IF NOT EXISTS fills (
+  seq INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, strategy TEXT NOT NULL,
+  symbol TEXT NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL, price REAL NOT NULL,
+  commission REAL NOT NULL, ts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS trades (
+  id INTEGER PRIMARY KEY, strategy TEXT NOT NULL, symbol TEXT NOT NULL, direction INTEGER,
+  qty REAL, entry_ts INTEGER, entry_price REAL, exit_ts INTEGER, exit_price REAL, pnl REAL);
+CREATE TABLE IF NOT EXISTS snapshots (
+  id INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, fill_seq INTEGER NOT NULL,
+  state TEXT NOT NULL);
+CREATE VIEW IF NOT EXISTS orders AS
+  SELECT i.*, e.state, e.detail, e.ts_ns AS updated_ns FROM intents i
+  JOIN order_events e ON e.id = (SELECT max(id) FROM order_events
+                                 WHERE client_order_id = i.client_order_id);
+"""
+
+_INSERT = {
+    "decision": "INSERT INTO decisions (ts, strategy, symbol, target, outcome, reason, "
+                "confidence, indicators, client_order_id) VALUES (?,?,?,?,?,?,?,?,?)",
+    "veto": "INSERT INTO vetoes (ts, strategy, symbol, target, reason) VALUES (?,?,?,?,?)",
+    "intent": "INSERT OR IGNORE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "order": "INSERT INTO order_events (client_order_id, state, detail, ts_ns) VALUES (?,?,?,?)",
+    "fill": "INSERT OR IGNORE INTO fills VALUES (?,?,?,?,?,?,?,?,?)",
+    "trade": "INSERT INTO trades (strategy, symbol, direction, qty, entry_ts, entry_price, "
+             "exit_ts, exit_price, pnl) VALUES (?,?,?,?,?,?,?,?,?)",
+    "snapshot": "INSERT INTO snapshots (created_ns, fill_seq, state) VALUES (?,?,?)",
+    "kv": "INSERT INTO kv (key, value, updated_ns) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE "
+          "SET value = excluded.value, updated_ns = excluded.updated_ns",
+}
+_KEEP_SNAPSHOTS = 50
+
+
+class JournalOwnerError(Exception):
+    """The file belongs to another bot or executor."""
+
+
+class Journal:
+    def __init__(self, path: Path, *, bot: str, executor: str, durable: bool = True) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed batch survives a power cut, not only a crash of the daemon.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+        self._db.executescript(_SCHEMA)
+        self._check_owner(bot, executor)
+        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._lock = threading.Lock()
+        self.rows_written = 0
+        self.last_error: str | None = None
+
+    def _check_owner(self, bot: str, executor: str) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not meta:
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)), ("bot", bot), ("executor", executor),
+                ("created_ns", str(time.time_ns()))])
+            return
+        if meta.get("bot") != bot or meta.get("executor") != executor:
+            raise JournalOwnerError(
+                f"{self.path} is the ledger of bot {meta.get('bot')!r} with executor "
+                f"{meta.get('executor')!r}, not {bot!r}/{executor!r}")
+
+    # -- queued writes (the hot path: an append each) ------------------------------------
+    def decision(self, ts: int, strategy: str, symbol: str, target: int, outcome: str,
+                 reason: str, confidence: float, indicators: dict[str, float] | None,
+                 client_order_id: str | None) -> None:
+        self._queue.append(("decision", (
+            ts, strategy, symbol, target, outcome, reason, confidence,
+            orjson.dumps(indicators).decode() if indicators else None, client_order_id)))
+
+    def veto(self, ts: int, strategy: str, symbol: str, target: int, reason: str) -> None:
+        self._queue.append(("veto", (ts, strategy, symbol, target, reason)))
+
+    def intent(self, i: OrderIntent) -> None:
+        self._queue.append(("intent", (
+            i.client_order_id, i.ts, i.strategy, i.symbol, i.side.value, i.qty, i.ref_price,
+            int(i.reduce_only), i.reason, time.time_ns())))
+
+    def order_state(self, client_order_id: str, state: OrderState, detail: str = "") -> None:
+        self._queue.append(("order", (client_order_id, state.value, detail, time.time_ns())))
+
+    def fill(self, f: Fill) -> None:
+        self._queue.append(("fill", f.to_row()))
+
+    def trade(self, t: Trade) -> None:
+        self._queue.append(("trade", (t.strategy, t.symbol, int(t.direction), t.qty, t.entry_ts,
+                                      t.entry_price, t.exit_ts, t.exit_price, t.pnl)))
+
+    def snapshot(self, state: dict[str, Any]) -> None:
+        self._queue.append(("snapshot", (time.time_ns(), state["portfolio"]["fill_seq"],
+                                         orjson.dumps(state).decode())))
+
+    def set(self, key: str, value: Any) -> None:
+        self._queue.append(("kv", (key, orjson.dumps(value).decode(), time.time_ns())))
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- group commit ------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write everything queued so far in one transaction; return the rows written.
+
+        Safe to call from another thread than the one queueing: the queue is a deque and
+        only items present when the flush started are taken. On a failure the rows go
+        back to the front of the queue and the error is re-raised, so nothing is lost.
+        """
+        with self._lock:
+            q = self._queue
+            n = len(q)
+            if n == 0:
+                return 0
+            batch = [q.popleft() for _ in range(n)]
+            groups: dict[str, list[tuple[Any, ...]]] = {}
+            for kind, row in batch:
+                groups.setdefault(kind, []).append(row)
+            try:
+                self._db.execute("BEGIN")
+                for kind, rows in groups.items():
+                    self._db.executemany(_INSERT[kind], rows)
+                if "snapshot" in groups:
+                    self._db.execute("DELETE FROM snapshots WHERE id <= (SELECT max(id) FROM "
+                                     "snapshots) - ?", (_KEEP_SNAPSHOTS,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                q.extendleft(reversed(batch))
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.rows_written += n
+            self.last_error = None
+            return n
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- reads (start-up and tools; not on the hot path) ---------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else default
+
+    def latest_snapshot(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT state FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def fills_after(self, seq: int) -> list[Fill]:
+        rows = self._db.execute("SELECT * FROM fills WHERE seq > ? ORDER BY seq", (seq,))
+        return [Fill(r[0], r[1], r[2], r[3], Side(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+    def max_fill_seq(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM fills").fetchone()[0])
+
+    def client_order_ids(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
+
+    def open_intents(self) -> list[tuple[OrderIntent, float]]:
+        """Intents whose last known state is not final, with the quantity already filled."""
+        final = tuple(s.value for s in OrderState if s.final)
+        rows = self._db.execute(
+            f"SELECT client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
+            f"reason, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE f.client_order_id = "
+            f"o.client_order_id) FROM orders o WHERE state NOT IN ({','.join('?' * len(final))})",
+            final)
+        return [(OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8]),
+                 float(r[9])) for r in rows]
+
+    def unfinished_intents(self) -> list[OrderIntent]:
+        """Intents journaled without any order event (the daemon stopped in between)."""
+        rows = self._db.execute(
+            "SELECT client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
+            "reason FROM intents i WHERE NOT EXISTS (SELECT 1 FROM order_events e WHERE "
+            "e.client_order_id = i.client_order_id)")
+        return [OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8])
+                for r in rows]
+
+    def count(self, table: str) -> int:
+        if table not in {"decisions", "vetoes", "intents", "order_events", "fills", "trades",
+                         "snapshots"}:
+            raise ValueError(table)
+        return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def trades(self) -> list[tuple[Any, ...]]:
+        return self._db.execute(
+            "SELECT strategy, symbol, direction, qty, entry_ts, entry_price, exit_ts, "
+            "exit_price, pnl FROM trades ORDER BY id").fetchall()
