@@ -174,7 +174,7 @@ class Daemon:
             feed_task.cancel()
         # on_bar is synchronous, so the bar in hand is always finished by now.
         logger.info("shutdown: feeds stopped after {} bars; no bar in flight",
-                    engine.counts["bars"])
+                    engine.bars)
         for task, name in self._tasks.items():
             if name != "feed":
                 task.cancel()
@@ -250,7 +250,7 @@ class Daemon:
         if engine is None:
             return "starting"
         pf, c = engine.portfolio, engine.counts
-        return (f"{engine.gate.state}; bars {c['bars']}, signals {c['signals']}, orders "
+        return (f"{engine.gate.state}; bars {engine.bars}, signals {c['signals']}, orders "
                 f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
                 f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
                 f"{pf.open_symbols()}")

@@ -197,12 +197,15 @@ class Trade:
     pnl: float
 
 
-def client_order_id(bot: str, strategy: str, symbol: str, ts: int, side: Side) -> str:
+def client_order_id(bot: str, strategy: str, symbol: str, ts: int, side: Side,
+                    reduce_only: bool = False) -> str:
     """The deterministic id of the order one strategy sends for one bar.
 
     The same decision after a restart gets the same id, so a venue (or the journal)
-    recognises it instead of taking a second order. 31 characters fit every venue's
-    limit (Binance allows 36, Alpaca 48).
+    recognises it instead of taking a second order. The exit leg of a reversal has the
+    same side as its entry leg, so whether an order only reduces is part of the key.
+    31 characters fit every venue's limit (Binance allows 36, Alpaca 48).
     """
-    key = f"{bot}|{strategy}|{symbol}|{ts}|{side.value}".encode()
+    leg = "x" if reduce_only else "e"
+    key = f"{bot}|{strategy}|{symbol}|{ts}|{side.value}|{leg}".encode()
     return "qs-" + blake2b(key, digest_size=14).hexdigest()

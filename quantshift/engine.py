@@ -30,10 +30,12 @@ class Engine:
         self.gate = gate
         self.portfolio = portfolio
         self.journal = journal
-        self.executor: Executor | None = None
+        self._executor: Executor | None = None
+        self._executor_wants_bars = False
         self.log_decisions = log_decisions
         self.trades: list[Trade] | None = [] if keep_trades else None
-        self.counts = {"bars": 0, "signals": 0, "approved": 0, "vetoed": 0, "orders": 0,
+        self.bars = 0
+        self.counts = {"signals": 0, "approved": 0, "vetoed": 0, "orders": 0,
                        "fills": 0, "trades": 0, "duplicates": 0, "warmup_signals": 0}
         self.last_ts: dict[str, int] = {}
         self._by_symbol: dict[str, list[StrategyBase]] = {}
@@ -42,10 +44,20 @@ class Engine:
         self._orders: dict[str, Order] = {}
         self._fill_seq = 0
 
+    @property
+    def executor(self) -> Executor | None:
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        self._executor = executor
+        self._executor_wants_bars = executor.wants_bars
+
     # -- the hot path ------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
-        self.counts["bars"] += 1
-        self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders fill first
+        self.bars += 1
+        if self._executor_wants_bars:
+            self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders fill first
         self.portfolio.mark(bar.symbol, bar.close, bar.ts)
         symbol = bar.symbol
         strategies = self._by_symbol.get(symbol)
@@ -62,12 +74,12 @@ class Engine:
                     self.counts["warmup_signals"] += 1
         self.last_ts[symbol] = bar.ts
 
-    def decide(self, signal: Signal, price: float) -> OrderIntent | None:
+    def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
+        """Put one signal through the gate and hand what it approves to the executor."""
         counts = self.counts
         counts["signals"] += 1
         decision = self.gate.evaluate(signal, price, self.portfolio)
         journal = self.journal
-        intent = decision.intent
         veto = decision.veto
         if veto is not None:
             counts["vetoed"] += 1
@@ -75,35 +87,39 @@ class Engine:
             if self.log_decisions:
                 logger.info("veto {} {} {}: {}", signal.strategy, signal.symbol,
                             signal.target.name, veto)
-        if intent is None:
+        sent: list[OrderIntent] = []
+        for intent in decision.intents:
+            coid = intent.client_order_id
+            if coid in self._known_ids:
+                # The same strategy, symbol, bar, side and leg: this order exists already.
+                counts["duplicates"] += 1
+                logger.warning("not sending {} again: {} {} for this bar exists already", coid,
+                               intent.side.value, intent.symbol)
+                continue
+            self._known_ids.add(coid)
+            sent.append(intent)
+        if not sent:
+            outcome = "vetoed" if veto else "duplicate" if decision.intents else "unchanged"
             journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
-                             "vetoed" if veto else "unchanged", veto or signal.reason,
-                             signal.confidence, signal.indicators, None)
-            return None
-        coid = intent.client_order_id
-        if coid in self._known_ids:
-            # The same strategy, symbol, bar and side: this order exists already.
-            counts["duplicates"] += 1
-            journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
-                             "duplicate", f"order {coid} exists already", signal.confidence,
-                             signal.indicators, coid)
-            logger.warning("not sending {} again: {} {} for this bar exists already", coid,
-                           intent.side.value, intent.symbol)
-            return None
-        self._known_ids.add(coid)
+                             outcome, veto or signal.reason, signal.confidence,
+                             signal.indicators, None)
+            return sent
         counts["approved"] += 1
-        counts["orders"] += 1
         journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
-                         "exit_only" if veto else "approved", intent.reason, signal.confidence,
-                         signal.indicators, coid)
-        journal.intent(intent)
-        if self.log_decisions:
-            logger.info("signal {} {} {} ({}) -> {} {:g} @ {:g} coid={}", signal.strategy,
-                        signal.symbol, signal.target.name, signal.reason, intent.side.value,
-                        intent.qty, price, coid)
-        self._orders[coid] = Order(intent)
-        self.executor.submit(intent)  # type: ignore[union-attr]
-        return intent
+                         "exit_only" if veto else "approved", veto or signal.reason,
+                         signal.confidence, signal.indicators,
+                         ",".join(i.client_order_id for i in sent))
+        for intent in sent:
+            counts["orders"] += 1
+            journal.intent(intent)
+            if self.log_decisions:
+                logger.info("signal {} {} {} ({}) -> {} {:g} @ {:g}{} coid={}", signal.strategy,
+                            signal.symbol, signal.target.name, signal.reason, intent.side.value,
+                            intent.qty, price, " reduce-only" if intent.reduce_only else "",
+                            intent.client_order_id)
+            self._orders[intent.client_order_id] = Order(intent)
+            self.executor.submit(intent)  # type: ignore[union-attr]
+        return sent
 
     # -- what the executor reports (ExecutionSink) -------------------------------------
     def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None:
@@ -163,14 +179,14 @@ class Engine:
                 was = self.gate.state
                 self.gate.state = "active"  # flattening is what a halt wants, so it passes
                 try:
-                    sent += self.decide(signal, mark) is not None
+                    sent += len(self.decide(signal, mark))
                 finally:
                     self.gate.state = was
         return sent
 
     def state(self) -> dict[str, Any]:
         return {"portfolio": self.portfolio.snapshot(), "risk": self.gate.counters(),
-                "last_ts": dict(self.last_ts), "counts": dict(self.counts),
+                "last_ts": dict(self.last_ts), "counts": {"bars": self.bars, **self.counts},
                 "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason}
 
     def snapshot(self) -> None:

@@ -29,6 +29,13 @@ class Portfolio:
         self.max_drawdown = 0.0
         self.day = -1
         self.day_start_equity = cash
+        self._day_start_ns = 0
+        self._day_end_ns = 0
+        # Per-bar equity returns (a bar without a change counts as a zero return).
+        self.return_n = 0
+        self.return_sum = 0.0
+        self.return_sq = 0.0
+        self._last_equity = cash
 
     # -- reading -------------------------------------------------------------------------
     @property
@@ -59,17 +66,32 @@ class Portfolio:
     # -- writing -------------------------------------------------------------------------
     def mark(self, symbol: str, price: float, ts: int) -> None:
         """Value the symbol at ``price``; roll the trading day on the first bar of a new one."""
-        day = ts // NS_PER_DAY
-        if day != self.day:
-            self.day = day
-            self.day_start_equity = self.cash + self._mtm
-        old = self.marks.get(symbol)
-        self.marks[symbol] = price
-        if old is not None:
-            q = self.net.get(symbol)
-            if q:
-                self._mtm += q * (price - old)
+        if not self._day_start_ns <= ts < self._day_end_ns:
+            self._roll_day(ts)
+        marks = self.marks
+        old = marks.get(symbol)
+        marks[symbol] = price
+        q = self.net.get(symbol)
+        self.return_n += 1
+        if q and old is not None and price != old:
+            self._mtm += q * (price - old)
+            self._track_equity()
+
+    def _roll_day(self, ts: int) -> None:
+        self.day = ts // NS_PER_DAY
+        self._day_start_ns = self.day * NS_PER_DAY
+        self._day_end_ns = self._day_start_ns + NS_PER_DAY
+        self.day_start_equity = self.cash + self._mtm
+
+    def _track_equity(self) -> None:
+        """Drawdown, and the per-bar return sums behind the Sharpe ratio."""
         equity = self.cash + self._mtm
+        prev = self._last_equity
+        if prev > 0:
+            r = equity / prev - 1.0
+            self.return_sum += r
+            self.return_sq += r * r
+        self._last_equity = equity
         if equity > self.peak_equity:
             self.peak_equity = equity
             self.drawdown = 0.0
@@ -99,6 +121,7 @@ class Portfolio:
         self.net[symbol] = self.net.get(symbol, 0.0) + d
         self._mtm += d * mark
 
+        self._track_equity()
         q = pos.qty
         trade: Trade | None = None
         if abs(q) < _EPS or (q > 0) == (d > 0):
@@ -168,12 +191,15 @@ class Portfolio:
         pf.peak_equity = snap["peak_equity"]
         pf.max_drawdown = snap["max_drawdown"]
         pf.day = snap["day"]
+        if pf.day >= 0:
+            pf._day_start_ns = pf.day * NS_PER_DAY
+            pf._day_end_ns = pf._day_start_ns + NS_PER_DAY
         pf.day_start_equity = snap["day_start_equity"]
         for strategy, symbol, qty, avg, realized, entry_ts, trade_pnl, max_qty in snap["positions"]:
             pf.positions[(strategy, symbol)] = Position(
                 strategy, symbol, qty, avg, realized, entry_ts, trade_pnl, max_qty)
             pf.net[symbol] = pf.net.get(symbol, 0.0) + qty
         pf._mtm = sum(q * pf.marks.get(s, 0.0) for s, q in pf.net.items())
-        equity = pf.equity
+        equity = pf._last_equity = pf.equity
         pf.drawdown = (pf.peak_equity - equity) / pf.peak_equity if pf.peak_equity > 0 else 0.0
         return pf

@@ -75,9 +75,6 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
     pf = engine.portfolio
     accept = validator.accept
     on_bar = engine.on_bar
-    prev_equity = pf.equity
-    sum_r = sum_r2 = 0.0
-    n_returns = 0
     first_ts = last_ts = None
     seen = 0
     started = time.perf_counter()
@@ -86,13 +83,6 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
             seen += 1
             if accept(bar):
                 on_bar(bar)
-                equity = pf.equity
-                if prev_equity > 0:
-                    r = equity / prev_equity - 1.0
-                    sum_r += r
-                    sum_r2 += r * r
-                    n_returns += 1
-                prev_equity = equity
                 if first_ts is None:
                     first_ts = bar.ts
                 last_ts = bar.ts
@@ -111,6 +101,7 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
     journal.close()
 
     sharpe = 0.0
+    n_returns, sum_r, sum_r2 = pf.return_n, pf.return_sum, pf.return_sq
     if n_returns > 1 and first_ts is not None and last_ts is not None and last_ts > first_ts:
         mean = sum_r / n_returns
         var = max(sum_r2 / n_returns - mean * mean, 0.0) * n_returns / (n_returns - 1)
@@ -121,14 +112,14 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
     wins = sum(1 for t in trades if t.pnl > 0)
     c = engine.counts
     summary = ReplaySummary(
-        file=str(data), strategies=[s.key for s in strategies], bars=c["bars"],
+        file=str(data), strategies=[s.key for s in strategies], bars=engine.bars,
         rejected=validator.rejected, signals=c["signals"], vetoes=c["vetoed"],
         orders=c["orders"], fills=c["fills"], trades=len(trades),
         total_return_pct=round((pf.equity / pf.initial_cash - 1.0) * 100.0, 6),
         max_drawdown_pct=round(pf.max_drawdown * 100.0, 6), sharpe=round(sharpe, 6),
         win_rate_pct=round(wins / len(trades) * 100.0, 6) if trades else 0.0,
         final_equity=round(pf.equity, 6), elapsed_s=round(elapsed, 6),
-        bars_per_s=round(c["bars"] / elapsed, 1) if elapsed > 0 else 0.0,
+        bars_per_s=round(engine.bars / elapsed, 1) if elapsed > 0 else 0.0,
     )
     return summary, trades
 

@@ -21,6 +21,7 @@ class ExecutionSink(Protocol):
 class Executor(Protocol):
     kind: ExecutorKind
     description: str  # the start-up line's plain words: where orders go
+    wants_bars: bool  # whether on_bar must be called (resting orders that fill on bars)
 
     def submit(self, intent: OrderIntent) -> None:
         """Hand the intent on; it is already journaled. Never blocks the loop."""

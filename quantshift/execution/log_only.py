@@ -10,6 +10,7 @@ from quantshift.execution.base import ExecutionSink
 
 class LogOnlyExecutor:
     kind = ExecutorKind.LOG_ONLY
+    wants_bars = False
     description = "orders go nowhere: every intent is only logged as 'would execute'"
 
     def __init__(self, sink: ExecutionSink) -> None:

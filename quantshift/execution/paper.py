@@ -24,6 +24,8 @@ class PaperExecutor:
         self._slip = slippage_bps / 10_000.0
         self._commission = commission_bps / 10_000.0
         self._resting: dict[str, list[OrderIntent]] = {}
+        # Fills at the close happen on submit; only next-open fills need to see bars.
+        self.wants_bars = not self._at_close
 
     def fill_price(self, side: Side, price: float) -> float:
         return price * (1.0 + self._slip) if side is Side.BUY else price * (1.0 - self._slip)

@@ -1,11 +1,13 @@
 """The RiskGate turns a Signal into a sized OrderIntent, or a veto with its reason.
 
 A signal names the position a strategy wants (long, flat, short). The gate sizes that
-position, works out the order that gets there from the strategy's current holding and
-checks it against the phase's limits. Orders that only reduce exposure are never
-blocked by entry limits; only a halt stops them. When a reversal (long to short, or
-back) is blocked, the exit half still goes through, so a strategy is never left
-holding the side it just turned against.
+position, works out the orders that get there from the strategy's current holding and
+checks them against the phase's limits. A reversal (long to short, or back) is two
+orders: a reduce-only exit to flat, then the entry, because venues treat a sell that
+crosses zero as a new short and some refuse it outright. Orders that only reduce
+exposure are never blocked by entry limits; only a halt stops them. When the entry of a
+reversal is blocked, the exit still goes through, so a strategy is never left holding
+the side it just turned against.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ _EPS = 1e-9
 
 @dataclass(slots=True)
 class Decision:
-    """The gate's answer: an intent, a veto, or both (a blocked reversal exits)."""
+    """The gate's answer: the orders to send (an exit, an entry, or both) and any veto."""
 
-    intent: OrderIntent | None = None
+    intents: tuple[OrderIntent, ...] = ()
     veto: str | None = None
 
 
@@ -93,20 +95,23 @@ class RiskGate:
         if self.state == HALTED:
             return Decision(veto=f"halted: {self.halt_reason or 'trading is halted'}")
 
-        reduces = abs(target) < abs(current) and (target == 0 or (target > 0) == (current > 0))
-        if reduces:
-            return Decision(intent=self._intent(signal, target - current, price, True))
-
-        reason = self._entry_veto(signal.symbol, current, target, price, portfolio, day)
-        if reason is None:
-            return Decision(intent=self._intent(signal, target - current, price, False))
-        if abs(current) > _EPS:  # a blocked reversal: take the exit half alone
-            return Decision(intent=self._intent(signal, -current, price, True,
-                                                f"exit only: {reason}"), veto=reason)
-        return Decision(veto=reason)
+        crosses = abs(current) > _EPS and (target == 0 or (target > 0) != (current > 0))
+        if abs(target) < abs(current) and not crosses:  # trims the position: an exit
+            return Decision((self._intent(signal, target - current, price, True),))
+        exit_leg = (self._intent(signal, -current, price, True),) if crosses else ()
+        if target == 0:
+            return Decision(exit_leg)
+        reason = self._entry_veto(signal.symbol, 0.0 if crosses else current, target, price,
+                                  portfolio, day, -current if crosses else 0.0)
+        if reason is not None:
+            return Decision(exit_leg, reason)
+        delta = target if crosses else target - current
+        return Decision((*exit_leg, self._intent(signal, delta, price, False)))
 
     def _entry_veto(self, symbol: str, current: float, target: float, price: float,
-                    portfolio: Portfolio, day: int) -> str | None:
+                    portfolio: Portfolio, day: int, exiting: float) -> str | None:
+        """Why the entry to ``target`` may not go, if it may not. ``exiting`` is the
+        quantity an exit leg sent just before takes off the symbol's net position."""
         lim = self.limits
         if lim.max_daily_loss and (self.loss_halt_day == day
                                    or portfolio.day_pnl <= -lim.max_daily_loss):
@@ -119,25 +124,27 @@ class RiskGate:
         if lim.max_position_notional and notional > lim.max_position_notional:
             return (f"max position notional: {notional:.2f} > "
                     f"{lim.max_position_notional:g}")
-        net = portfolio.net.get(symbol, 0.0)
+        before = portfolio.net.get(symbol, 0.0)
+        net = before + exiting
         new_net = net - current + target
         if lim.max_exposure:
-            exposure = portfolio.exposure() - abs(net) * portfolio.marks.get(symbol, price) \
+            exposure = portfolio.exposure() - abs(before) * portfolio.marks.get(symbol, price) \
                 + abs(new_net) * price
             if exposure > lim.max_exposure + _EPS:
                 return f"max exposure: {exposure:.2f} > {lim.max_exposure:g}"
         if lim.max_open_positions and abs(net) < _EPS and abs(new_net) > _EPS:
-            opened = portfolio.open_symbols() + 1
+            opened = portfolio.open_symbols() + 1 - (abs(exiting) > _EPS)
             if opened > lim.max_open_positions:
                 return f"max open positions: {opened} > {lim.max_open_positions}"
         return None
 
-    def _intent(self, signal: Signal, delta: float, price: float, reduce_only: bool,
-                reason: str | None = None) -> OrderIntent:
+    def _intent(self, signal: Signal, delta: float, price: float,
+                reduce_only: bool) -> OrderIntent:
         side = Side.BUY if delta > 0 else Side.SELL
         self.trades_today += 1
         return OrderIntent(
-            client_order_id(self.bot, signal.strategy, signal.symbol, signal.ts, side),
+            client_order_id(self.bot, signal.strategy, signal.symbol, signal.ts, side,
+                            reduce_only),
             signal.strategy, signal.symbol, side, abs(delta), signal.ts, price, reduce_only,
-            reason or signal.reason,
+            signal.reason,
         )

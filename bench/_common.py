@@ -1,0 +1,85 @@
+"""Helpers shared by the benchmarks: data generation, RSS, saving results."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def random_walk_csv(path: Path, bars: int, *, seed: int = 1, symbol: str | None = None,
+                    start: float = 100.0, sigma: float = 0.001) -> Path:
+    """One-minute bars of a seeded geometric random walk, ISO timestamps (UTC)."""
+    rng = random.Random(seed)
+    t0 = datetime(2020, 1, 1, tzinfo=UTC)
+    price = start
+    header = "timestamp,open,high,low,close,volume" + (",symbol" if symbol else "") + "\n"
+    tail = f",{symbol}" if symbol else ""
+    with path.open("w") as fh:
+        fh.write(header)
+        lines = []
+        for i in range(bars):
+            o = price
+            c = o * math.exp(sigma * rng.gauss(0.0, 1.0))
+            h = max(o, c) * (1 + abs(rng.gauss(0.0, sigma / 2)))
+            lo = min(o, c) * (1 - abs(rng.gauss(0.0, sigma / 2)))
+            price = c
+            ts = (t0 + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            lines.append(f"{ts},{o:.4f},{h:.4f},{lo:.4f},{c:.4f},{rng.randint(100, 5000)}{tail}\n")
+            if len(lines) >= 50_000:
+                fh.writelines(lines)
+                lines.clear()
+        fh.writelines(lines)
+    return path
+
+
+def rss_mb(pid: int | None = None) -> float:
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100.0
+    f = math.floor(k)
+    c = min(f + 1, len(s) - 1)
+    return s[f] + (s[c] - s[f]) * (k - f)
+
+
+def save(name: str, figures: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        **figures,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    return path
+
+
+def quantshift_bin() -> str:
+    candidate = Path(sys.executable).with_name("quantshift")
+    return str(candidate) if candidate.exists() else "quantshift"
+
+
+def now() -> float:
+    return time.perf_counter()
