@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from loguru import logger
 
-TEXT_FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[bot]} | {message}"
-               "{exception}")
+# loguru appends the newline and any traceback itself.
+TEXT_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[bot]} | {message}"
 _REDACTED = "***"
 
 
@@ -121,8 +121,8 @@ def setup_logging(*, bot: str, log_dir: Path | None, level: str = "INFO", json: 
         logger.add(_JsonSink(shadow), level="INFO", format="{message}", diagnose=False,
                    filter=lambda r: bool(r["extra"].get("shadow")))
     else:
-        logger.add(main.write, level=level, format=TEXT_FORMAT + "\n", diagnose=False)
-        logger.add(shadow.write, level="INFO", format=TEXT_FORMAT + "\n", diagnose=False,
+        logger.add(main.write, level=level, format=TEXT_FORMAT, diagnose=False)
+        logger.add(shadow.write, level="INFO", format=TEXT_FORMAT, diagnose=False,
                    filter=lambda r: bool(r["extra"].get("shadow")))
     return main_path
 
