@@ -78,7 +78,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _fail_config(exc)
     setup_logging(bot=f"{settings.bot}-replay", log_dir=settings.log_dir, level="WARNING",
                   secrets=settings.secret_values(), console_level="WARNING")
-    journal = args.journal or settings.state_dir / "replay" / f"{settings.bot}-{args.data.stem}.sqlite"
+    journal = args.journal or (
+        settings.state_dir / "replay" / f"{settings.bot}-{args.data.stem}.sqlite")
     progress = sys.stderr.isatty() and not args.no_progress
     try:
         summary, trades = run_replay(settings, args.data, strategies, journal_path=journal,

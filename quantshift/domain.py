@@ -8,8 +8,8 @@ for ``object.__setattr__`` on every field of every bar.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from enum import IntEnum, StrEnum
+from hashlib import blake2b
 from typing import Any
 
 NS_PER_SECOND = 1_000_000_000

@@ -150,7 +150,8 @@ def print_summary(summary: ReplaySummary, out: Any = sys.stdout) -> None:
         ("max drawdown", f"{summary.max_drawdown_pct:.2f} %"),
         ("Sharpe", f"{summary.sharpe:.2f}"), ("win rate", f"{summary.win_rate_pct:.2f} %"),
         ("final equity", f"{summary.final_equity:,.2f}"),
-        ("elapsed", f"{summary.elapsed_s:.2f} s"), ("bars per second", f"{summary.bars_per_s:,.0f}"),
+        ("elapsed", f"{summary.elapsed_s:.2f} s"),
+        ("bars per second", f"{summary.bars_per_s:,.0f}"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

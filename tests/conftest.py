@@ -90,7 +90,7 @@ class DaemonProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        out, err = self.communicate(0.1) if self.proc and self.proc.poll() is not None else ("", "")
+        _, err = self.communicate(0.1) if self.proc and self.proc.poll() is not None else ("", "")
         raise AssertionError(f"{pattern!r} x{count} not seen in the log within {timeout}s\n"
                              f"log:\n{self.log()[-3000:]}\nstderr:\n{err[-2000:]}")
 

@@ -123,7 +123,6 @@ class ReplayFeed:
         self.validator = BarValidator(self.name)
         self.bars = CsvBars(path, self.validator, symbol)
         self.pace = pace
-        self.last_bar_ns = 0
         self.finished = False
         self._stopping = asyncio.Event()
 
@@ -134,8 +133,7 @@ class ReplayFeed:
         accept = self.validator.accept
         stopping = self._stopping
         prev_ts: int | None = None
-        n = 0
-        for bar in self.bars:
+        for n, bar in enumerate(self.bars, 1):
             if stopping.is_set():
                 return
             if self.pace > 0 and prev_ts is not None and bar.ts > prev_ts:
@@ -148,7 +146,6 @@ class ReplayFeed:
             prev_ts = bar.ts
             if accept(bar):
                 on_bar(bar)
-            n += 1
             if n % 256 == 0:
                 await asyncio.sleep(0)
         self.finished = True

@@ -7,6 +7,7 @@ across restarts; prices continue from the last marks the daemon restored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -27,7 +28,6 @@ class SimFeed:
         self.symbols = list(symbols)
         self.interval = interval
         self.validator = BarValidator(self.name)
-        self.last_bar_ns = 0
         self._rng = random.Random(seed)
         self._prices = {s: (start_prices or {}).get(s, start_price) for s in self.symbols}
         self._last_ts = 0
@@ -55,7 +55,6 @@ class SimFeed:
             bar = self.next_bar(symbol, ts)
             if accept(bar):
                 on_bar(bar)
-        self.last_bar_ns = time.monotonic_ns()
 
     async def run(self, on_bar: Callable[[Bar], None]) -> None:
         stopping = self._stopping
@@ -73,7 +72,5 @@ class SimFeed:
             delay = next_at - loop.time()
             if delay < 0:  # fell behind: skip ahead instead of bursting
                 next_at, delay = loop.time(), 0.0
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass

@@ -1,0 +1,262 @@
+"""A restart does not repeat orders: the real engine and Paper executor on a tmp journal."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from quantshift.app import build_engine, open_journal
+from quantshift.domain import NS_PER_SECOND, Bar, Direction, OrderIntent, Side, Signal
+from quantshift.domain import client_order_id as coid_of
+from quantshift.engine import Engine
+from quantshift.settings import Settings
+
+T0 = 1_704_067_200 * NS_PER_SECOND + 14 * 3600 * NS_PER_SECOND  # 2024-01-01 14:00Z
+MIN = 60 * NS_PER_SECOND
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith(("QUANTSHIFT_", "APCA_", "CCXT_")) or key == "SHADOW_MODE":
+            monkeypatch.delenv(key)
+
+    def make(**kw) -> Settings:
+        base = {"state_dir": tmp_path / "state", "paper_slippage_bps": 5,
+                "paper_commission_bps": 10, "sizing": "fixed:10",
+                "risk_max_trades_per_day": 0,
+                "strategies": [{"name": "ma_cross",
+                                "params": {"fast": 3, "slow": 8, "mode": "long_short"}}],
+                "symbols": ["AAA", "BBB"]}
+        base.update(kw)
+        return Settings(**base)
+
+    return make
+
+
+def bars(n: int = 200, step: int = MIN) -> list[Bar]:
+    """Two symbols, interleaved, each a sine wave: many crosses of a 3/8 average."""
+    out = []
+    for k in range(n):
+        for sym, period, base in (("AAA", 23.0, 100.0), ("BBB", 31.0, 40.0)):
+            c = base * (1 + 0.05 * math.sin(2 * math.pi * k / period))
+            o = base * (1 + 0.05 * math.sin(2 * math.pi * (k - 0.5) / period))
+            out.append(Bar(sym, T0 + k * step, o, max(o, c) * 1.001, min(o, c) * 0.999, c, 1e3))
+    return out
+
+
+def engine_on(settings: Settings) -> Engine:
+    return build_engine(settings, open_journal(settings, durable=False), log_decisions=False)
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    return {t: engine.journal.count(t) for t in ("intents", "fills", "trades", "order_events")}
+
+
+def run_first(settings: Settings, feed: list[Bar], snapshot_after: int | None = None) -> Engine:
+    e1 = engine_on(settings)
+    for n, b in enumerate(feed):
+        e1.on_bar(b)
+        if n + 1 == snapshot_after:
+            e1.snapshot()
+    if snapshot_after is None:
+        e1.snapshot()
+    e1.journal.flush()
+    e1.journal.close()
+    return e1
+
+
+@pytest.mark.parametrize("fill", ["close", "next_open"])
+def test_same_bars_after_a_restart_make_no_second_order(make_settings, fill: str) -> None:
+    settings = make_settings(paper_fill=fill)
+    feed = bars()
+    e1 = run_first(settings, feed)
+    assert e1.counts["orders"] >= 10  # the wave really trades
+    assert e1.counts["trades"] >= 4
+    # no order left resting across the restart here (that case is the xfail below)
+    assert e1.open_orders() == []
+    pf1 = e1.portfolio
+
+    e2 = engine_on(settings)
+    try:
+        before = table_counts(e2)
+        assert before["intents"] == e1.counts["orders"]
+        assert e2.restore()["snapshot"] is True
+        for b in feed:
+            e2.on_bar(b)
+        e2.journal.flush()
+        assert e2.counts["orders"] == 0
+        assert e2.counts["signals"] == 0
+        assert e2.counts["fills"] == 0
+        assert e2.counts["warmup_signals"] == e1.counts["signals"]
+        after = table_counts(e2)
+        assert after["intents"] == before["intents"]
+        assert after["fills"] == before["fills"]
+        assert after["trades"] == before["trades"]
+        pf2 = e2.portfolio
+        assert pf2.cash == pf1.cash
+        assert pf2.positions == pf1.positions
+        assert pf2.realized_pnl == pf1.realized_pnl
+        assert pf2.equity == pytest.approx(pf1.equity, abs=1e-6)
+    finally:
+        e2.journal.close()
+
+
+def test_restart_from_an_older_snapshot_repeats_nothing(make_settings) -> None:
+    """Fills after the snapshot come back from the journal; the bars after it are live
+    again, but every order they would send exists already."""
+    settings = make_settings()
+    feed = bars()
+    e1 = run_first(settings, feed, snapshot_after=len(feed) // 2)
+    pf1 = e1.portfolio
+    e2 = engine_on(settings)
+    try:
+        before = table_counts(e2)
+        report = e2.restore()
+        assert report["fills_replayed"] > 0
+        for b in feed:
+            e2.on_bar(b)
+        e2.journal.flush()
+        assert e2.counts["orders"] == 0
+        assert e2.counts["signals"] > 0  # the second half was live
+        assert e2.counts["duplicates"] > 0
+        assert table_counts(e2)["intents"] == before["intents"]
+        assert table_counts(e2)["fills"] == before["fills"]
+        assert e2.portfolio.cash == pf1.cash
+        assert e2.portfolio.positions == pf1.positions
+    finally:
+        e2.journal.close()
+
+
+def test_new_bars_after_the_restart_trade_again(make_settings) -> None:
+    settings = make_settings()
+    feed = bars(300)
+    e1 = run_first(settings, feed[:400])  # 200 bars of each symbol
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        for b in feed:
+            e2.on_bar(b)
+        assert e2.counts["orders"] > 0  # the last 100 bars per symbol are new
+        assert e2.counts["duplicates"] == 0
+        e2.journal.flush()
+        assert e2.journal.count("intents") == e1.counts["orders"] + e2.counts["orders"]
+    finally:
+        e2.journal.close()
+
+
+def test_known_client_order_id_is_never_submitted_again(make_settings) -> None:
+    settings = make_settings()
+    e1 = engine_on(settings)
+    ts = T0
+    lost = OrderIntent(coid_of(settings.bot, "ma_cross", "AAA", ts, Side.BUY), "ma_cross",
+                       "AAA", Side.BUY, 10, ts, 100.0)
+    e1.journal.intent(lost)  # journaled, then the daemon died before submitting it
+    e1.journal.flush()
+    e1.journal.close()
+
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        sent = e2.decide(Signal("ma_cross", "AAA", ts, Direction.LONG, "again"), 100.0)
+        assert sent == []
+        assert e2.counts["duplicates"] == 1
+        assert e2.counts["orders"] == 0
+        assert e2.counts["fills"] == 0
+        assert e2.portfolio.position_qty("ma_cross", "AAA") == 0
+        e2.journal.flush()
+        assert e2.journal.count("intents") == 1
+        assert e2.journal.count("fills") == 0
+        # a later bar is a new decision with a new id
+        sent = e2.decide(Signal("ma_cross", "AAA", ts + MIN, Direction.LONG, "new"), 100.0)
+        assert len(sent) == 1
+        assert e2.counts["fills"] == 1
+    finally:
+        e2.journal.close()
+
+
+def test_duplicate_within_one_session(make_settings) -> None:
+    settings = make_settings()
+    e = engine_on(settings)
+    try:
+        e.on_bar(Bar("AAA", T0, 100, 101, 99, 100, 1e3))
+        assert len(e.decide(Signal("ma_cross", "AAA", T0, Direction.LONG, "a"), 100.0)) == 1
+        assert len(e.decide(Signal("ma_cross", "AAA", T0, Direction.FLAT, "b"), 100.0)) == 1
+        # long again on the same bar: the same id as the first buy
+        assert e.decide(Signal("ma_cross", "AAA", T0, Direction.LONG, "c"), 100.0) == []
+        assert e.counts["duplicates"] == 1
+        assert e.counts["orders"] == 2
+        assert e.portfolio.position_qty("ma_cross", "AAA") == 0
+    finally:
+        e.journal.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: Engine.on_bar passes warm-up bars (ts <= the restored last timestamp) to the "
+    "executor, so a next_open order left resting at shutdown fills at an old bar's open, "
+    "before the bar it was decided on"))
+def test_resting_order_does_not_fill_on_a_replayed_bar(make_settings) -> None:
+    settings = make_settings(paper_fill="next_open")
+    feed = bars()
+    # run until a bar leaves an order resting
+    e1 = engine_on(settings)
+    stop = None
+    for n, b in enumerate(feed):
+        e1.on_bar(b)
+        if e1.open_orders():
+            stop = n
+            break
+    assert stop is not None
+    resting = e1.open_orders()
+    e1.snapshot()
+    e1.journal.flush()
+    e1.journal.close()
+
+    e2 = engine_on(settings)
+    try:
+        assert e2.restore()["open_orders"] == len(resting)
+        for b in feed[: stop + 1]:  # the same bars again: all of them already seen
+            e2.on_bar(b)
+        assert e2.counts["fills"] == 0
+        assert len(e2.open_orders()) == len(resting)
+        for b in feed[stop + 1: stop + 3]:  # the next bar of the symbol fills it
+            e2.on_bar(b)
+        e2.journal.flush()
+        fills = e2.journal.fills_after(e1.portfolio.fill_seq)
+        assert fills
+        decided = {i.client_order_id: i.ts for i in resting}
+        assert all(f.ts > decided[f.client_order_id] for f in fills)
+    finally:
+        e2.journal.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: Engine.on_bar marks the portfolio with warm-up bars (ts <= the restored last "
+    "timestamp): the current position is valued at old prices, so peak equity, drawdown "
+    "and the day's starting equity (the daily-loss baseline) change across a restart"))
+def test_warm_up_bars_do_not_touch_the_books(make_settings) -> None:
+    settings = make_settings()
+    feed = bars(200, step=3600 * NS_PER_SECOND)  # hourly: the bars span eight UTC days
+    e1 = run_first(settings, feed)
+    pf1 = e1.portfolio
+    assert pf1.net and any(pf1.net.values())  # a position is open at the restart
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        for b in feed:
+            e2.on_bar(b)
+        pf2 = e2.portfolio
+        assert pf2.cash == pf1.cash
+        assert pf2.equity == pytest.approx(pf1.equity, abs=1e-6)
+        assert pf2.day == pf1.day
+        assert pf2.day_start_equity == pytest.approx(pf1.day_start_equity, abs=1e-6)
+        assert pf2.day_pnl == pytest.approx(pf1.day_pnl, abs=1e-6)
+        assert pf2.peak_equity == pytest.approx(pf1.peak_equity, abs=1e-6)
+        assert pf2.max_drawdown == pytest.approx(pf1.max_drawdown, abs=1e-12)
+        assert pf2.drawdown == pytest.approx(pf1.drawdown, abs=1e-12)
+    finally:
+        e2.journal.close()
