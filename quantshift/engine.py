@@ -11,7 +11,17 @@ from typing import Any
 
 from loguru import logger
 
-from quantshift.domain import Bar, Direction, Fill, Order, OrderIntent, OrderState, Signal, Trade
+from quantshift.domain import (
+    Bar,
+    Direction,
+    Fill,
+    Order,
+    OrderIntent,
+    OrderState,
+    Side,
+    Signal,
+    Trade,
+)
 from quantshift.execution.base import Executor
 from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import HALTED, RiskGate
@@ -42,6 +52,8 @@ class Engine:
         self._resume_after: dict[str, int] = {}
         self._known_ids: set[str] = set()
         self._orders: dict[str, Order] = {}
+        # Signed quantity sent but not yet filled, per (strategy, symbol), for the gate.
+        self._pending: dict[tuple[str, str], float] = {}
         self._fill_seq = 0
 
     @property
@@ -56,15 +68,17 @@ class Engine:
     # -- the hot path ------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         self.bars += 1
-        if self._executor_wants_bars:
-            self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders fill first
-        self.portfolio.mark(bar.symbol, bar.close, bar.ts)
         symbol = bar.symbol
+        # Bars at or before the last one handled before a restart only warm the strategies
+        # up: they fill nothing and value nothing, the books already saw them.
+        live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
+        if live:
+            if self._executor_wants_bars:
+                self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders first
+            self.portfolio.mark(symbol, bar.close, bar.ts)
         strategies = self._by_symbol.get(symbol)
         if strategies is None:
             strategies = self._by_symbol[symbol] = [make(symbol) for make in self.makers]
-        # Bars at or before the last one handled before a restart only warm indicators up.
-        live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
         for strategy in strategies:
             signal = strategy.on_bar(bar)
             if signal is not None:
@@ -72,13 +86,14 @@ class Engine:
                     self.decide(signal, bar.close)
                 else:
                     self.counts["warmup_signals"] += 1
-        self.last_ts[symbol] = bar.ts
+        if live:
+            self.last_ts[symbol] = bar.ts
 
     def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
         """Put one signal through the gate and hand what it approves to the executor."""
         counts = self.counts
         counts["signals"] += 1
-        decision = self.gate.evaluate(signal, price, self.portfolio)
+        decision = self.gate.evaluate(signal, price, self.portfolio, self._pending)
         journal = self.journal
         veto = decision.veto
         if veto is not None:
@@ -118,8 +133,17 @@ class Engine:
                             intent.qty, price, " reduce-only" if intent.reduce_only else "",
                             intent.client_order_id)
             self._orders[intent.client_order_id] = Order(intent)
+            self._add_pending(intent, intent.signed_qty)
             self.executor.submit(intent)  # type: ignore[union-attr]
         return sent
+
+    def _add_pending(self, intent: OrderIntent, qty: float) -> None:
+        key = (intent.strategy, intent.symbol)
+        left = self._pending.get(key, 0.0) + qty
+        if abs(left) < _EPS:
+            self._pending.pop(key, None)
+        else:
+            self._pending[key] = left
 
     # -- what the executor reports (ExecutionSink) -------------------------------------
     def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None:
@@ -129,6 +153,9 @@ class Engine:
             order.state = state
             if state.final:
                 del self._orders[coid]
+                unfilled = intent.qty - order.filled_qty
+                if unfilled > _EPS:  # cancelled, rejected, expired or never sent
+                    self._add_pending(intent, -unfilled if intent.side is Side.BUY else unfilled)
         self.journal.order_state(coid, state, detail)
         if self.log_decisions and state is not OrderState.FILLED:
             logger.info("order {} {}{}", coid, state.value, f": {detail}" if detail else "")
@@ -139,6 +166,8 @@ class Engine:
         fill = Fill(self._fill_seq, intent.client_order_id, intent.strategy, intent.symbol,
                     intent.side, qty, price, commission, ts)
         trade = self.portfolio.apply_fill(fill)
+        if intent.client_order_id in self._orders:
+            self._add_pending(intent, -fill.signed_qty)
         self.journal.fill(fill)
         self.counts["fills"] += 1
         if trade is not None:
@@ -215,8 +244,11 @@ class Engine:
                                 "never submitted: the daemon stopped first")
         resting = journal.open_intents()
         if self.executor is not None and resting:
-            for intent, _filled in resting:
-                self._orders[intent.client_order_id] = Order(intent, OrderState.SUBMITTED)
+            for intent, filled in resting:
+                self._orders[intent.client_order_id] = Order(intent, OrderState.SUBMITTED,
+                                                             filled)
+                left = intent.qty - filled
+                self._add_pending(intent, left if intent.side is Side.BUY else -left)
             self.executor.restore_open([intent for intent, _ in resting])
         return {"snapshot": snap is not None, "fills_replayed": replayed,
                 "open_orders": len(resting), "halted": self.gate.state == HALTED}

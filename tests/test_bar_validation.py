@@ -198,9 +198,6 @@ def test_unparseable_first_row_in_an_iso_file(tmp_path: Path) -> None:
     assert v.reasons == {"unparseable row": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: CsvBars picks the timestamp parser from the first data row even when that row "
-    "is unparseable; a bad first timestamp in an epoch file makes every later row fail"))
 def test_unparseable_first_row_in_an_epoch_file(tmp_path: Path) -> None:
     path = write(tmp_path, f"{HEADER}\n"
                            "n/a,10,11,9,10.5,100\n"

@@ -77,7 +77,7 @@ def test_same_bars_after_a_restart_make_no_second_order(make_settings, fill: str
     e1 = run_first(settings, feed)
     assert e1.counts["orders"] >= 10  # the wave really trades
     assert e1.counts["trades"] >= 4
-    # no order left resting across the restart here (that case is the xfail below)
+    # no order left resting across the restart here (that case is tested below)
     assert e1.open_orders() == []
     pf1 = e1.portfolio
 
@@ -195,10 +195,6 @@ def test_duplicate_within_one_session(make_settings) -> None:
         e.journal.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Engine.on_bar passes warm-up bars (ts <= the restored last timestamp) to the "
-    "executor, so a next_open order left resting at shutdown fills at an old bar's open, "
-    "before the bar it was decided on"))
 def test_resting_order_does_not_fill_on_a_replayed_bar(make_settings) -> None:
     settings = make_settings(paper_fill="next_open")
     feed = bars()
@@ -234,10 +230,6 @@ def test_resting_order_does_not_fill_on_a_replayed_bar(make_settings) -> None:
         e2.journal.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Engine.on_bar marks the portfolio with warm-up bars (ts <= the restored last "
-    "timestamp): the current position is valued at old prices, so peak equity, drawdown "
-    "and the day's starting equity (the daily-loss baseline) change across a restart"))
 def test_warm_up_bars_do_not_touch_the_books(make_settings) -> None:
     settings = make_settings()
     feed = bars(200, step=3600 * NS_PER_SECOND)  # hourly: the bars span eight UTC days

@@ -414,3 +414,14 @@ def test_snapshot_restore_round_trip() -> None:
     assert pf.apply_fill(f) == back.apply_fill(f)
     assert back.cash == pf.cash
     assert back.positions == pf.positions
+
+
+def test_next_open_resting_orders_count_against_the_exposure_limit(make_engine) -> None:
+    engine = make_engine(paper_fill="next_open", paper_slippage_bps=0,
+                         paper_commission_bps=0, risk_max_exposure=1_500)
+    engine.on_bar(bar("X", T0, 100.0))
+    engine.on_bar(bar("Y", T0, 100.0))
+    assert len(engine.decide(signal("X", T0, Direction.LONG), 100.0)) == 1  # 1000 resting
+    # another 1000 would make 2000 > 1500 once both fill on the next bars
+    assert engine.decide(signal("Y", T0, Direction.LONG), 100.0) == []
+    assert engine.counts["vetoed"] == 1

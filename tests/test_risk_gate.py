@@ -334,9 +334,6 @@ def test_sizing_parse_refuses(text: str) -> None:
         Sizing.parse(text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Sizing.parse accepts fixed:inf; position_size then raises OverflowError "
-    "(math.floor(inf)) on the first signal instead of the setting being refused"))
 def test_sizing_parse_refuses_infinity() -> None:
     with pytest.raises(ValueError):
         Sizing.parse("fixed:inf")

@@ -95,8 +95,13 @@ class CsvBars:
                             continue
                         raise ValueError(f"{len(row)} fields, expected {width}")
                     if parse_ts is None:
-                        parse_ts = _ts_parser(row[it].strip())
-                    bar = Bar(row[isym] if isym >= 0 else default_symbol, parse_ts(row[it]),
+                        # The first timestamp that parses fixes the format for the file.
+                        candidate = _ts_parser(row[it].strip())
+                        ts = candidate(row[it])
+                        parse_ts = candidate
+                    else:
+                        ts = parse_ts(row[it])
+                    bar = Bar(row[isym] if isym >= 0 else default_symbol, ts,
                               float(row[io]), float(row[ih]), float(row[il]), float(row[ic]),
                               float(row[iv]))
                 except ValueError as exc:

@@ -12,7 +12,9 @@ the side it just turned against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from quantshift.domain import (
@@ -41,6 +43,15 @@ class Decision:
 
 
 NO_CHANGE = Decision()
+_NONE: Mapping[tuple[str, str], float] = MappingProxyType({})
+
+
+def _nets(portfolio: Portfolio, pending: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    """Net quantity per symbol, counting orders sent but not yet filled."""
+    nets = dict(portfolio.net)
+    for (_, symbol), qty in pending.items():
+        nets[symbol] = nets.get(symbol, 0.0) + qty
+    return nets
 
 
 class RiskGate:
@@ -72,12 +83,17 @@ class RiskGate:
         self.loss_halt_day = int(data.get("loss_halt_day", -1))
 
     # -- the decision ------------------------------------------------------------------
-    def evaluate(self, signal: Signal, price: float, portfolio: Portfolio) -> Decision:
+    def evaluate(self, signal: Signal, price: float, portfolio: Portfolio,
+                 pending: Mapping[tuple[str, str], float] = _NONE) -> Decision:
+        """Decide on one signal. ``pending`` holds the signed, not yet filled quantity of
+        orders already sent, per (strategy, symbol): limits count them as if filled."""
         day = signal.ts // NS_PER_DAY
         if day != self.day:
             self.day, self.trades_today = day, 0
 
         current = portfolio.position_qty(signal.strategy, signal.symbol)
+        if pending:
+            current += pending.get((signal.strategy, signal.symbol), 0.0)
         want = signal.target
         if want is Direction.FLAT:
             target = 0.0
@@ -102,14 +118,15 @@ class RiskGate:
         if target == 0:
             return Decision(exit_leg)
         reason = self._entry_veto(signal.symbol, 0.0 if crosses else current, target, price,
-                                  portfolio, day, -current if crosses else 0.0)
+                                  portfolio, pending, day, -current if crosses else 0.0)
         if reason is not None:
             return Decision(exit_leg, reason)
         delta = target if crosses else target - current
         return Decision((*exit_leg, self._intent(signal, delta, price, False)))
 
     def _entry_veto(self, symbol: str, current: float, target: float, price: float,
-                    portfolio: Portfolio, day: int, exiting: float) -> str | None:
+                    portfolio: Portfolio, pending: Mapping[tuple[str, str], float], day: int,
+                    exiting: float) -> str | None:
         """Why the entry to ``target`` may not go, if it may not. ``exiting`` is the
         quantity an exit leg sent just before takes off the symbol's net position."""
         lim = self.limits
@@ -124,16 +141,18 @@ class RiskGate:
         if lim.max_position_notional and notional > lim.max_position_notional:
             return (f"max position notional: {notional:.2f} > "
                     f"{lim.max_position_notional:g}")
-        before = portfolio.net.get(symbol, 0.0)
+        nets = _nets(portfolio, pending)
+        before = nets.get(symbol, 0.0)
         net = before + exiting
         new_net = net - current + target
+        marks = portfolio.marks
         if lim.max_exposure:
-            exposure = portfolio.exposure() - abs(before) * portfolio.marks.get(symbol, price) \
-                + abs(new_net) * price
+            exposure = sum(abs(q) * marks.get(s, price) for s, q in nets.items() if s != symbol)
+            exposure += abs(new_net) * price
             if exposure > lim.max_exposure + _EPS:
                 return f"max exposure: {exposure:.2f} > {lim.max_exposure:g}"
         if lim.max_open_positions and abs(net) < _EPS and abs(new_net) > _EPS:
-            opened = portfolio.open_symbols() + 1 - (abs(exiting) > _EPS)
+            opened = 1 + sum(1 for s, q in nets.items() if s != symbol and abs(q) > _EPS)
             if opened > lim.max_open_positions:
                 return f"max open positions: {opened} > {lim.max_open_positions}"
         return None

@@ -24,7 +24,7 @@ class Sizing(BaseModel):
             value = float(raw)
         except ValueError:
             value = float("nan")
-        if not sep or kind not in ("fixed", "fraction") or not value > 0:
+        if not sep or kind not in ("fixed", "fraction") or not 0 < value < math.inf:
             raise ValueError("expected fixed:QTY (QTY > 0) or fraction:F (0 < F <= 1)")
         if kind == "fraction" and value > 1:
             raise ValueError("fraction:F needs 0 < F <= 1")

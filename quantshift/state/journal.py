@@ -85,7 +85,11 @@ class Journal:
         # FULL: a committed batch survives a power cut, not only a crash of the daemon.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._db.executescript(_SCHEMA)
-        self._check_owner(bot, executor)
+        try:
+            self._check_owner(bot, executor)
+        except JournalOwnerError:
+            self._db.close()
+            raise
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._lock = threading.Lock()
         self.rows_written = 0
