@@ -135,6 +135,8 @@ class Daemon:
     async def shutdown(self) -> None:
         started = time.monotonic()
         reason = self.exit_reason or "stop"
+        if self.feed is not None:
+            self.feed.stop()  # first, on every path: no bar may arrive after the snapshot
         self.notifier.stopping(f"stopping ({reason})")
         logger.info("shutdown: begin ({}), bound {:g}s", reason, self.settings.shutdown_timeout)
         assert self._force_event is not None
@@ -145,6 +147,8 @@ class Daemon:
         forced.cancel()
         if graceful not in done:
             graceful.cancel()
+            for task in self._tasks:
+                task.cancel()
             if self.force_exit:
                 logger.warning("shutdown: second signal, exiting at once after the snapshot")
             else:
@@ -166,8 +170,6 @@ class Daemon:
         engine, journal = self.engine, self.journal
         assert engine is not None and journal is not None
         logger.info("shutdown: stopping feeds")
-        if self.feed is not None:
-            self.feed.stop()
         feed_task = next((t for t, n in self._tasks.items() if n == "feed"), None)
         if feed_task is not None and not feed_task.done():
             await asyncio.wait([feed_task], timeout=2.0)
