@@ -100,6 +100,11 @@ class Daemon:
         logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
                     ",".join(s.symbols) if s.feed == "sim" else "from file",
                     ",".join(spec.key for spec in s.strategies))
+        history = feed.history(s.warmup_bars)
+        for bar in history:
+            engine.warm_up(bar)
+        if history:
+            logger.info("strategies warmed up on {} history bars", len(history))
         self._spawn(feed.run(engine.on_bar), "feed")
         self._spawn(self._every(s.flush_interval, self._flush), "journal")
         self._spawn(self._every(s.snapshot_interval, self._snapshot), "snapshots")

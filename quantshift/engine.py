@@ -89,6 +89,15 @@ class Engine:
         if live:
             self.last_ts[symbol] = bar.ts
 
+    def warm_up(self, bar: Bar) -> None:
+        """Feed a history bar to the strategies only: it is the past, nothing trades on it."""
+        strategies = self._by_symbol.get(bar.symbol)
+        if strategies is None:
+            strategies = self._by_symbol[bar.symbol] = [make(bar.symbol) for make in self.makers]
+        for strategy in strategies:
+            if strategy.on_bar(bar) is not None:
+                self.counts["warmup_signals"] += 1
+
     def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
         """Put one signal through the gate and hand what it approves to the executor."""
         counts = self.counts

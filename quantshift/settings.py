@@ -116,6 +116,7 @@ class Settings(BaseSettings):
 
     sim_interval: float = Field(1.0, ge=0)
     sim_seed: int = 7
+    warmup_bars: int = Field(100, ge=0, le=100_000)
     sim_start_price: float = Field(100.0, gt=0)
     replay_file: Path | None = None
     replay_pace: float = Field(0.0, ge=0)

@@ -52,6 +52,8 @@ FAST = {
     "QUANTSHIFT_RISK_MAX_TRADES_PER_DAY": "0",
     "QUANTSHIFT_SNAPSHOT_INTERVAL": "0.2",
     "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
+    # Cold strategies: a restarted daemon's first round of bars cannot signal.
+    "QUANTSHIFT_WARMUP_BARS": "0",
 }
 
 

@@ -220,3 +220,14 @@ def test_second_ledger_owner_is_refused(daemon, tmp_path: Path) -> None:
     assert "Traceback" not in err
     with sqlite3.connect(ledger) as db:  # untouched
         assert db.execute("SELECT value FROM meta WHERE key='bot'").fetchone()[0] == "crypto"
+
+
+def test_warm_start_decides_on_the_first_live_bars(daemon, tmp_path: Path) -> None:
+    d = daemon(QUANTSHIFT_WARMUP_BARS="50", QUANTSHIFT_SIM_INTERVAL="0.2").start()
+    text = d.wait_for(r"\| signal ma_cross", timeout=15)
+    assert "strategies warmed up on 150 history bars" in text
+    assert d.stop()[0] == 0
+    ledger = tmp_path / "var" / "equity-paper.sqlite"
+    first_intent = read_db(ledger, "SELECT min(ts) FROM intents")[0][0]
+    started = read_db(ledger, "SELECT value FROM meta WHERE key='created_ns'")[0][0]
+    assert first_intent >= int(started)  # decided on a live bar, never on history

@@ -19,6 +19,9 @@ class Feed(Protocol):
     name: str
     validator: BarValidator
 
+    def history(self, count: int) -> list[Bar]:
+        """Up to ``count`` recent bars per symbol, to warm the strategies up before live bars."""
+
     async def run(self, on_bar: Callable[[Bar], None]) -> None:
         """Deliver bars until the source ends or ``stop`` is called."""
 

@@ -134,6 +134,9 @@ class ReplayFeed:
     def stop(self) -> None:
         self._stopping.set()
 
+    def history(self, count: int) -> list[Bar]:
+        return []  # the file is its own history
+
     async def run(self, on_bar: Callable[[Bar], None]) -> None:
         accept = self.validator.accept
         stopping = self._stopping

@@ -47,6 +47,23 @@ class SimFeed:
         return Bar(symbol, ts, round(o, 4), round(hi, 4), round(lo, 4), round(c, 4),
                    float(rng.randint(100, 10_000)))
 
+    def history(self, count: int) -> list[Bar]:
+        """``count`` bars per symbol ending now, so strategies start warm (as a real feed's
+        backfill does); the live walk continues from where the history ends."""
+        if count <= 0:
+            return []
+        step = max(int(self.interval * 1e9), 1_000_000)
+        start = time.time_ns() - count * step
+        bars = []
+        for i in range(count):
+            ts = start + i * step
+            for symbol in self.symbols:
+                bar = self.next_bar(symbol, ts)
+                if self.validator.accept(bar):
+                    bars.append(bar)
+        self._last_ts = start + (count - 1) * step
+        return bars
+
     def _round(self, on_bar: Callable[[Bar], None]) -> None:
         ts = max(time.time_ns(), self._last_ts + 1_000)
         self._last_ts = ts
