@@ -120,3 +120,32 @@ def test_missing_or_malformed_file_exits_78(tmp_path: Path) -> None:
     proc = replay(tmp_path, "--data", str(bad), *ARGS)
     assert proc.returncode == 78 and "header lacks timestamp" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_progress_bar_on_a_terminal_and_python_dash_m(tmp_path: Path) -> None:
+    import os
+    import pty
+    import sys
+
+    data = walk(tmp_path / "walk.csv", 10_000)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "quantshift", "replay", "--data", str(data), *ARGS, "--json"],
+            env=clean_env(tmp_path, COLUMNS="100"), cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=slave, text=True, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert orjson.loads(proc.stdout)["bars"] == 10_000  # stdout stays clean JSON
+    assert b"replay walk.csv" in seen  # the progress bar was drawn on the terminal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 
 from quantshift.domain import Bar
 from quantshift.feeds.sim import SimFeed
@@ -16,7 +17,7 @@ def test_history_is_ordered_in_the_past_and_continues_into_live_bars() -> None:
     assert len(hist) == 40 and feed.validator.rejected == 0
     assert all(b.ts < now for b in hist)
     a = [b for b in hist if b.symbol == "A"]
-    assert all(x.ts < y.ts for x, y in zip(a, a[1:], strict=False))
+    assert all(x.ts < y.ts for x, y in pairwise(a))
     live: list[Bar] = []
 
     async def one_round() -> None:
