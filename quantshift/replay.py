@@ -66,9 +66,11 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
     bars = CsvBars(data, validator, symbol)
     bar_progress = None
     if progress:
-        from rich.progress import Progress  # only on a terminal
+        from rich.console import Console  # only on a terminal
+        from rich.progress import Progress
 
-        bar_progress = Progress(transient=True)
+        # On stderr: stdout carries the summary (and --json must stay parseable).
+        bar_progress = Progress(console=Console(stderr=True), transient=True)
         task = bar_progress.add_task(f"replay {data.name}", total=_count_lines(data))
         bar_progress.start()
 
