@@ -31,6 +31,23 @@ def _params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def _check_dirs(settings: Any) -> None:
+    """The state and log directories must be writable before anything starts."""
+    import tempfile
+
+    from quantshift.settings import env_name
+
+    for field in ("state_dir", "log_dir"):
+        path = Path(getattr(settings, field))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(env_name(field), f"{path} is not a writable directory "
+                                               f"({exc.strerror or exc})") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from quantshift.daemon import Daemon
     from quantshift.ops.logging import setup_logging
@@ -40,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(bot=args.bot)
         check_startup(settings)
+        _check_dirs(settings)
     except ConfigError as exc:
         return _fail_config(exc)
     setup_logging(bot=settings.bot, log_dir=settings.log_dir, level=settings.log_level,

@@ -146,3 +146,15 @@ def test_check_startup_in_process(home: Path, monkeypatch) -> None:
     assert err.value.setting == "QUANTSHIFT_LIVE_CONFIRM"
     monkeypatch.setenv("SHADOW_MODE", "paper")
     check_startup(load_settings())  # no error
+
+
+@pytest.mark.parametrize("setting", ["QUANTSHIFT_STATE_DIR", "QUANTSHIFT_LOG_DIR"])
+def test_unwritable_directories_exit_78(tmp_path: Path, setting: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = clean_env(tmp_path, **{setting: str(blocker / "sub")})
+    proc = subprocess.run([quantshift_bin(), "run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78
+    assert proc.stderr.count("\n") == 1 and setting in proc.stderr
+    assert "not a writable directory" in proc.stderr
