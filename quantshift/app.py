@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from quantshift.domain import ExecutorKind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
+from quantshift.execution.venues.base import Venue
 from quantshift.feeds.base import Feed
 from quantshift.feeds.replay import ReplayFeed
 from quantshift.feeds.sim import SimFeed
@@ -31,21 +35,58 @@ def open_journal(settings: Settings, path: Path | None = None,
                    durable=durable)
 
 
+def make_venue(settings: Settings, kind: ExecutorKind) -> Venue:
+    """The broker adapter: Sandbox and Live differ only in endpoint and credentials."""
+    sandbox = kind is ExecutorKind.SANDBOX
+    if settings.broker == "alpaca":
+        from quantshift.execution.venues.alpaca import AlpacaVenue
+
+        return AlpacaVenue(_secret(settings.apca_api_key_id), _secret(settings.apca_api_secret_key),
+                           paper=sandbox, base_url=settings.apca_api_base_url,
+                           timeout=settings.broker_timeout)
+    if settings.broker == "ccxt":
+        from quantshift.execution.venues.ccxt import CcxtVenue
+
+        return CcxtVenue(settings.ccxt_exchange or "", key=_secret(settings.ccxt_api_key),
+                         secret=_secret(settings.ccxt_secret),
+                         password=_secret(settings.ccxt_password) or None,
+                         api_url=settings.ccxt_api_url, sandbox=sandbox,
+                         timeout=settings.broker_timeout)
+    raise ValueError("no broker configured")
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
 def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind | None = None,
                  strategies: list[StrategySpec] | None = None, log_decisions: bool = True,
-                 keep_trades: bool = False) -> Engine:
+                 keep_trades: bool = False,
+                 durable: Callable[[], Awaitable[object]] | None = None) -> Engine:
     gate = RiskGate(settings.bot, risk_limits(settings), settings.sizing, settings.fractional)
     makers = [factory(spec.name, spec.key, spec.params)
               for spec in (strategies or settings.strategies)]
     engine = Engine(strategies=makers, gate=gate, portfolio=Portfolio(settings.paper_cash),
                     journal=journal, log_decisions=log_decisions, keep_trades=keep_trades)
+    kind = executor or settings.executor
+    venue = make_venue(settings, kind) if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) \
+        else None
     engine.executor = make_executor(
-        executor or settings.executor, engine, paper_fill=settings.paper_fill,
-        slippage_bps=settings.paper_slippage_bps, commission_bps=settings.paper_commission_bps)
+        kind, engine, paper_fill=settings.paper_fill, slippage_bps=settings.paper_slippage_bps,
+        commission_bps=settings.paper_commission_bps, venue=venue, durable=durable,
+        timeout=settings.broker_timeout)
     return engine
 
 
 def build_feed(settings: Settings, start_prices: dict[str, float]) -> Feed:
+    if settings.feed == "alpaca":
+        from quantshift.feeds.alpaca import AlpacaFeed
+
+        return AlpacaFeed.from_settings(settings)
+    if settings.feed == "ccxt":
+        from quantshift.feeds.ccxt import CcxtFeed
+
+        return CcxtFeed.from_settings(settings)
     if settings.feed == "replay":
         assert settings.replay_file is not None  # check_startup made sure
         return ReplayFeed(settings.replay_file, settings.replay_pace)

@@ -21,6 +21,7 @@ from loguru import logger
 from quantshift import __version__
 from quantshift.app import build_engine, build_feed, open_journal, risk_limits
 from quantshift.engine import Engine
+from quantshift.execution.broker import BrokerExecutor
 from quantshift.errors import EX_SOFTWARE
 from quantshift.feeds.base import Feed
 from quantshift.ops.systemd import Notifier
@@ -44,6 +45,7 @@ class Daemon:
         self._force_event: asyncio.Event | None = None
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._persisted = False
+        self._started_at = time.monotonic()
 
     # -- signals: flags only -----------------------------------------------------------
     def handle_exit(self, sig: int) -> None:
@@ -64,17 +66,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
-        self.startup()
+        await self.startup()
         try:
             await self.main_loop()
         finally:
             await self.shutdown()
         return self.exit_code
 
-    def startup(self) -> None:
+    async def startup(self) -> None:
         s = self.settings
         self.journal = journal = open_journal(s)
-        self.engine = engine = build_engine(s, journal)
+        self.engine = engine = build_engine(s, journal, durable=self._commit)
         executor = engine.executor
         assert executor is not None
         logger.info("quantshift {} starting: bot={} phase={} executor={}: {}", __version__,
@@ -95,12 +97,18 @@ class Daemon:
         if restored["halted"]:
             logger.warning("trading stays HALTED ({}): no new orders until resumed",
                            engine.gate.halt_reason)
+        if isinstance(executor, BrokerExecutor):
+            await executor.start()
+            engine.gate.instruments = await executor.venue.instruments(s.symbols)
+            await self._reconcile(at_start=True)
+            if s.reconcile_interval > 0:
+                self._spawn(self._every(s.reconcile_interval, self._reconcile), "reconcile")
         self.feed = feed = build_feed(s, dict(pf.marks))
         where = s.replay_file if s.feed == "replay" else f"interval {s.sim_interval:g}s"
         logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
                     ",".join(s.symbols) if s.feed == "sim" else "from file",
                     ",".join(spec.key for spec in s.strategies))
-        history = feed.history(s.warmup_bars)
+        history = await feed.history(s.warmup_bars)
         for bar in history:
             engine.warm_up(bar)
         if history:
@@ -109,6 +117,9 @@ class Daemon:
         self._spawn(self._every(s.flush_interval, self._flush), "journal")
         self._spawn(self._every(s.snapshot_interval, self._snapshot), "snapshots")
         self._spawn(self._every(s.status_interval, self._status), "status")
+        if feed.bar_seconds > 0:
+            self._spawn(self._every(max(feed.bar_seconds / 2, 0.2), self._watch_feed),
+                        "feed-watch")
         if self.notifier.watchdog_interval:
             self._spawn(self._every(self.notifier.watchdog_interval, self._watchdog), "watchdog")
         self.notifier.ready(self._status_text())
@@ -188,11 +199,15 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.settings.cancel_on_shutdown:
             n = engine.executor.cancel_all("shutdown") if engine.executor else 0
+            if engine.executor is not None:
+                await engine.executor.drain(self.settings.shutdown_timeout / 2)
             logger.info("shutdown: cancelled {} open orders", n)
         else:
             logger.info("shutdown: leaving {} open orders in place", len(engine.open_orders()))
         if self.settings.flatten_on_shutdown:
             logger.info("shutdown: flattening, {} orders sent", engine.flatten("shutdown"))
+            if engine.executor is not None:
+                await engine.executor.drain(self.settings.shutdown_timeout / 2)
         engine.snapshot()
         rows = await asyncio.get_running_loop().run_in_executor(self._db_thread, journal.flush)
         self._persisted = True
@@ -240,6 +255,59 @@ class Daemon:
             if engine.gate.state != "halted":
                 engine.halt(f"journal write failed: {exc}")
 
+    async def _commit(self) -> None:
+        """Make everything journaled so far durable (the write-ahead before an order)."""
+        assert self.journal is not None
+        await asyncio.get_running_loop().run_in_executor(self._db_thread, self.journal.flush)
+
+    async def _reconcile(self, at_start: bool = False) -> None:
+        """Compare the venue with the journal; a difference that cannot be explained halts."""
+        engine = self.engine
+        assert engine is not None and isinstance(engine.executor, BrokerExecutor)
+        executor = engine.executor
+        if not at_start and executor.open_orders():
+            return  # fills in flight would look like a difference; try again next time
+        report = await executor.reconcile(lambda: dict(engine.portfolio.net),
+                                          engine.known_ids())
+        if report.mismatches and not at_start:  # an update may still be on its way
+            await asyncio.sleep(2.0)
+            report = await executor.reconcile(lambda: dict(engine.portfolio.net),
+                                              engine.known_ids())
+        summary = {"at_start": at_start, "looked_up": report.looked_up,
+                   "fills_applied": report.fills_applied, "resubmitted": report.resubmitted,
+                   "cancelled": report.cancelled, "adopted": report.adopted,
+                   "unknown": report.unknown,
+                   "mismatches": {k: list(v) for k, v in report.mismatches.items()}}
+        assert self.journal is not None
+        self.journal.set("reconcile_last", summary)
+        if report.mismatches:
+            sides = "; ".join(f"{sym}: journal {mine:g}, venue {theirs:g}"
+                              for sym, (mine, theirs) in report.mismatches.items())
+            logger.error("reconcile: positions differ from {} ({}); halting",
+                         executor.venue.name, sides)
+            if engine.gate.state != "halted":
+                engine.halt(f"reconciliation: positions differ ({sides})")
+        elif at_start or report.fills_applied or report.unknown or report.adopted:
+            logger.info("reconcile with {}: {} orders looked up, {} with fills applied, {} "
+                        "resubmitted, {} cancelled, {} unknown at the venue; positions agree",
+                        executor.venue.name, report.looked_up, report.fills_applied,
+                        report.resubmitted, len(report.cancelled), len(report.unknown))
+        await self._commit()
+
+    async def _watch_feed(self) -> None:
+        """A feed silent for ``stale_bars`` bar lengths is stale: entries stop until a bar
+        comes (the engine clears it on the next bar)."""
+        feed, engine = self.feed, self.engine
+        assert feed is not None and engine is not None
+        if getattr(feed, "idle", False) or engine.gate.stale_reason is not None:
+            return
+        since = feed.last_bar_at or self._started_at
+        silent = time.monotonic() - since
+        if silent > self.settings.stale_bars * feed.bar_seconds:
+            engine.gate.stale_reason = f"no bar from {feed.name} for {silent:.0f}s"
+            logger.warning("feed {} is stale: no bar for {:.1f}s; entries stop, exits allowed",
+                           feed.name, silent)
+
     async def _snapshot(self) -> None:
         assert self.engine is not None
         self.engine.snapshot()
@@ -257,7 +325,8 @@ class Daemon:
         if engine is None:
             return "starting"
         pf, c = engine.portfolio, engine.counts
-        return (f"{engine.gate.state}; bars {engine.bars}, signals {c['signals']}, orders "
+        stale = "; feed STALE" if engine.gate.stale_reason else ""
+        return (f"{engine.gate.state}{stale}; bars {engine.bars}, signals {c['signals']}, orders "
                 f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
                 f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
                 f"{pf.open_symbols()}")

@@ -7,6 +7,7 @@ for ``object.__setattr__`` on every field of every bar.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from hashlib import blake2b
@@ -180,6 +181,32 @@ class Position:
     entry_ts: int = 0
     trade_pnl: float = 0.0
     trade_max_qty: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class Instrument:
+    """A venue's increments and minimums for one symbol."""
+
+    symbol: str
+    qty_step: float = 1.0
+    min_qty: float = 0.0
+    min_notional: float = 0.0
+    price_step: float = 0.0
+
+    def floor_qty(self, qty: float) -> float:
+        step = self.qty_step
+        if step <= 0:
+            return qty
+        units = math.floor(qty / step + 1e-9)
+        return round(units * step, 12)
+
+    def below_minimum(self, qty: float, price: float) -> str | None:
+        if qty <= 0 or qty + 1e-12 < self.min_qty:
+            return f"quantity {qty:g} below the venue minimum {self.min_qty:g}"
+        if self.min_notional and qty * price + 1e-9 < self.min_notional:
+            return (f"notional {qty * price:.2f} below the venue minimum "
+                    f"{self.min_notional:g}")
+        return None
 
 
 @dataclass(slots=True)

@@ -72,6 +72,9 @@ class Engine:
         # Bars at or before the last one handled before a restart only warm the strategies
         # up: they fill nothing and value nothing, the books already saw them.
         live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
+        if self.gate.stale_reason is not None:
+            logger.info("feed fresh again ({} {}): entries resume", symbol, bar.ts)
+            self.gate.stale_reason = None
         if live:
             if self._executor_wants_bars:
                 self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders first
@@ -203,6 +206,10 @@ class Engine:
         self.journal.set("trading_state", {"state": HALTED, "reason": reason})
         logger.warning("trading halted: {}", reason)
 
+    def known_ids(self) -> set[str]:
+        """Every client order id the journal has."""
+        return self._known_ids
+
     def open_orders(self) -> list[OrderIntent]:
         return self.executor.open_orders() if self.executor is not None else []
 
@@ -248,16 +255,17 @@ class Engine:
         trading = journal.get("trading_state")
         if trading and trading.get("state") == HALTED:
             self.gate.halt(trading.get("reason", "halted before the restart"))
-        for intent in journal.unfinished_intents():
-            journal.order_state(intent.client_order_id, OrderState.CANCELLED,
-                                "never submitted: the daemon stopped first")
+        unsent = [(i, 0.0) for i in journal.unfinished_intents()]
         resting = journal.open_intents()
-        if self.executor is not None and resting:
-            for intent, filled in resting:
-                self._orders[intent.client_order_id] = Order(intent, OrderState.SUBMITTED,
-                                                             filled)
+        for group, sent in ((resting, True), (unsent, False)):
+            if self.executor is None or not group:
+                continue
+            for intent, filled in group:
+                self._orders[intent.client_order_id] = Order(
+                    intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled)
                 left = intent.qty - filled
                 self._add_pending(intent, left if intent.side is Side.BUY else -left)
-            self.executor.restore_open([intent for intent, _ in resting])
+            self.executor.restore_open([intent for intent, _ in group], sent)
         return {"snapshot": snap is not None, "fills_replayed": replayed,
-                "open_orders": len(resting), "halted": self.gate.state == HALTED}
+                "open_orders": len(resting), "unsent": len(unsent),
+                "halted": self.gate.state == HALTED}

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     sim_interval: float = Field(1.0, ge=0)
     sim_seed: int = 7
     warmup_bars: int = Field(100, ge=0, le=100_000)
+    # Live feeds: the bar length, when a feed counts as stale, how hard to reconnect.
+    bar_seconds: int = Field(60, ge=1, le=86_400)
+    stale_bars: float = Field(3.0, gt=0)
+    reconnect_max_seconds: float = Field(60.0, gt=0)
+    market_hours_only: bool = True  # equities: act only while the venue's clock is open
+    reconcile_interval: float = Field(60.0, ge=0)  # 0 = only at start
+    broker_timeout: float = Field(10.0, gt=0, le=120)
     sim_start_price: float = Field(100.0, gt=0)
     replay_file: Path | None = None
     replay_pace: float = Field(0.0, ge=0)
@@ -156,6 +163,13 @@ class Settings(BaseSettings):
     ccxt_api_key: SecretStr | None = _env("CCXT_API_KEY", "ccxt_api_key")
     ccxt_secret: SecretStr | None = _env("CCXT_SECRET", "ccxt_secret")
     ccxt_password: SecretStr | None = _env("CCXT_PASSWORD", "ccxt_password")
+    # Venue endpoints: the brokers' own by default; overridable for an emulator or a proxy.
+    apca_api_base_url: str | None = _env("APCA_API_BASE_URL", "apca_api_base_url")
+    apca_api_data_url: str | None = _env("APCA_API_DATA_URL", "apca_api_data_url")
+    apca_api_stream_url: str | None = _env("APCA_API_STREAM_URL", "apca_api_stream_url")
+    alpaca_data_feed: Literal["iex", "sip"] = "iex"
+    ccxt_exchange: str | None = _env("CCXT_EXCHANGE", "ccxt_exchange")
+    ccxt_api_url: str | None = _env("CCXT_API_URL", "ccxt_api_url")
 
     @classmethod
     def settings_customise_sources(
@@ -222,12 +236,38 @@ class Settings(BaseSettings):
     def _level(cls, v: Any) -> Any:
         return str(v).upper()
 
+    @field_validator("ccxt_exchange", mode="before")
+    @classmethod
+    def _exchange_id(cls, v: Any) -> Any:
+        if v in (None, ""):
+            return None
+        text = str(v).strip().lower()
+        if not re.fullmatch(r"[a-z0-9_]+", text):
+            raise ValueError("expected a ccxt exchange id such as binance")
+        return text
+
+    @field_validator("apca_api_base_url", "apca_api_data_url", "apca_api_stream_url",
+                     "ccxt_api_url", mode="before")
+    @classmethod
+    def _url(cls, v: Any) -> Any:
+        if v in (None, ""):
+            return None
+        text = str(v).strip().rstrip("/")
+        if not re.match(r"^(https?|wss?)://[^\s/]+", text):
+            raise ValueError("expected a URL such as https://host[:port]")
+        return text
+
     @field_validator("feed", "paper_fill", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return str(v).strip().lower()
 
     # -- derived -------------------------------------------------------------------------
+    @property
+    def broker(self) -> str | None:
+        """The venue orders go to in sandbox and live: the one the market data comes from."""
+        return self.feed if self.feed in ("alpaca", "ccxt") else None
+
     @property
     def executor(self) -> ExecutorKind:
         """The executor: SHADOW_MODE if set, otherwise the phase's default."""
@@ -360,13 +400,23 @@ def check_startup(settings: Settings) -> None:
             env_name("live_confirm"),
             f"{source} selects the live executor; set it to the bot's name "
             f"({settings.bot!r}) to confirm real orders, or choose SHADOW_MODE=paper")
-    if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE):
+    if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) and settings.broker is None:
         source = env_name("shadow_mode") if settings.shadow_mode else env_name("phase")
         raise ConfigError(source, f"the {kind.value} executor needs a broker: no broker "
-                                  "configured (use log_only or paper)")
-    if settings.feed in ("alpaca", "ccxt"):
-        raise ConfigError(env_name("feed"), f"the {settings.feed} feed is not available in this "
-                                            "build: expected sim|replay")
+                                  "configured (set QUANTSHIFT_FEED=alpaca or ccxt with its "
+                                  "credentials, or use log_only or paper)")
+    uses_alpaca = settings.feed == "alpaca" or (
+        settings.broker == "alpaca" and kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE))
+    uses_ccxt = settings.feed == "ccxt" or (
+        settings.broker == "ccxt" and kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE))
+    if uses_alpaca:
+        for field in ("apca_api_key_id", "apca_api_secret_key"):
+            value = getattr(settings, field)
+            if value is None or not value.get_secret_value():
+                raise ConfigError(env_name(field), "Alpaca needs this credential")
+    if uses_ccxt and not settings.ccxt_exchange:
+        raise ConfigError(env_name("ccxt_exchange"), "the ccxt exchange id is needed "
+                                                     "(e.g. binance)")
     if settings.feed == "replay" and settings.replay_file is None:
         raise ConfigError(env_name("replay_file"), "QUANTSHIFT_FEED=replay needs a CSV file")
     if settings.feed == "replay" and not settings.replay_file.is_file():  # type: ignore[union-attr]

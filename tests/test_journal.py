@@ -279,7 +279,7 @@ def test_restore_from_snapshot_plus_later_fills(settings: Settings) -> None:
     e2 = engine_on(settings)
     try:
         report = e2.restore()
-        assert report == {"snapshot": True, "fills_replayed": 2, "open_orders": 0,
+        assert report == {"snapshot": True, "fills_replayed": 2, "open_orders": 0, "unsent": 0,
                           "halted": False}
         pf2 = e2.portfolio
         assert pf2 is not pf1

@@ -104,7 +104,11 @@ def test_invalid_settings_exit_78_with_one_line(tmp_path: Path, env: dict, setti
      "QUANTSHIFT_LIVE_CONFIRM"),  # confirmation for another bot is no confirmation
     ({"SHADOW_MODE": "live", "QUANTSHIFT_LIVE_CONFIRM": "equity"}, "no broker configured"),
     ({"SHADOW_MODE": "sandbox"}, "no broker configured"),
-    ({"QUANTSHIFT_FEED": "alpaca"}, "QUANTSHIFT_FEED"),
+    ({"QUANTSHIFT_FEED": "alpaca"}, "APCA_API_KEY_ID"),
+    ({"QUANTSHIFT_FEED": "alpaca", "APCA_API_KEY_ID": "k"}, "APCA_API_SECRET_KEY"),
+    ({"QUANTSHIFT_FEED": "ccxt"}, "CCXT_EXCHANGE"),
+    ({"QUANTSHIFT_FEED": "ccxt", "CCXT_EXCHANGE": "binance", "CCXT_API_URL": "localhost"},
+     "CCXT_API_URL"),
     ({"QUANTSHIFT_FEED": "replay"}, "QUANTSHIFT_REPLAY_FILE"),
 ])
 def test_unavailable_or_unconfirmed_executors_refuse_to_start(tmp_path: Path, env: dict,

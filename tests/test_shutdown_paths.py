@@ -27,7 +27,7 @@ async def _hang() -> None:
 def run_until_stop(d: Daemon, second_signal: bool) -> float:
     async def scenario() -> float:
         d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
-        d.startup()
+        await d.startup()
         await asyncio.sleep(0.3)  # some bars go through
         d._graceful = _hang  # a shutdown step that never finishes
         d.handle_exit(signal.SIGTERM)

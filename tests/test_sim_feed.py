@@ -13,7 +13,7 @@ from quantshift.feeds.sim import SimFeed
 def test_history_is_ordered_in_the_past_and_continues_into_live_bars() -> None:
     feed = SimFeed(["A", "B"], interval=1.0, seed=3)
     now = time.time_ns()
-    hist = feed.history(20)
+    hist = asyncio.run(feed.history(20))
     assert len(hist) == 40 and feed.validator.rejected == 0
     assert all(b.ts < now for b in hist)
     a = [b for b in hist if b.symbol == "A"]
@@ -33,10 +33,10 @@ def test_history_is_ordered_in_the_past_and_continues_into_live_bars() -> None:
 
 
 def test_same_seed_same_prices() -> None:
-    one = SimFeed(["A"], 1.0, seed=9).history(50)
-    two = SimFeed(["A"], 1.0, seed=9).history(50)
+    one = asyncio.run(SimFeed(["A"], 1.0, seed=9).history(50))
+    two = asyncio.run(SimFeed(["A"], 1.0, seed=9).history(50))
     assert [b.close for b in one] == [b.close for b in two]
-    assert [b.close for b in one] != [b.close for b in SimFeed(["A"], 1.0, seed=10).history(50)]
+    assert [b.close for b in one] != [b.close for b in asyncio.run(SimFeed(["A"], 1.0, seed=10).history(50))]
 
 
 def test_as_fast_as_possible_mode_delivers_many_rounds() -> None:

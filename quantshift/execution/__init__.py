@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from quantshift.domain import ExecutorKind
-from quantshift.errors import ConfigError
 from quantshift.execution.base import ExecutionSink, Executor
+from quantshift.execution.broker import BrokerExecutor
 from quantshift.execution.log_only import LogOnlyExecutor
 from quantshift.execution.paper import PaperExecutor
+from quantshift.execution.venues.base import Venue
 
-__all__ = ["ExecutionSink", "Executor", "LogOnlyExecutor", "PaperExecutor", "make_executor"]
+__all__ = ["BrokerExecutor", "ExecutionSink", "Executor", "LogOnlyExecutor", "PaperExecutor",
+           "make_executor"]
 
 
 def make_executor(kind: ExecutorKind, sink: ExecutionSink, *, paper_fill: str = "close",
-                  slippage_bps: float = 0.0, commission_bps: float = 0.0) -> Executor:
+                  slippage_bps: float = 0.0, commission_bps: float = 0.0,
+                  venue: Venue | None = None,
+                  durable: Callable[[], Awaitable[object]] | None = None,
+                  timeout: float = 10.0) -> Executor:
     if kind is ExecutorKind.LOG_ONLY:
         return LogOnlyExecutor(sink)
     if kind is ExecutorKind.PAPER:
         return PaperExecutor(sink, paper_fill, slippage_bps, commission_bps)
-    raise ConfigError("SHADOW_MODE", f"the {kind.value} executor needs a broker: "
-                                     "no broker configured")
+    if venue is None or durable is None:
+        raise ValueError(f"the {kind.value} executor needs a venue and a durable journal")
+    return BrokerExecutor(kind, venue, sink, durable=durable, timeout=timeout)

@@ -31,9 +31,16 @@ class Executor(Protocol):
 
     def open_orders(self) -> list[OrderIntent]: ...
 
-    def restore_open(self, intents: list[OrderIntent]) -> None:
-        """Take back orders that were open when the daemon last stopped."""
+    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
+        """Take back orders open at the last stop (``sent``), or journaled intents with
+        no answer yet (``sent=False``: they may or may not have reached the venue)."""
 
     def cancel_all(self, reason: str) -> int: ...
+
+    async def start(self) -> None:
+        """Connect (brokers); called before reconciliation and the first bar."""
+
+    async def drain(self, timeout: float) -> None:
+        """Wait, at most ``timeout``, for order work under way (cancels at shutdown)."""
 
     async def close(self) -> None: ...

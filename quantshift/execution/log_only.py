@@ -30,7 +30,13 @@ class LogOnlyExecutor:
     def open_orders(self) -> list[OrderIntent]:
         return []
 
-    def restore_open(self, intents: list[OrderIntent]) -> None:
+    async def start(self) -> None:
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        return None
+
+    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
         for intent in intents:  # an earlier executor's leftovers are not ours to send
             self._sink.on_order_state(intent, OrderState.CANCELLED, "not sent by log_only")
 

@@ -51,9 +51,19 @@ class PaperExecutor:
     def open_orders(self) -> list[OrderIntent]:
         return [i for waiting in self._resting.values() for i in waiting]
 
-    def restore_open(self, intents: list[OrderIntent]) -> None:
+    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
         for intent in intents:
-            self._resting.setdefault(intent.symbol, []).append(intent)
+            if sent:
+                self._resting.setdefault(intent.symbol, []).append(intent)
+            else:  # the book never took it: nothing happened
+                self._sink.on_order_state(intent, OrderState.CANCELLED,
+                                          "never submitted: the daemon stopped first")
+
+    async def start(self) -> None:
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        return None
 
     def cancel_all(self, reason: str) -> int:
         cancelled = self.open_orders()

@@ -18,12 +18,14 @@ _LOG_FIRST = 20  # rejects logged one by one per feed; after that one line per 1
 class Feed(Protocol):
     name: str
     validator: BarValidator
+    bar_seconds: float  # the bar length; 0 = no cadence (a file), so never stale
+    last_bar_at: float  # time.monotonic() of the last bar delivered (0 before the first)
 
-    def history(self, count: int) -> list[Bar]:
+    async def history(self, count: int) -> list[Bar]:
         """Up to ``count`` recent bars per symbol, to warm the strategies up before live bars."""
 
     async def run(self, on_bar: Callable[[Bar], None]) -> None:
-        """Deliver bars until the source ends or ``stop`` is called."""
+        """Deliver bars until the source ends or ``stop`` is called; reconnect by itself."""
 
     def stop(self) -> None: ...
 

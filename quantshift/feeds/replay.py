@@ -128,13 +128,15 @@ class ReplayFeed:
         self.validator = BarValidator(self.name)
         self.bars = CsvBars(path, self.validator, symbol)
         self.pace = pace
+        self.bar_seconds = 0.0  # a file has no cadence to fall behind
+        self.last_bar_at = 0.0
         self.finished = False
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def history(self, count: int) -> list[Bar]:
+    async def history(self, count: int) -> list[Bar]:
         return []  # the file is its own history
 
     async def run(self, on_bar: Callable[[Bar], None]) -> None:

@@ -28,6 +28,8 @@ class SimFeed:
         self.symbols = list(symbols)
         self.interval = interval
         self.validator = BarValidator(self.name)
+        self.bar_seconds = interval
+        self.last_bar_at = 0.0
         self._rng = random.Random(seed)
         self._prices = {s: (start_prices or {}).get(s, start_price) for s in self.symbols}
         self._last_ts = 0
@@ -47,7 +49,7 @@ class SimFeed:
         return Bar(symbol, ts, round(o, 4), round(hi, 4), round(lo, 4), round(c, 4),
                    float(rng.randint(100, 10_000)))
 
-    def history(self, count: int) -> list[Bar]:
+    async def history(self, count: int) -> list[Bar]:
         """``count`` bars per symbol ending now, so strategies start warm (as a real feed's
         backfill does); the live walk continues from where the history ends."""
         if count <= 0:
@@ -72,6 +74,7 @@ class SimFeed:
             bar = self.next_bar(symbol, ts)
             if accept(bar):
                 on_bar(bar)
+        self.last_bar_at = time.monotonic()
 
     async def run(self, on_bar: Callable[[Bar], None]) -> None:
         stopping = self._stopping

@@ -20,6 +20,7 @@ from typing import Any
 from quantshift.domain import (
     NS_PER_DAY,
     Direction,
+    Instrument,
     OrderIntent,
     Side,
     Signal,
@@ -65,6 +66,8 @@ class RiskGate:
         self.day = -1
         self.trades_today = 0
         self.loss_halt_day = -1  # the day the daily-loss limit stopped entries
+        self.instruments: dict[str, Instrument] = {}  # the venue's increments and minimums
+        self.stale_reason: str | None = None  # set while the feed is stale: entries stop
 
     # -- state -------------------------------------------------------------------------
     def halt(self, reason: str) -> None:
@@ -102,8 +105,15 @@ class RiskGate:
             return NO_CHANGE  # already on that side: a repeated signal adds nothing
         else:
             qty = position_size(self.sizing, price, portfolio.equity, self.fractional)
+            instrument = self.instruments.get(signal.symbol)
+            if instrument is not None:
+                qty = instrument.floor_qty(qty)
             if qty <= 0:
                 return Decision(veto=f"size rounds to zero ({self.sizing} at {price:g})")
+            if instrument is not None:
+                small = instrument.below_minimum(qty, price)
+                if small is not None:
+                    return Decision(veto=f"below venue minimum: {small}")
             target = qty * int(want)
         if abs(target - current) < _EPS:
             return NO_CHANGE
@@ -130,6 +140,8 @@ class RiskGate:
         """Why the entry to ``target`` may not go, if it may not. ``exiting`` is the
         quantity an exit leg sent just before takes off the symbol's net position."""
         lim = self.limits
+        if self.stale_reason is not None:
+            return f"feed stale: {self.stale_reason}; entries stop until fresh bars arrive"
         if lim.max_daily_loss and (self.loss_halt_day == day
                                    or portfolio.day_pnl <= -lim.max_daily_loss):
             self.loss_halt_day = day

@@ -1,0 +1,515 @@
+"""A local spot exchange shaped like Binance's REST API, so the unmodified ccxt
+``binance`` client works against it.
+
+    emu = ExchangeEmulator(("BTC/USDT", "ETH/USDT"), interval=1.0)
+    await emu.start()
+    ex = ccxt.async_support.binance({"apiKey": "k", "secret": "s", "enableRateLimit": False,
+        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
+                    "fetchMargins": False}})
+    ex.urls["test"] = emu.ccxt_urls(ex.urls["api"]); ex.set_sandbox_mode(True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from quantshift.emulators.bars import Bar, csv_symbols, read_csv, start_price
+from quantshift.emulators.base import BaseEmulator, now_ms
+from quantshift.emulators.matching import (
+    Instrument,
+    MatchingEngine,
+    Order,
+    OrderError,
+    symbols_or_default,
+)
+
+DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
+CLIENT_ID = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
+INTERVALS = {"1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
+             "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
+             "3d": 259200, "1w": 604800, "1M": 2592000}
+STATUS = {"new": "NEW", "accepted": "NEW", "partially_filled": "PARTIALLY_FILLED",
+          "filled": "FILLED", "canceled": "CANCELED", "rejected": "REJECTED",
+          "expired": "EXPIRED"}
+# OrderError.kind -> (Binance code, message)
+ERRORS = {
+    "duplicate": (-2010, "Duplicate order sent."),
+    "insufficient_funds": (-2010, "Account has insufficient balance for requested action."),
+    "invalid_qty": (-1013, "Filter failure: LOT_SIZE"),
+    "invalid_price": (-1013, "Filter failure: PRICE_FILTER"),
+    "min_notional": (-1013, "Filter failure: NOTIONAL"),
+    "unknown_symbol": (-1121, "Invalid symbol."),
+    "not_found": (-2013, "Order does not exist."),
+    "not_cancelable": (-2011, "Unknown order sent."),
+}
+PRIVATE = ("/api/v3/order", "/api/v3/openOrders", "/api/v3/allOrders", "/api/v3/myTrades",
+           "/api/v3/account")
+
+
+def f8(x: float | None) -> str:
+    return f"{x or 0.0:.8f}"
+
+
+def market_id(symbol: str) -> str:
+    return symbol.replace("/", "").replace("-", "").upper()
+
+
+class ExchangeEmulator(BaseEmulator):
+    venue = "exchange"
+
+    def __init__(self, symbols: Sequence[str] | str | None = DEFAULT_SYMBOLS,
+                 interval: float = 1.0, data: str | Path | None = None, seed: int = 1,
+                 balances: Mapping[str, float] | None = None, *, warmup: int = 100) -> None:
+        if symbols is None and data is not None:
+            symbols = csv_symbols(data) or None
+        names = symbols_or_default(symbols, DEFAULT_SYMBOLS)
+        pairs = {s: s.split("/") for s in names}
+        if any(len(p) != 2 or not all(p) for p in pairs.values()):
+            raise ValueError("exchange symbols look like BASE/QUOTE, e.g. BTC/USDT")
+        quotes = {q for _, q in pairs.values()}
+        if len(quotes) != 1:
+            raise ValueError("all exchange symbols must share one quote currency")
+        self.quote = quotes.pop()
+        self.bases = {s: p[0] for s, p in pairs.items()}
+        firsts: dict[str, float] = {}
+        if data is not None:
+            for rnd in read_csv(data, names):
+                for bar in rnd:
+                    firsts.setdefault(bar.symbol, bar.open)
+        instruments = [_instrument(s, firsts.get(s) or start_price(s, seed)) for s in names]
+        balances = dict(balances if balances is not None else {"USDT": 100_000})
+        super().__init__(MatchingEngine(instruments, interval=interval, data=data, seed=seed,
+                                        cash=float(balances.pop(self.quote, 0.0)),
+                                        allow_short=False, warmup=warmup))
+        self.ids = {market_id(s): s for s in names}
+        self.extra_balances: dict[str, float] = {}
+        by_base = {b: s for s, b in self.bases.items()}
+        for asset, qty in balances.items():
+            if asset in by_base and qty:
+                symbol = by_base[asset]
+                self.engine.set_position(symbol, float(qty), self.engine.last[symbol])
+            else:
+                self.extra_balances[asset] = float(qty)
+
+    def ccxt_urls(self, api_urls: Mapping[str, Any]) -> dict[str, Any]:
+        """ccxt's ``urls['api']`` with every host replaced by this emulator."""
+        def swap(value: Any) -> Any:
+            if isinstance(value, str):
+                return re.sub(r"^https?://[^/]+", str(self.base_url), value)
+            if isinstance(value, Mapping):
+                return {k: swap(v) for k, v in value.items()}
+            return value
+        return swap(api_urls)  # type: ignore[no-any-return]
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/api/v3/ping", self.ping)
+        r.add_get("/api/v3/time", self.time)
+        r.add_get("/api/v3/exchangeInfo", self.exchange_info)
+        r.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
+        r.add_get("/api/v3/ticker/price", self.ticker_price)
+        r.add_get("/api/v3/depth", self.depth)
+        r.add_get("/api/v3/klines", self.klines)
+        r.add_get("/api/v3/uiKlines", self.klines)
+        r.add_post("/api/v3/order", self.submit)
+        r.add_get("/api/v3/order", self.get_order)
+        r.add_delete("/api/v3/order", self.cancel)
+        r.add_get("/api/v3/openOrders", self.open_orders)
+        r.add_delete("/api/v3/openOrders", self.cancel_open)
+        r.add_get("/api/v3/allOrders", self.all_orders)
+        r.add_get("/api/v3/myTrades", self.my_trades)
+        r.add_get("/api/v3/account", self.account)
+
+    def scope_of(self, request: web.Request) -> str:
+        return "submit" if request.method == "POST" and request.path == "/api/v3/order" \
+            else "status"
+
+    def error_response(self, status: int, kind: str, message: str) -> web.Response:
+        code, msg = {
+            401: (-2014, "API-key format invalid."),
+            404: (-1000, "Not found."),
+            429: (-1003, "Too many requests; current limit of IP(127.0.0.1) is 6000 requests "
+                         "per minute. Please use the websocket for live updates to avoid "
+                         "polling the API."),
+            500: (-1001, "Internal error; unable to process your request. Please try again."),
+        }.get(status, (-1102, message))
+        return web.json_response({"code": code, "msg": msg}, status=status)
+
+    def order_error(self, exc: OrderError) -> web.Response:
+        if isinstance(exc, _BadRequest):
+            return web.json_response({"code": exc.code, "msg": exc.message}, status=400)
+        code, msg = ERRORS.get(exc.kind, (-1013, exc.message))
+        return web.json_response({"code": code, "msg": msg}, status=400)
+
+    def check_auth(self, request: web.Request) -> web.Response | None:
+        if request.path in PRIVATE and not request.headers.get("X-MBX-APIKEY"):
+            return self.error_response(401, "auth", "API-key format invalid.")
+        return None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"quote": self.quote, "balances": self._balances()}
+
+    def _symbol(self, params: Mapping[str, str], required: bool = True) -> str | None:
+        mid = params.get("symbol")
+        if not mid:
+            if required:
+                raise _bad(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, "
+                                  "or malformed.")
+            return None
+        if mid not in self.ids:
+            raise _bad(-1121, "Invalid symbol.")
+        return self.ids[mid]
+
+    # -- JSON shapes ---------------------------------------------------------------------------
+
+    def order_json(self, o: Order, full: bool = False) -> dict[str, Any]:
+        quote_qty = (o.filled_avg_price or 0.0) * o.filled_qty
+        out: dict[str, Any] = {
+            "symbol": market_id(o.symbol), "orderId": o.seq, "orderListId": -1,
+            "clientOrderId": o.client_order_id, "price": f8(o.limit_price),
+            "origQty": f8(o.qty), "executedQty": f8(o.filled_qty),
+            "cummulativeQuoteQty": f8(quote_qty), "status": STATUS[o.status],
+            "timeInForce": o.time_in_force.upper(), "type": o.type.upper(),
+            "side": o.side.upper(), "stopPrice": f8(0), "icebergQty": f8(0),
+            "time": int(o.created_at * 1000), "updateTime": int(o.updated_at * 1000),
+            "isWorking": o.is_open, "workingTime": int(o.created_at * 1000),
+            "origQuoteOrderQty": f8(o.notional), "selfTradePreventionMode": "EXPIRE_MAKER",
+        }
+        if full:
+            out["transactTime"] = out.pop("time")
+            out["fills"] = [{"price": f8(f.price), "qty": f8(f.qty), "commission": f8(0),
+                             "commissionAsset": self.bases[o.symbol], "tradeId": f.seq}
+                            for f in self.engine.fills if f.order_id == o.id]
+        return out
+
+    def _balances(self) -> list[dict[str, str]]:
+        eng = self.engine
+        locked_cash = sum(o.remaining * (o.limit_price or eng.last[o.symbol])
+                          for o in eng.open_orders() if o.side == "buy")
+        out = [{"asset": self.quote, "free": f8(eng.account.cash - locked_cash),
+                "locked": f8(locked_cash)}]
+        for symbol, base in self.bases.items():
+            held = eng.position_qty(symbol)
+            locked = sum(o.remaining for o in eng.open_orders(symbol) if o.side == "sell")
+            out.append({"asset": base, "free": f8(held - locked), "locked": f8(locked)})
+        out += [{"asset": a, "free": f8(q), "locked": f8(0)}
+                for a, q in self.extra_balances.items()]
+        return out
+
+    @staticmethod
+    def kline(b: Bar, seconds: int) -> list[Any]:
+        t = int(round(b.time * 1000))
+        return [t, f8(b.open), f8(b.high), f8(b.low), f8(b.close), f8(b.volume),
+                t + seconds * 1000 - 1, f8(b.volume * b.vwap), b.trades,
+                f8(b.volume / 2), f8(b.volume * b.vwap / 2), "0"]
+
+    # -- public REST ---------------------------------------------------------------------------
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def time(self, request: web.Request) -> web.Response:
+        return web.json_response({"serverTime": now_ms()})
+
+    async def exchange_info(self, request: web.Request) -> web.Response:
+        wanted = set(self.ids.values())
+        if request.query.get("symbol"):
+            wanted = {self._symbol(request.query)}  # type: ignore[arg-type]
+        out = []
+        for symbol in wanted:
+            inst = self.engine.instruments[symbol]
+            out.append({
+                "symbol": market_id(symbol), "status": "TRADING",
+                "baseAsset": self.bases[symbol], "baseAssetPrecision": 8,
+                "quoteAsset": self.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+                "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"], "icebergAllowed": False,
+                "ocoAllowed": False, "otoAllowed": False, "quoteOrderQtyMarketAllowed": True,
+                "allowTrailingStop": False, "cancelReplaceAllowed": False,
+                "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "minPrice": f8(inst.price_step),
+                     "maxPrice": f8(10_000_000), "tickSize": f8(inst.price_step)},
+                    {"filterType": "LOT_SIZE", "minQty": f8(inst.min_qty),
+                     "maxQty": f8(9_000_000), "stepSize": f8(inst.qty_step)},
+                    {"filterType": "NOTIONAL", "minNotional": f8(inst.min_notional),
+                     "applyMinToMarket": True, "maxNotional": f8(9_000_000),
+                     "applyMaxToMarket": False, "avgPriceMins": 5},
+                ],
+                "permissions": [], "permissionSets": [["SPOT"]],
+                "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+                "allowedSelfTradePreventionModes": ["NONE", "EXPIRE_MAKER", "EXPIRE_TAKER",
+                                                    "EXPIRE_BOTH"],
+            })
+        return web.json_response({"timezone": "UTC", "serverTime": now_ms(),
+                                  "rateLimits": [], "exchangeFilters": [], "symbols": out})
+
+    def _ticker(self, symbol: str) -> dict[str, Any]:
+        now = time.time()
+        bars = self.engine.bars(symbol, start=now - 86400) or list(self.engine.history[symbol])[-1:]
+        last = self.engine.last[symbol]
+        first = bars[0].open if bars else last
+        high = max((b.high for b in bars), default=last)
+        low = min((b.low for b in bars), default=last)
+        vol = sum(b.volume for b in bars)
+        step = self.engine.instruments[symbol].price_step
+        return {
+            "symbol": market_id(symbol), "priceChange": f8(last - first),
+            "priceChangePercent": f"{(last / first - 1) * 100 if first else 0:.3f}",
+            "weightedAvgPrice": f8(sum(b.vwap * b.volume for b in bars) / vol if vol else last),
+            "prevClosePrice": f8(first), "lastPrice": f8(last), "lastQty": f8(0),
+            "bidPrice": f8(last - step), "bidQty": f8(1), "askPrice": f8(last + step),
+            "askQty": f8(1), "openPrice": f8(first), "highPrice": f8(high),
+            "lowPrice": f8(low), "volume": f8(vol), "quoteVolume": f8(vol * last),
+            "openTime": int((bars[0].time if bars else now) * 1000), "closeTime": now_ms(),
+            "firstId": -1, "lastId": -1, "count": sum(b.trades for b in bars),
+        }
+
+    def _symbols_param(self, q: Mapping[str, str]) -> list[str] | None:
+        if q.get("symbol"):
+            return [self._symbol(q)]  # type: ignore[list-item]
+        if q.get("symbols"):
+            try:
+                ids = json.loads(q["symbols"])
+            except ValueError:
+                raise _bad(-1100, "Illegal characters found in parameter 'symbols'.") from None
+            return [self._symbol({"symbol": i}) for i in ids]  # type: ignore[misc]
+        return None
+
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        chosen = self._symbols_param(request.query)
+        if request.query.get("symbol"):
+            return web.json_response(self._ticker(chosen[0]))  # type: ignore[index]
+        return web.json_response([self._ticker(s) for s in chosen or self.ids.values()])
+
+    async def ticker_price(self, request: web.Request) -> web.Response:
+        chosen = self._symbols_param(request.query)
+        items = [{"symbol": market_id(s), "price": f8(self.engine.last[s])}
+                 for s in chosen or self.ids.values()]
+        return web.json_response(items[0] if request.query.get("symbol") else items)
+
+    async def depth(self, request: web.Request) -> web.Response:
+        symbol = self._symbol(request.query)
+        assert symbol is not None
+        last, step = self.engine.last[symbol], self.engine.instruments[symbol].price_step
+        levels = max(1, min(int(request.query.get("limit", 5) or 5), 100))
+        return web.json_response({
+            "lastUpdateId": self.engine.bars_emitted,
+            "bids": [[f8(last - step * (i + 1)), f8(1)] for i in range(levels)],
+            "asks": [[f8(last + step * (i + 1)), f8(1)] for i in range(levels)]})
+
+    async def klines(self, request: web.Request) -> web.Response:
+        q = request.query
+        symbol = self._symbol(q)
+        assert symbol is not None
+        seconds = INTERVALS.get(q.get("interval", ""))
+        if seconds is None:
+            raise _bad(-1120, "Invalid interval.")
+        start, end, limit = _ms(q, "startTime"), _ms(q, "endTime"), _limit(q, 500, 1000)
+        bars = self.engine.bars(symbol, start, end, seconds)
+        bars = bars[:limit] if start is not None else bars[-limit:]
+        return web.json_response([self.kline(b, seconds) for b in bars])
+
+    # -- private REST --------------------------------------------------------------------------
+
+    async def _params(self, request: web.Request) -> dict[str, str]:
+        params = dict(request.query)
+        if request.can_read_body:
+            params.update({k: str(v) for k, v in (await request.post()).items()})
+        return params
+
+    async def submit(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        assert symbol is not None
+        side, otype = p.get("side", "").lower(), p.get("type", "").upper()
+        if side not in ("buy", "sell"):
+            raise _bad(-1102, "Mandatory parameter 'side' was not sent, was empty/null, or "
+                              "malformed.")
+        if otype not in ("MARKET", "LIMIT", "LIMIT_MAKER"):
+            raise _bad(-1116, "Invalid orderType.")
+        coid = p.get("newClientOrderId") or None
+        if coid is not None and not CLIENT_ID.match(coid):
+            raise _bad(-1100, "Illegal characters found in parameter 'newClientOrderId'; "
+                              "legal range is '^[a-zA-Z0-9-_]{1,36}$'.")
+        qty, price = _num(p, "quantity"), _num(p, "price")
+        quote_qty = _num(p, "quoteOrderQty")
+        tif = p.get("timeInForce", "GTC" if otype != "MARKET" else "").upper()
+        if otype == "LIMIT" and (not p.get("timeInForce") or price is None or qty is None):
+            raise _bad(-1102, "Mandatory parameter 'timeInForce', 'price' or 'quantity' was "
+                              "not sent, was empty/null, or malformed.")
+        if otype == "MARKET" and (qty is None) == (quote_qty is None):
+            raise _bad(-1102, "Mandatory parameter 'quantity' or 'quoteOrderQty' was not "
+                              "sent, was empty/null, or malformed.")
+        if otype == "LIMIT_MAKER" and price is not None:
+            last = self.engine.last[symbol]
+            if (side == "buy" and price >= last) or (side == "sell" and price <= last):
+                raise _bad(-2010, "Order would immediately match and take.")
+        partial = self.faults.take("submit", ("partial_fill",))
+        fault = self.faults.take("submit", ("duplicate_id", "lost_ack", "reject"))
+        order = self.engine.submit(
+            symbol, side, qty, type="market" if otype == "MARKET" else "limit",
+            limit_price=price if otype != "MARKET" else None,
+            time_in_force=(tif or "GTC").lower(), client_order_id=coid, notional=quote_qty,
+            partial=partial.fraction if partial else None,
+            reject=fault is not None and fault.name == "reject")
+        if fault is not None and fault.name == "duplicate_id":
+            return self.order_error(OrderError("duplicate", "Duplicate order sent."))
+        if fault is not None and fault.name == "lost_ack":
+            return self.lose_ack(request)
+        if p.get("newOrderRespType", "FULL").upper() == "ACK":
+            return web.json_response({"symbol": market_id(symbol), "orderId": order.seq,
+                                      "orderListId": -1, "clientOrderId": order.client_order_id,
+                                      "transactTime": int(order.created_at * 1000)})
+        full = p.get("newOrderRespType", "FULL").upper() == "FULL"
+        return web.json_response(self.order_json(order, full=True) if full
+                                 else {**self.order_json(order), "transactTime": now_ms()})
+
+    def _find(self, p: Mapping[str, str], symbol: str) -> Order:
+        order: Order | None = None
+        if p.get("orderId"):
+            try:
+                order = self.engine.by_seq.get(int(p["orderId"]))
+            except ValueError:
+                raise _bad(-1100, "Illegal characters found in parameter 'orderId'.") from None
+        elif p.get("origClientOrderId"):
+            order = self.engine.by_client.get(p["origClientOrderId"])
+        else:
+            raise _bad(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both "
+                              "were empty/null!")
+        if order is None or order.symbol != symbol:
+            raise OrderError("not_found", "Order does not exist.")
+        return order
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        assert symbol is not None
+        return web.json_response(self.order_json(self._find(p, symbol)))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        assert symbol is not None
+        try:
+            order = self._find(p, symbol)
+        except OrderError:
+            raise OrderError("not_cancelable", "Unknown order sent.") from None
+        self.engine.cancel(order.id)
+        return web.json_response(self._cancel_json(order, p.get("newClientOrderId")))
+
+    def _cancel_json(self, order: Order, cancel_id: str | None = None) -> dict[str, Any]:
+        out = self.order_json(order)
+        for key in ("time", "updateTime", "isWorking", "workingTime", "stopPrice",
+                    "icebergQty"):
+            out.pop(key, None)
+        out.update(origClientOrderId=order.client_order_id, transactTime=now_ms(),
+                   clientOrderId=cancel_id or uuid.uuid4().hex[:22])
+        return out
+
+    async def cancel_open(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        done = [self.engine.cancel(o.id) for o in self.engine.open_orders(symbol)]
+        return web.json_response([self._cancel_json(o) for o in done])
+
+    async def open_orders(self, request: web.Request) -> web.Response:
+        symbol = self._symbol(await self._params(request), required=False)
+        return web.json_response([self.order_json(o) for o in self.engine.open_orders(symbol)])
+
+    async def all_orders(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        start, end, limit = _ms(p, "startTime"), _ms(p, "endTime"), _limit(p, 500, 1000)
+        from_id = int(p["orderId"]) if p.get("orderId", "").isdigit() else None
+        orders = [o for o in self.engine.orders.values() if o.symbol == symbol
+                  and (from_id is None or o.seq >= from_id)
+                  and (start is None or o.created_at >= start)
+                  and (end is None or o.created_at <= end)]
+        orders = orders[:limit] if from_id is not None or start is not None else orders[-limit:]
+        return web.json_response([self.order_json(o) for o in orders])
+
+    async def my_trades(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        symbol = self._symbol(p)
+        start, end, limit = _ms(p, "startTime"), _ms(p, "endTime"), _limit(p, 500, 1000)
+        order_seq = int(p["orderId"]) if p.get("orderId", "").isdigit() else None
+        from_id = int(p["fromId"]) if p.get("fromId", "").isdigit() else None
+        fills = [f for f in self.engine.fills if f.symbol == symbol
+                 and (order_seq is None or f.order_seq == order_seq)
+                 and (from_id is None or f.seq >= from_id)
+                 and (start is None or f.time >= start) and (end is None or f.time <= end)]
+        fills = fills[:limit] if from_id is not None or start is not None else fills[-limit:]
+        return web.json_response([{
+            "symbol": market_id(f.symbol), "id": f.seq, "orderId": f.order_seq,
+            "orderListId": -1, "price": f8(f.price), "qty": f8(f.qty),
+            "quoteQty": f8(f.qty * f.price), "commission": f8(0),
+            "commissionAsset": self.bases[f.symbol], "time": int(f.time * 1000),
+            "isBuyer": f.side == "buy", "isMaker": False, "isBestMatch": True,
+        } for f in fills])
+
+    async def account(self, request: web.Request) -> web.Response:
+        p = await self._params(request)
+        balances = self._balances()
+        if p.get("omitZeroBalances") == "true":
+            balances = [b for b in balances if float(b["free"]) or float(b["locked"])]
+        return web.json_response({
+            "makerCommission": 0, "takerCommission": 0, "buyerCommission": 0,
+            "sellerCommission": 0, "commissionRates": {"maker": f8(0), "taker": f8(0),
+                                                       "buyer": f8(0), "seller": f8(0)},
+            "canTrade": True, "canWithdraw": False, "canDeposit": False, "brokered": False,
+            "requireSelfTradePrevention": False, "preventSor": False,
+            "updateTime": now_ms(), "accountType": "SPOT", "balances": balances,
+            "permissions": ["SPOT"], "uid": 1,
+        })
+
+
+class _BadRequest(OrderError):
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__("bad_request", msg)
+        self.code = code
+
+
+def _bad(code: int, msg: str) -> _BadRequest:
+    return _BadRequest(code, msg)
+
+
+def _num(p: Mapping[str, str], key: str) -> float | None:
+    if not p.get(key):
+        return None
+    try:
+        value = float(p[key])
+    except ValueError:
+        raise _bad(-1100, f"Illegal characters found in parameter '{key}'.") from None
+    if not math.isfinite(value):
+        raise _bad(-1100, f"Illegal characters found in parameter '{key}'.")
+    return value
+
+
+def _ms(p: Mapping[str, str], key: str) -> float | None:
+    value = _num(p, key)
+    return None if value is None else value / 1000.0
+
+
+def _limit(p: Mapping[str, str], default: int, top: int) -> int:
+    value = _num(p, "limit")
+    return default if value is None else max(1, min(int(value), top))
+
+
+def _instrument(symbol: str, price: float) -> Instrument:
+    """Binance-like filters from the price: BTC 0.00001 lots, ETH 0.0001, SOL 0.001..."""
+    qty_step = 10.0 ** -(math.floor(math.log10(price)) + 1)
+    price_step = 0.01 if price >= 10 else 0.0001
+    return Instrument(symbol, qty_step=min(qty_step, 1.0), min_qty=min(qty_step, 1.0),
+                      min_notional=5.0, price_step=price_step, start_price=None)

@@ -1,0 +1,300 @@
+"""The broker executor: Sandbox and Live, one code path, another endpoint.
+
+Every intent is on disk before a byte goes to the venue (write-ahead). A submit that
+fails with an unknown outcome (5xx, timeout, dropped connection) is looked up by its
+client order id before anything is retried, and a retry always reuses the same id, so
+an intent can never become two orders. A 429 waits as long as the venue asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from quantshift.domain import Bar, ExecutorKind, OrderIntent, OrderState
+from quantshift.execution.base import ExecutionSink
+from quantshift.execution.venues.base import (
+    DuplicateOrder,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    Venue,
+    VenueError,
+    VenueOrder,
+    VenueUnavailable,
+)
+
+_EPS = 1e-9
+_MAX_DELAY = 30.0
+
+
+@dataclass(slots=True)
+class Tracked:
+    intent: OrderIntent
+    state: OrderState = OrderState.NEW
+    filled: float = 0.0
+    avg_price: float = 0.0
+    venue_id: str = ""
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    looked_up: int = 0
+    fills_applied: int = 0
+    resubmitted: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    mismatches: dict[str, tuple[float, float]] = field(default_factory=dict)  # journal, venue
+
+    @property
+    def clean(self) -> bool:
+        return not self.mismatches
+
+
+class BrokerExecutor:
+    wants_bars = False
+
+    def __init__(self, kind: ExecutorKind, venue: Venue, sink: ExecutionSink, *,
+                 durable: Callable[[], Awaitable[object]], timeout: float = 10.0,
+                 max_attempts: int = 6, resubmit_window_ns: int = 120_000_000_000) -> None:
+        self.kind = kind
+        self.venue = venue
+        where = "paper/testnet" if kind is ExecutorKind.SANDBOX else "LIVE, real money"
+        self.description = f"orders go to {venue.name} ({where}) at {venue.endpoint}"
+        self._sink = sink
+        self._durable = durable
+        self._timeout = timeout
+        self._max_attempts = max_attempts
+        self._resubmit_window_ns = resubmit_window_ns
+        self._orders: dict[str, Tracked] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tracker: asyncio.Task[None] | None = None
+        self.calls = 0
+        self.errors = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.venue.connect()
+        self._tracker = asyncio.create_task(self._track(), name="order-updates")
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for submissions and cancellations under way."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tracker is not None:
+            self._tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._tracker
+        await self.venue.close()
+
+    # -- the executor protocol -------------------------------------------------------------
+    def submit(self, intent: OrderIntent) -> None:
+        self._orders[intent.client_order_id] = Tracked(intent)
+        self._spawn(self._send(intent))
+
+    def on_bar(self, bar: Bar) -> None:
+        return None
+
+    def open_orders(self) -> list[OrderIntent]:
+        return [t.intent for t in self._orders.values()]
+
+    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
+        """Orders open at the last stop (``sent``), or journaled with no answer from the
+        venue yet: reconcile looks each one up before anything new is sent."""
+        state = OrderState.SUBMITTED if sent else OrderState.NEW
+        for intent in intents:
+            self._orders.setdefault(intent.client_order_id, Tracked(intent, state))
+
+    def cancel_all(self, reason: str) -> int:
+        for tracked in list(self._orders.values()):
+            self._spawn(self._cancel(tracked.intent, reason))
+        return len(self._orders)
+
+    # -- submission ------------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, coro: Awaitable[VenueOrder]) -> VenueOrder:
+        self.calls += 1
+        try:
+            return await asyncio.wait_for(coro, self._timeout)
+        except TimeoutError:
+            self.errors += 1
+            raise VenueUnavailable(f"no answer within {self._timeout:g}s") from None
+        except VenueError:
+            self.errors += 1
+            raise
+
+    async def _send(self, intent: OrderIntent) -> None:
+        coid = intent.client_order_id
+        await self._durable()  # write-ahead: the intent is on disk before it is sent
+        delay = 0.5
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                self._apply(await self._call(self.venue.submit(intent)))
+                return
+            except RateLimited as exc:
+                wait = exc.retry_after if exc.retry_after is not None else delay
+                logger.warning("order {}: rate limited by {}; retrying in {:g}s", coid,
+                               self.venue.name, wait)
+                await asyncio.sleep(wait)
+            except DuplicateOrder:
+                logger.info("order {}: {} already has it; looking it up", coid, self.venue.name)
+                if await self._lookup(intent):
+                    return
+                await asyncio.sleep(delay)
+            except VenueUnavailable as exc:
+                logger.warning("order {}: outcome unknown ({}); looking it up before any "
+                               "retry", coid, exc)
+                if await self._lookup(intent):
+                    return
+                await asyncio.sleep(delay)
+            except OrderRejected as exc:
+                self._finish(coid, OrderState.REJECTED, f"rejected by {self.venue.name}: "
+                                                        f"{exc.reason}")
+                return
+            delay = min(delay * 2, _MAX_DELAY)
+            logger.info("order {}: attempt {} of {}", coid, attempt + 1, self._max_attempts)
+        self._finish(coid, OrderState.REJECTED,
+                     f"{self.venue.name} unreachable after {self._max_attempts} attempts")
+
+    async def _lookup(self, intent: OrderIntent) -> bool:
+        """Whether the venue has the order (and if so, take its state)."""
+        delay = 0.5
+        for _ in range(3):
+            try:
+                self._apply(await self._call(self.venue.order(intent.client_order_id,
+                                                              intent.symbol)))
+                return True
+            except OrderNotFound:
+                return False
+            except RateLimited as exc:
+                await asyncio.sleep(exc.retry_after if exc.retry_after is not None else delay)
+            except VenueError:
+                await asyncio.sleep(delay)
+            delay *= 2
+        return False
+
+    async def _cancel(self, intent: OrderIntent, reason: str) -> None:
+        coid = intent.client_order_id
+        try:
+            await asyncio.wait_for(self.venue.cancel(coid, intent.symbol), self._timeout)
+        except OrderNotFound:
+            if not await self._lookup(intent):
+                self._finish(coid, OrderState.CANCELLED, f"{reason} (not at the venue)")
+            return
+        except (VenueError, TimeoutError) as exc:
+            logger.warning("order {}: cancel failed ({}); it stays open", coid, exc)
+            return
+        await self._lookup(intent)  # the venue's answer is the confirmation
+
+    # -- what the venue says ---------------------------------------------------------------
+    def _apply(self, vo: VenueOrder) -> None:
+        tracked = self._orders.get(vo.client_order_id)
+        if tracked is None:
+            return
+        tracked.venue_id = vo.venue_id or tracked.venue_id
+        if vo.filled_qty > tracked.filled + _EPS:
+            qty = vo.filled_qty - tracked.filled
+            price = vo.avg_price
+            if tracked.filled > 0 and vo.avg_price > 0:
+                price = (vo.avg_price * vo.filled_qty - tracked.avg_price * tracked.filled) / qty
+            tracked.filled, tracked.avg_price = vo.filled_qty, vo.avg_price
+            self._sink.on_fill(tracked.intent, qty, price, 0.0, time.time_ns())
+        if vo.state in (OrderState.CANCELLED, OrderState.REJECTED, OrderState.EXPIRED):
+            self._finish(vo.client_order_id, vo.state, vo.reason)
+        elif tracked.filled >= tracked.intent.qty - _EPS:
+            self._orders.pop(vo.client_order_id, None)  # the engine saw the last fill
+        elif tracked.state is OrderState.NEW:
+            tracked.state = OrderState.SUBMITTED
+            self._sink.on_order_state(tracked.intent, OrderState.SUBMITTED,
+                                      f"{self.venue.name} id {vo.venue_id}")
+
+    def _finish(self, coid: str, state: OrderState, detail: str) -> None:
+        tracked = self._orders.pop(coid, None)
+        if tracked is not None:
+            self._sink.on_order_state(tracked.intent, state, detail)
+
+    async def _track(self) -> None:
+        """Follow the venue's order updates; after any interruption, look every open order
+        up so no update missed meanwhile is lost."""
+        delay = 0.5
+        while True:
+            try:
+                async for vo in self.venue.updates(self._tracked_pairs):
+                    self._apply(vo)
+                    delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream's own errors are many; all mean reconnect
+                logger.warning("order updates from {} interrupted ({}); reconnecting in {:g}s",
+                               self.venue.name, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+            for tracked in list(self._orders.values()):
+                await self._lookup(tracked.intent)
+
+    def _tracked_pairs(self) -> list[tuple[str, str]]:
+        return [(c, t.intent.symbol) for c, t in self._orders.items()]
+
+    # -- reconciliation --------------------------------------------------------------------
+    async def reconcile(self, expected: Callable[[], dict[str, float]], known_ids: set[str],
+                        now_ns: int | None = None) -> ReconcileReport:
+        """Compare the venue with the journal: settle every order the journal has open,
+        adopt or flag orders it does not know, and compare positions.
+
+        ``expected`` gives the journal's net position per symbol once the settled fills
+        are booked (it is called after the orders are settled)."""
+        report = ReconcileReport()
+        now_ns = now_ns or time.time_ns()
+        for tracked in list(self._orders.values()):
+            intent = tracked.intent
+            report.looked_up += 1
+            before = tracked.filled
+            if await self._lookup(intent):
+                if tracked.filled > before:
+                    report.fills_applied += 1
+                continue
+            if tracked.state is OrderState.NEW and now_ns - intent.ts <= self._resubmit_window_ns:
+                # Journaled, then the daemon stopped before the venue took it: send it now,
+                # under the same id, so the intent ends as exactly one venue order.
+                report.resubmitted += 1
+                self._spawn(self._send(intent))
+            else:
+                why = ("never reached the venue; too old to send after the restart"
+                       if tracked.state is OrderState.NEW else "the venue has no such order")
+                self._finish(intent.client_order_id, OrderState.CANCELLED, why)
+                report.cancelled.append(intent.client_order_id)
+        if report.resubmitted:
+            await self.drain(self._timeout * 2)
+        for vo in await self.venue.open_orders():
+            if vo.client_order_id in self._orders:
+                continue
+            if vo.client_order_id in known_ids:
+                report.adopted.append(vo.client_order_id)
+                logger.warning("reconcile: order {} is open at {} but closed in the journal",
+                               vo.client_order_id, self.venue.name)
+            else:
+                report.unknown.append(vo.client_order_id or vo.venue_id)
+                logger.warning("reconcile: {} has an order the journal does not know: {} {} "
+                               "{:g} {} (id {})", self.venue.name, vo.side.value, vo.symbol,
+                               vo.qty, vo.client_order_id or "-", vo.venue_id)
+        venue_positions = await self.venue.positions()
+        journal_positions = expected()
+        for symbol in sorted(set(venue_positions) | set(journal_positions)):
+            mine, theirs = journal_positions.get(symbol, 0.0), venue_positions.get(symbol, 0.0)
+            if abs(mine - theirs) > 1e-6:
+                report.mismatches[symbol] = (mine, theirs)
+        return report

@@ -1,0 +1,1 @@
+"""Venue adapters: one per broker, all behind the Venue protocol."""

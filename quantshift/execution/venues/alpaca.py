@@ -1,0 +1,189 @@
+"""Alpaca through alpaca-py: REST off the loop (the SDK is synchronous), trade updates from
+the trading websocket, and lookups by client order id.
+
+alpaca-py retries 429 by itself with a fixed wait and sends requests without a timeout;
+both are switched off here, in one place, so that the executor honours ``Retry-After``
+and a slow broker cannot hold a thread forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from loguru import logger
+
+from quantshift.domain import Instrument, OrderIntent, OrderState, Side
+from quantshift.execution.venues.base import (
+    DuplicateOrder,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    VenueError,
+    VenueOrder,
+    VenueUnavailable,
+)
+from quantshift.execution.venues.common import stream_and_poll
+
+PAPER_URL = "https://paper-api.alpaca.markets"
+LIVE_URL = "https://api.alpaca.markets"
+
+_STATES = {
+    "new": OrderState.SUBMITTED, "accepted": OrderState.SUBMITTED,
+    "pending_new": OrderState.SUBMITTED, "accepted_for_bidding": OrderState.SUBMITTED,
+    "held": OrderState.SUBMITTED, "calculated": OrderState.SUBMITTED,
+    "done_for_day": OrderState.SUBMITTED, "pending_cancel": OrderState.SUBMITTED,
+    "pending_replace": OrderState.SUBMITTED, "replaced": OrderState.CANCELLED,
+    "partially_filled": OrderState.PARTIALLY_FILLED, "filled": OrderState.FILLED,
+    "canceled": OrderState.CANCELLED, "expired": OrderState.EXPIRED,
+    "rejected": OrderState.REJECTED, "stopped": OrderState.SUBMITTED,
+    "suspended": OrderState.SUBMITTED,
+}
+
+
+def _value(x: Any) -> str:
+    return str(getattr(x, "value", x) or "")
+
+
+def to_venue_order(order: Any) -> VenueOrder:
+    side = Side.BUY if _value(order.side).lower() == "buy" else Side.SELL
+    return VenueOrder(
+        client_order_id=order.client_order_id or "", venue_id=str(order.id),
+        symbol=order.symbol or "", side=side, qty=float(order.qty or 0),
+        filled_qty=float(order.filled_qty or 0), avg_price=float(order.filled_avg_price or 0),
+        state=_STATES.get(_value(order.status).lower(), OrderState.SUBMITTED),
+    )
+
+
+def _translate(exc: Exception) -> VenueError:
+    from alpaca.common.exceptions import APIError
+    from requests import RequestException
+
+    if isinstance(exc, APIError):
+        status = exc.status_code or 0
+        try:
+            message = exc.message
+        except (ValueError, KeyError, TypeError):
+            message = str(exc)[:200]
+        if status == 429:
+            header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+            try:
+                retry_after = float(header) if header is not None else None
+            except ValueError:
+                retry_after = None
+            return RateLimited(message, retry_after)
+        if status >= 500 or status == 0:
+            return VenueUnavailable(f"HTTP {status}: {message}")
+        if status == 404:
+            return OrderNotFound(message)
+        if "client_order_id" in str(message) and "unique" in str(message):
+            return DuplicateOrder(message)
+        return OrderRejected(f"HTTP {status}: {message}")
+    if isinstance(exc, RequestException | ConnectionError | OSError):
+        return VenueUnavailable(f"{type(exc).__name__}: {exc}")
+    return VenueError(f"{type(exc).__name__}: {exc}")
+
+
+class AlpacaVenue:
+    name = "alpaca"
+
+    def __init__(self, key: str, secret: str, *, paper: bool, base_url: str | None = None,
+                 timeout: float = 10.0, poll_every: float = 5.0) -> None:
+        from alpaca.trading.client import TradingClient
+
+        self.endpoint = base_url or (PAPER_URL if paper else LIVE_URL)
+        self._key, self._secret, self._paper = key, secret, paper
+        self._base_url = base_url
+        self._client = TradingClient(key, secret, paper=paper, url_override=base_url)
+        self._client._retry = 0  # the executor retries, honouring Retry-After
+        session = self._client._session
+        session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
+        self._poll_every = poll_every
+        self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
+        self._stream: Any = None
+        self._stream_task: asyncio.Task[None] | None = None
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def connect(self) -> None:
+        from alpaca.trading.stream import TradingStream
+
+        await self._call(self._client.get_account)  # fails early on bad credentials
+        url = self._base_url.replace("http", "ws", 1) + "/stream" if self._base_url else None
+        self._stream = TradingStream(self._key, self._secret, paper=self._paper,
+                                     url_override=url)
+        self._stream.subscribe_trade_updates(self._on_update)
+        # TradingStream.run() would start its own event loop; its coroutine runs in ours.
+        self._stream_task = asyncio.create_task(self._stream._run_forever(),
+                                                name="alpaca-trade-updates")
+
+    async def _on_update(self, update: Any) -> None:
+        try:
+            self._queue.put_nowait(to_venue_order(update.order))
+        except Exception as exc:  # a malformed update must not kill the stream
+            logger.warning("alpaca: unreadable trade update skipped: {}", exc)
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop_ws()
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stream_task
+
+    async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
+        out = {}
+        for symbol in symbols:
+            asset = await self._call(self._client.get_asset, symbol)
+            fractionable = bool(getattr(asset, "fractionable", False))
+            step = float(getattr(asset, "min_trade_increment", None) or 0) if fractionable else 1
+            out[symbol] = Instrument(
+                symbol, qty_step=step or 1.0,
+                min_qty=float(getattr(asset, "min_order_size", None) or 0) if fractionable else 1,
+                price_step=float(getattr(asset, "price_increment", None) or 0))
+        return out
+
+    async def submit(self, intent: OrderIntent) -> VenueOrder:
+        from alpaca.trading.enums import OrderSide, TimeInForce
+        from alpaca.trading.requests import MarketOrderRequest
+
+        request = MarketOrderRequest(
+            symbol=intent.symbol, qty=intent.qty,
+            side=OrderSide.BUY if intent.side is Side.BUY else OrderSide.SELL,
+            time_in_force=TimeInForce.DAY, client_order_id=intent.client_order_id)
+        return to_venue_order(await self._call(self._client.submit_order, request))
+
+    async def order(self, client_order_id: str, symbol: str) -> VenueOrder:
+        return to_venue_order(await self._call(self._client.get_order_by_client_id,
+                                               client_order_id))
+
+    async def cancel(self, client_order_id: str, symbol: str) -> None:
+        found = await self.order(client_order_id, symbol)
+        await self._call(self._client.cancel_order_by_id, found.venue_id)
+
+    async def open_orders(self) -> list[VenueOrder]:
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        orders = await self._call(self._client.get_orders,
+                                  GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500))
+        return [to_venue_order(o) for o in orders]
+
+    async def positions(self) -> dict[str, float]:
+        out = {}
+        for p in await self._call(self._client.get_all_positions):
+            qty = float(p.qty)
+            if _value(p.side).lower() == "short" and qty > 0:
+                qty = -qty
+            out[p.symbol] = qty
+        return out
+
+    def updates(self, tracked: Callable[[], list[tuple[str, str]]]) -> AsyncIterator[VenueOrder]:
+        return stream_and_poll(self._queue, tracked, self.order, self._poll_every)

@@ -1,0 +1,139 @@
+"""A crypto exchange through ccxt (async): orders by client order id, updates by polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from quantshift.clients import ccxt_exchange
+from quantshift.domain import Instrument, OrderIntent, OrderState, Side
+from quantshift.execution.venues.base import (
+    DuplicateOrder,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    VenueError,
+    VenueOrder,
+    VenueUnavailable,
+)
+from quantshift.execution.venues.common import stream_and_poll
+
+_STATES = {"open": OrderState.SUBMITTED, "closed": OrderState.FILLED,
+           "canceled": OrderState.CANCELLED, "cancelled": OrderState.CANCELLED,
+           "expired": OrderState.EXPIRED, "rejected": OrderState.REJECTED}
+
+
+def to_venue_order(o: dict[str, Any]) -> VenueOrder:
+    filled = float(o.get("filled") or 0)
+    amount = float(o.get("amount") or 0)
+    state = _STATES.get(str(o.get("status") or "open"), OrderState.SUBMITTED)
+    if state is OrderState.SUBMITTED and filled > 0:
+        state = OrderState.PARTIALLY_FILLED
+    if state is OrderState.FILLED and filled + 1e-12 < amount:
+        state = OrderState.PARTIALLY_FILLED
+    return VenueOrder(
+        client_order_id=str(o.get("clientOrderId") or ""), venue_id=str(o.get("id") or ""),
+        symbol=str(o.get("symbol") or ""), side=Side.BUY if o.get("side") == "buy" else Side.SELL,
+        qty=amount, filled_qty=filled, avg_price=float(o.get("average") or o.get("price") or 0),
+        state=state)
+
+
+class CcxtVenue:
+    def __init__(self, exchange_id: str, *, key: str | None, secret: str | None,
+                 password: str | None = None, api_url: str | None = None, sandbox: bool = True,
+                 timeout: float = 10.0, poll_every: float = 1.0) -> None:
+        self.name = exchange_id
+        self._exchange = ccxt_exchange(exchange_id, key=key, secret=secret, password=password,
+                                       api_url=api_url, sandbox=sandbox, timeout=timeout)
+        api = self._exchange.urls.get("api")
+        first = next(iter(api.values())) if isinstance(api, dict) else api
+        self.endpoint = str(first) + (" (sandbox)" if sandbox else "")
+        self._poll_every = poll_every
+        self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
+        self._symbols: set[str] = set()  # the markets this bot trades (instruments())
+
+    async def _call(self, coro: Awaitable[Any]) -> Any:
+        import ccxt.async_support as ccxt
+
+        try:
+            return await coro
+        except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
+            headers = getattr(self._exchange, "last_response_headers", None) or {}
+            raw = headers.get("Retry-After") or headers.get("retry-after")
+            try:
+                retry_after = float(raw) if raw is not None else None
+            except ValueError:
+                retry_after = None
+            raise RateLimited(str(exc)[:200], retry_after) from exc
+        except ccxt.OrderNotFound as exc:
+            raise OrderNotFound(str(exc)[:200]) from exc
+        except ccxt.InvalidOrder as exc:
+            if "Duplicate order" in str(exc) or isinstance(exc, ccxt.DuplicateOrderId):
+                raise DuplicateOrder(str(exc)[:200]) from exc
+            raise OrderRejected(str(exc)[:200]) from exc
+        except ccxt.InsufficientFunds as exc:
+            raise OrderRejected(str(exc)[:200]) from exc
+        except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+            raise VenueUnavailable(str(exc)[:200]) from exc
+        except ccxt.BaseError as exc:
+            raise VenueError(str(exc)[:200]) from exc
+
+    async def connect(self) -> None:
+        await self._call(self._exchange.load_markets())
+
+    async def close(self) -> None:
+        await self._exchange.close()
+
+    async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
+        markets = self._exchange.markets or await self._call(self._exchange.load_markets())
+        out = {}
+        self._symbols.update(symbols)
+        for symbol in symbols:
+            m = markets.get(symbol)
+            if m is None:
+                raise VenueError(f"{self.name} has no market {symbol!r}")
+            precision, limits = m.get("precision") or {}, m.get("limits") or {}
+            out[symbol] = Instrument(
+                symbol, qty_step=float(precision.get("amount") or 0),
+                min_qty=float((limits.get("amount") or {}).get("min") or 0),
+                min_notional=float((limits.get("cost") or {}).get("min") or 0),
+                price_step=float(precision.get("price") or 0))
+        return out
+
+    async def submit(self, intent: OrderIntent) -> VenueOrder:
+        order = await self._call(self._exchange.create_order(
+            intent.symbol, "market", intent.side.value, intent.qty, None,
+            {"clientOrderId": intent.client_order_id}))
+        if not order.get("clientOrderId"):
+            order["clientOrderId"] = intent.client_order_id
+        return to_venue_order(order)
+
+    async def order(self, client_order_id: str, symbol: str) -> VenueOrder:
+        order = await self._call(self._exchange.fetch_order(
+            None, symbol, {"clientOrderId": client_order_id,
+                           "origClientOrderId": client_order_id}))
+        return to_venue_order(order)
+
+    async def cancel(self, client_order_id: str, symbol: str) -> None:
+        await self._call(self._exchange.cancel_order(
+            None, symbol, {"clientOrderId": client_order_id,
+                           "origClientOrderId": client_order_id}))
+
+    async def open_orders(self) -> list[VenueOrder]:
+        return [to_venue_order(o) for o in await self._call(self._exchange.fetch_open_orders())]
+
+    async def positions(self) -> dict[str, float]:
+        """Spot holdings of the base asset of each market this bot trades, as positions."""
+        balance = await self._call(self._exchange.fetch_balance())
+        totals = balance.get("total") or {}
+        out = {}
+        markets = self._exchange.markets or {}
+        for symbol in self._symbols:
+            qty = float(totals.get((markets.get(symbol) or {}).get("base"), 0) or 0)
+            if qty:
+                out[symbol] = qty
+        return out
+
+    def updates(self, tracked: Callable[[], list[tuple[str, str]]]) -> AsyncIterator[VenueOrder]:
+        return stream_and_poll(self._queue, tracked, self.order, self._poll_every)
