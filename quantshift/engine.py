@@ -255,17 +255,17 @@ class Engine:
         trading = journal.get("trading_state")
         if trading and trading.get("state") == HALTED:
             self.gate.halt(trading.get("reason", "halted before the restart"))
-        unsent = [(i, 0.0) for i in journal.unfinished_intents()]
+        unsent = [(i, 0.0, 0.0) for i in journal.unfinished_intents()]
         resting = journal.open_intents()
         for group, sent in ((resting, True), (unsent, False)):
             if self.executor is None or not group:
                 continue
-            for intent, filled in group:
+            for intent, filled, avg in group:
                 self._orders[intent.client_order_id] = Order(
-                    intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled)
+                    intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled, avg)
                 left = intent.qty - filled
                 self._add_pending(intent, left if intent.side is Side.BUY else -left)
-            self.executor.restore_open([intent for intent, _ in group], sent)
+            self.executor.restore_open(group, sent)
         return {"snapshot": snap is not None, "fills_replayed": replayed,
                 "open_orders": len(resting), "unsent": len(unsent),
                 "halted": self.gate.state == HALTED}

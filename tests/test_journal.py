@@ -223,7 +223,7 @@ def test_intent_states(journal: Journal) -> None:
     assert journal.count("intents") == 5
     assert journal.client_order_ids() == {i.client_order_id for i in (
         resting, partial, done, cancelled, never_sent)}
-    open_ = {i.client_order_id: (i, filled) for i, filled in journal.open_intents()}
+    open_ = {i.client_order_id: (i, filled) for i, filled, _ in journal.open_intents()}
     assert set(open_) == {resting.client_order_id, partial.client_order_id}
     assert open_[resting.client_order_id] == (resting, 0.0)
     assert open_[partial.client_order_id] == (partial, 4.0)

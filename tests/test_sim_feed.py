@@ -36,7 +36,8 @@ def test_same_seed_same_prices() -> None:
     one = asyncio.run(SimFeed(["A"], 1.0, seed=9).history(50))
     two = asyncio.run(SimFeed(["A"], 1.0, seed=9).history(50))
     assert [b.close for b in one] == [b.close for b in two]
-    assert [b.close for b in one] != [b.close for b in asyncio.run(SimFeed(["A"], 1.0, seed=10).history(50))]
+    other = asyncio.run(SimFeed(["A"], 1.0, seed=10).history(50))
+    assert [b.close for b in one] != [b.close for b in other]
 
 
 def test_as_fast_as_possible_mode_delivers_many_rounds() -> None:

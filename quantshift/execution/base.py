@@ -31,9 +31,11 @@ class Executor(Protocol):
 
     def open_orders(self) -> list[OrderIntent]: ...
 
-    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
+    def restore_open(self, orders: list[tuple[OrderIntent, float, float]],
+                     sent: bool = True) -> None:
         """Take back orders open at the last stop (``sent``), or journaled intents with
-        no answer yet (``sent=False``: they may or may not have reached the venue)."""
+        no answer yet (``sent=False``: they may or may not have reached the venue); each
+        with the quantity already filled and its average price."""
 
     def cancel_all(self, reason: str) -> int: ...
 

@@ -108,12 +108,14 @@ class BrokerExecutor:
     def open_orders(self) -> list[OrderIntent]:
         return [t.intent for t in self._orders.values()]
 
-    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
+    def restore_open(self, orders: list[tuple[OrderIntent, float, float]],
+                     sent: bool = True) -> None:
         """Orders open at the last stop (``sent``), or journaled with no answer from the
         venue yet: reconcile looks each one up before anything new is sent."""
         state = OrderState.SUBMITTED if sent else OrderState.NEW
-        for intent in intents:
-            self._orders.setdefault(intent.client_order_id, Tracked(intent, state))
+        for intent, filled, avg in orders:
+            self._orders.setdefault(intent.client_order_id,
+                                    Tracked(intent, state, filled, avg))
 
     def cancel_all(self, reason: str) -> int:
         for tracked in list(self._orders.values()):
@@ -145,6 +147,10 @@ class BrokerExecutor:
             try:
                 self._apply(await self._call(self.venue.submit(intent)))
                 return
+            except OrderRejected as exc:
+                self._finish(coid, OrderState.REJECTED, f"rejected by {self.venue.name}: "
+                                                        f"{exc.reason}")
+                return
             except RateLimited as exc:
                 wait = exc.retry_after if exc.retry_after is not None else delay
                 logger.warning("order {}: rate limited by {}; retrying in {:g}s", coid,
@@ -155,16 +161,13 @@ class BrokerExecutor:
                 if await self._lookup(intent):
                     return
                 await asyncio.sleep(delay)
-            except VenueUnavailable as exc:
+            except VenueError as exc:  # 5xx, timeout, dropped connection: unknown outcome
                 logger.warning("order {}: outcome unknown ({}); looking it up before any "
                                "retry", coid, exc)
                 if await self._lookup(intent):
                     return
                 await asyncio.sleep(delay)
-            except OrderRejected as exc:
-                self._finish(coid, OrderState.REJECTED, f"rejected by {self.venue.name}: "
-                                                        f"{exc.reason}")
-                return
+
             delay = min(delay * 2, _MAX_DELAY)
             logger.info("order {}: attempt {} of {}", coid, attempt + 1, self._max_attempts)
         self._finish(coid, OrderState.REJECTED,
@@ -214,7 +217,8 @@ class BrokerExecutor:
             tracked.filled, tracked.avg_price = vo.filled_qty, vo.avg_price
             self._sink.on_fill(tracked.intent, qty, price, 0.0, time.time_ns())
         if vo.state in (OrderState.CANCELLED, OrderState.REJECTED, OrderState.EXPIRED):
-            self._finish(vo.client_order_id, vo.state, vo.reason)
+            self._finish(vo.client_order_id, vo.state,
+                         vo.reason or f"{vo.state.value} by {self.venue.name}")
         elif tracked.filled >= tracked.intent.qty - _EPS:
             self._orders.pop(vo.client_order_id, None)  # the engine saw the last fill
         elif tracked.state is OrderState.NEW:

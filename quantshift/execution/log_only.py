@@ -36,8 +36,9 @@ class LogOnlyExecutor:
     async def drain(self, timeout: float) -> None:
         return None
 
-    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
-        for intent in intents:  # an earlier executor's leftovers are not ours to send
+    def restore_open(self, orders: list[tuple[OrderIntent, float, float]],
+                     sent: bool = True) -> None:
+        for intent, _, _ in orders:  # an earlier executor's leftovers are not ours to send
             self._sink.on_order_state(intent, OrderState.CANCELLED, "not sent by log_only")
 
     def cancel_all(self, reason: str) -> int:

@@ -51,8 +51,9 @@ class PaperExecutor:
     def open_orders(self) -> list[OrderIntent]:
         return [i for waiting in self._resting.values() for i in waiting]
 
-    def restore_open(self, intents: list[OrderIntent], sent: bool = True) -> None:
-        for intent in intents:
+    def restore_open(self, orders: list[tuple[OrderIntent, float, float]],
+                     sent: bool = True) -> None:
+        for intent, _, _ in orders:
             if sent:
                 self._resting.setdefault(intent.symbol, []).append(intent)
             else:  # the book never took it: nothing happened

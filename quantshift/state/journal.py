@@ -202,16 +202,18 @@ class Journal:
     def client_order_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
 
-    def open_intents(self) -> list[tuple[OrderIntent, float]]:
-        """Intents whose last known state is not final, with the quantity already filled."""
+    def open_intents(self) -> list[tuple[OrderIntent, float, float]]:
+        """Intents whose last known state is not final, with the quantity already filled
+        and its average price."""
         final = tuple(s.value for s in OrderState if s.final)
         rows = self._db.execute(
             f"SELECT client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
             f"reason, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE f.client_order_id = "
-            f"o.client_order_id) FROM orders o WHERE state NOT IN ({','.join('?' * len(final))})",
-            final)
+            f"o.client_order_id), (SELECT coalesce(sum(qty * price) / sum(qty), 0) FROM fills f "
+            f"WHERE f.client_order_id = o.client_order_id) FROM orders o "
+            f"WHERE state NOT IN ({','.join('?' * len(final))})", final)
         return [(OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8]),
-                 float(r[9])) for r in rows]
+                 float(r[9]), float(r[10] or 0)) for r in rows]
 
     def unfinished_intents(self) -> list[OrderIntent]:
         """Intents journaled without any order event (the daemon stopped in between)."""

@@ -13,7 +13,6 @@ from quantshift.execution.venues.base import (
     OrderNotFound,
     OrderRejected,
     RateLimited,
-    VenueError,
     VenueOrder,
     VenueUnavailable,
 )
@@ -72,12 +71,13 @@ class CcxtVenue:
             if "Duplicate order" in str(exc) or isinstance(exc, ccxt.DuplicateOrderId):
                 raise DuplicateOrder(str(exc)[:200]) from exc
             raise OrderRejected(str(exc)[:200]) from exc
-        except ccxt.InsufficientFunds as exc:
+        except (ccxt.InsufficientFunds, ccxt.BadRequest, ccxt.AuthenticationError,
+                ccxt.PermissionDenied, ccxt.BadSymbol) as exc:
             raise OrderRejected(str(exc)[:200]) from exc
-        except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
-            raise VenueUnavailable(str(exc)[:200]) from exc
         except ccxt.BaseError as exc:
-            raise VenueError(str(exc)[:200]) from exc
+            # Anything else (5xx, timeouts, an exchange's internal error): the outcome is
+            # unknown, which sends the executor to look the order up before any retry.
+            raise VenueUnavailable(str(exc)[:200]) from exc
 
     async def connect(self) -> None:
         await self._call(self._exchange.load_markets())
