@@ -13,7 +13,7 @@ import orjson
 from pydantic import SecretStr
 
 from quantshift import __version__
-from quantshift.errors import EX_CONFIG, ConfigError
+from quantshift.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError
 
 
 def _fail_config(exc: ConfigError) -> int:
@@ -50,6 +50,7 @@ def _check_dirs(settings: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from quantshift.daemon import Daemon
+    from quantshift.execution.venues.base import VenueError
     from quantshift.ops.logging import setup_logging
     from quantshift.settings import check_startup, load_settings
     from quantshift.state.journal import JournalOwnerError
@@ -68,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except JournalOwnerError as exc:
         print(f"quantshift: invalid setting QUANTSHIFT_STATE_DIR: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except VenueError as exc:  # unreachable at start-up: systemd retries later
+        print(f"quantshift: broker unreachable at start-up: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -177,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--journal", type=Path, help="the replay's own ledger file")
     replay.add_argument("--no-progress", action="store_true")
     replay.set_defaults(func=cmd_replay)
+
+    from quantshift.emulators.cli import add_subparser as add_emulate
+
+    add_emulate(sub)
 
     config = sub.add_parser("config", help="print the effective settings and their sources")
     config.add_argument("--bot")

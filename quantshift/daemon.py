@@ -10,6 +10,7 @@ snapshot and exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import time
@@ -21,8 +22,8 @@ from loguru import logger
 from quantshift import __version__
 from quantshift.app import build_engine, build_feed, open_journal, risk_limits
 from quantshift.engine import Engine
-from quantshift.execution.broker import BrokerExecutor
 from quantshift.errors import EX_SOFTWARE
+from quantshift.execution.broker import BrokerExecutor
 from quantshift.feeds.base import Feed
 from quantshift.ops.systemd import Notifier
 from quantshift.settings import Settings
@@ -66,7 +67,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
-        await self.startup()
+        try:
+            await self.startup()
+        except BaseException:
+            await self._abort_startup()
+            raise
         try:
             await self.main_loop()
         finally:
@@ -104,9 +109,9 @@ class Daemon:
             if s.reconcile_interval > 0:
                 self._spawn(self._every(s.reconcile_interval, self._reconcile), "reconcile")
         self.feed = feed = build_feed(s, dict(pf.marks))
-        where = s.replay_file if s.feed == "replay" else f"interval {s.sim_interval:g}s"
+        where = s.replay_file if s.feed == "replay" else f"bars every {feed.bar_seconds:g}s"
         logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
-                    ",".join(s.symbols) if s.feed == "sim" else "from file",
+                    "from the file" if s.feed == "replay" else ",".join(s.symbols),
                     ",".join(spec.key for spec in s.strategies))
         history = await feed.history(s.warmup_bars)
         for bar in history:
@@ -124,6 +129,20 @@ class Daemon:
             self._spawn(self._every(self.notifier.watchdog_interval, self._watchdog), "watchdog")
         self.notifier.ready(self._status_text())
         logger.info("ready")
+
+    async def _abort_startup(self) -> None:
+        """Start-up failed: close what was opened (broker sessions, the journal), no more."""
+        for task in self._tasks:
+            task.cancel()
+        engine = self.engine
+        if engine is not None and engine.executor is not None:
+            with contextlib.suppress(Exception):
+                await engine.executor.close()
+        if self.journal is not None:
+            with contextlib.suppress(Exception):
+                self.journal.flush()
+            self.journal.close()
+        self._db_thread.shutdown(wait=False, cancel_futures=True)
 
     async def main_loop(self) -> None:
         assert self._exit_event is not None

@@ -197,7 +197,8 @@ class Instrument:
         step = self.qty_step
         if step <= 0:
             return qty
-        units = math.floor(qty / step + 1e-9)
+        # Tolerate binary noise of up to a millionth of a step (2.0 / 1e-9 is 1999999999.9…).
+        units = math.floor(qty / step + 1e-6)
         return round(units * step, 12)
 
     def below_minimum(self, qty: float, price: float) -> str | None:

@@ -2,6 +2,7 @@
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the systemd units do not restart on it
 EX_SOFTWARE = 70  # a component crashed
+EX_UNAVAILABLE = 69  # a broker could not be reached at start-up (systemd retries)
 
 
 class ConfigError(Exception):

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from alpaca.data.enums import DataFeed
@@ -27,36 +25,17 @@ from alpaca.data.live.stock import StockDataStream
 from alpaca.data.requests import StockBarsRequest
 from loguru import logger
 
+from quantshift import clients as vc
 from quantshift.domain import NS_PER_SECOND, Bar
-from quantshift.feeds import venue_clients as vc
-from quantshift.feeds.backoff import Backoff
+from quantshift.feeds.backoff import Backoff, until_stopped
+from quantshift.feeds.backoff import Stopped as _Stopped
 from quantshift.feeds.base import BarValidator
 
 T = TypeVar("T")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STOP = "stop"
+_REST_TRIES = 3
+_HISTORY_CONCURRENCY = 4  # requests in flight while warming up many symbols
 _WS_PARAMS = {"ping_interval": 10, "ping_timeout": 20, "max_queue": 1024, "close_timeout": 1}
-
-
-class _Stopped(Exception):
-    """stop() was called while the feed waited for something."""
-
-
-def dt_to_ns(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
-
-
-def ns_to_dt(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def from_alpaca(bar: Any) -> Bar:
-    """An alpaca-py ``Bar`` model as our Bar (``ts`` = the bar's start, ns UTC)."""
-    return Bar(bar.symbol, dt_to_ns(bar.timestamp), float(bar.open), float(bar.high),
-               float(bar.low), float(bar.close), float(bar.volume))
 
 
 class _SdkStream(StockDataStream):
@@ -110,7 +89,7 @@ class _BarStream:
 
     async def _on_bar(self, bar: Any) -> None:
         try:
-            ours = from_alpaca(bar)
+            ours = vc.from_alpaca(bar)
         except (AttributeError, TypeError, ValueError) as exc:
             self.feed.validator.reject("unparseable bar", f"{bar!r}: {exc}")
             return
@@ -189,51 +168,67 @@ class AlpacaFeed:
     # -- REST ------------------------------------------------------------------------------
     async def _rest(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a thread, bounded in time, abandoned at once on stop()."""
-        return await self._until_stopped(asyncio.to_thread(fn, *args), self.timeout * 3)
+        return await until_stopped(asyncio.to_thread(fn, *args), self._stopping,
+                                   self.timeout * 3)
 
-    async def _until_stopped(self, aw: Awaitable[T], timeout: float | None) -> T:
-        task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait({task, stop}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        if self._stopping.is_set():
-            raise _Stopped
-        raise TimeoutError(f"no answer within {timeout:.0f} s")
-
-    def _fetch_latest(self, count: int) -> list[Bar]:
+    def _fetch_latest(self, symbol: str, count: int) -> list[Bar]:
         now = time.time_ns()
         # Far enough back to span nights, weekends and holidays; the limit does the rest.
-        start = ns_to_dt(now - count * self._bar_ns * 3 - 7 * 86_400 * NS_PER_SECOND)
-        bars: list[Bar] = []
-        for symbol in self.symbols:
-            request = StockBarsRequest(symbol_or_symbols=symbol, timeframe=self._timeframe,
-                                       start=start, limit=count, sort="desc",
-                                       feed=DataFeed(self.data_feed))
-            got = [from_alpaca(b) for b in self._data.get_stock_bars(request).data.get(symbol, [])]
-            got = sorted((b for b in got if b.ts + self._bar_ns <= now), key=lambda b: b.ts)
-            bars.extend(got[-count:])
-        return bars
+        start = vc.ns_to_dt(now - count * self._bar_ns * 3 - 7 * 86_400 * NS_PER_SECOND)
+        # One symbol per request: with several, Alpaca's limit counts all symbols together.
+        request = StockBarsRequest(symbol_or_symbols=symbol, timeframe=self._timeframe,
+                                   start=start, limit=count, sort="desc",
+                                   feed=DataFeed(self.data_feed))
+        got = [vc.from_alpaca(b) for b in self._data.get_stock_bars(request).data.get(symbol, [])]
+        return sorted((b for b in got if b.ts + self._bar_ns <= now), key=lambda b: b.ts)[-count:]
 
     def _fetch_since(self, start_ns: int) -> list[Bar]:
         request = StockBarsRequest(symbol_or_symbols=self.symbols, timeframe=self._timeframe,
-                                   start=ns_to_dt(start_ns), feed=DataFeed(self.data_feed))
+                                   start=vc.ns_to_dt(start_ns), feed=DataFeed(self.data_feed))
         data = self._data.get_stock_bars(request).data
-        return [from_alpaca(b) for bars in data.values() for b in bars]
+        return [vc.from_alpaca(b) for bars in data.values() for b in bars]
 
     def _chronological(self, bars: list[Bar]) -> list[Bar]:
         order = self._order
         return sorted(bars, key=lambda b: (b.ts, order.get(b.symbol, 0)))
 
+    async def _retrying(self, what: str, fn: Callable[..., T], *args: Any,
+                        budget: float = 0.0) -> T:
+        """``fn`` through ``_rest``, with backoff between tries: at least three tries, and
+        more until ``budget`` seconds have passed."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self._rest(fn, *args)
+            except (_Stopped, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if attempt >= _REST_TRIES and time.monotonic() - started >= budget:
+                    raise
+                logger.warning("feed alpaca: {} failed (attempt {}): {!r}", what, attempt, exc)
+                await self._rest_backoff.wait(self._stopping)
+                if self._stopping.is_set():
+                    raise _Stopped from None
+            else:
+                self._rest_backoff.succeeded()
+                return result
+
     async def history(self, count: int) -> list[Bar]:
         if count <= 0 or not self.symbols:
             return []
-        bars = [b for b in self._chronological(await self._rest(self._fetch_latest, count))
+        gate = asyncio.Semaphore(_HISTORY_CONCURRENCY)
+
+        async def one(symbol: str) -> list[Bar]:
+            async with gate:
+                return await self._retrying("history", self._fetch_latest, symbol, count)
+
+        try:
+            per_symbol = await asyncio.gather(*(one(s) for s in self.symbols))
+        except _Stopped:
+            return []
+        bars = [b for b in self._chronological([b for got in per_symbol for b in got])
                 if self.validator.accept(b)]
         for bar in bars:  # warmed strategies have seen these: live delivery continues after
             self._last[bar.symbol] = bar.ts
@@ -257,21 +252,15 @@ class AlpacaFeed:
         """Deliver the closed bars since the last delivered one of each symbol."""
         self._need_fill = False
         start = min(self._after(s) for s in self.symbols)
-        for attempt in range(1, 4):
-            try:
-                bars = await self._rest(self._fetch_since, start)
-                break
-            except (_Stopped, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                logger.warning("feed alpaca: backfill failed (attempt {}): {!r}", attempt, exc)
-                if attempt == 3:
-                    logger.error("feed alpaca: giving up the backfill; bars may be missing")
-                    return
-                await self._rest_backoff.wait(self._stopping)
-                if self._stopping.is_set():
-                    raise _Stopped from None
-        self._rest_backoff.succeeded()
+        try:
+            # Live bars wait meanwhile: delivering them first would make the gap permanent.
+            bars = await self._retrying("backfill", self._fetch_since, start,
+                                        budget=max(2 * self.bar_seconds, 10.0))
+        except (_Stopped, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            logger.error("feed alpaca: backfill failed, bars may be missing: {!r}", exc)
+            return
         now = time.time_ns()
         delivered = 0
         for bar in self._chronological(bars):
@@ -293,12 +282,12 @@ class AlpacaFeed:
         if stream is not None:
             await stream.close()
 
-    async def _pump(self, until: float) -> None:
-        """Handle the stream's events until loop time ``until`` or stop()."""
+    async def _pump(self, until: float | None) -> None:
+        """Handle the stream's events until loop time ``until`` (None: for good) or stop()."""
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            timeout = until - loop.time()
-            if timeout <= 0:
+            timeout = None if until is None else until - loop.time()
+            if timeout is not None and timeout <= 0:
                 return
             try:
                 kind, gen, payload = await asyncio.wait_for(self._events.get(), timeout)
@@ -358,7 +347,7 @@ class AlpacaFeed:
                 await self._fill(until_ns=self._session_end)  # the session's last bars
             self.idle = True
             logger.info("feed alpaca: market closed; idle until {}", clock.next_open)
-        self._session_start = dt_to_ns(clock.next_open)
+        self._session_start = vc.dt_to_ns(clock.next_open)
         to_open = (self._session_start - time.time_ns()) / NS_PER_SECOND
         # Sleep until the open, but look at the clock again every few minutes.
         await self._sleep(min(max(to_open + 1.0, min(5.0, self.idle_check_seconds)),
@@ -367,13 +356,16 @@ class AlpacaFeed:
     def _until_next_check(self, clock: Any) -> float:
         if clock is None:
             return self.clock_check_seconds
-        self._session_end = dt_to_ns(clock.next_close)
+        self._session_end = vc.dt_to_ns(clock.next_close)
         to_close = (self._session_end - time.time_ns()) / NS_PER_SECOND
         return min(max(to_close + 1.0, min(5.0, self.clock_check_seconds)),
                    self.clock_check_seconds)
 
     def _reopen(self) -> None:
         self.idle = False
+        # The daemon measures silence from last_bar_at: restart that clock at the open, or
+        # a feed idle all night would look stale the moment it wakes.
+        self.last_bar_at = time.monotonic()
         now = time.time_ns()
         start = self._session_start
         # Bars from the closed hours are not this session's: start at the open.
@@ -389,7 +381,7 @@ class AlpacaFeed:
         self._default = now - now % self._bar_ns - self._bar_ns - 1
         try:
             while not self._stopping.is_set():
-                wait = math.inf
+                wait: float | None = None
                 if self.market_hours_only:
                     clock = await self._clock()
                     if clock is not None and not clock.is_open:
@@ -400,7 +392,7 @@ class AlpacaFeed:
                     self._reopen()
                 if self._stream is None:
                     self._start_stream()
-                await self._pump(loop.time() + wait)
+                await self._pump(None if wait is None else loop.time() + wait)
         except _Stopped:
             pass
         finally:

@@ -12,7 +12,33 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """The feed was asked to stop while it waited for something."""
+
+
+async def until_stopped(aw: Awaitable[T], stopping: asyncio.Event,
+                        timeout: float | None = None) -> T:
+    """``aw``'s result, unless ``stopping`` is set first (``Stopped``; ``aw`` is cancelled)
+    or ``timeout`` passes (``TimeoutError``)."""
+    task = asyncio.ensure_future(aw)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)  # let it unwind (a cancelled task never raises)
+    if stopping.is_set():
+        raise Stopped
+    raise TimeoutError(f"no answer within {timeout} s")
 
 
 class Backoff:

@@ -12,25 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import ccxt.async_support as ccxt_async
 from loguru import logger
 
+from quantshift import clients as vc
 from quantshift.domain import Bar
-from quantshift.feeds import venue_clients as vc
-from quantshift.feeds.backoff import Backoff
+from quantshift.feeds.backoff import Backoff, until_stopped
+from quantshift.feeds.backoff import Stopped as _Stopped
 from quantshift.feeds.base import BarValidator
 
-T = TypeVar("T")
 _NS_PER_MS = 1_000_000
 _PAGE = 1000  # most exchanges serve at least this many candles per request
 _HISTORY_TRIES = 3
-
-
-class _Stopped(Exception):
-    pass
 
 
 class CcxtFeed:
@@ -89,20 +85,6 @@ class CcxtFeed:
             await self.exchange.close()
 
     # -- fetching --------------------------------------------------------------------------
-    async def _until_stopped(self, aw: Awaitable[T]) -> T:
-        task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise _Stopped
-
     def _to_bar(self, symbol: str, row: list[Any]) -> Bar | None:
         try:
             return Bar(symbol, int(row[0]) * _NS_PER_MS, float(row[1]), float(row[2]),
@@ -143,8 +125,8 @@ class CcxtFeed:
         since = now_ms - now_ms % self._bar_ms - count * self._bar_ms
         for attempt in range(1, _HISTORY_TRIES + 1):
             try:
-                got = await self._until_stopped(asyncio.gather(
-                    *(self._fetch_closed(s, since) for s in self.symbols)))
+                got = await until_stopped(asyncio.gather(
+                    *(self._fetch_closed(s, since) for s in self.symbols)), self._stopping)
                 break
             except ccxt_async.BaseError as exc:
                 if attempt == _HISTORY_TRIES:
@@ -172,9 +154,9 @@ class CcxtFeed:
 
     async def _poll(self) -> bool:
         """Fetch and deliver every symbol's new closed bars; False when any fetch failed."""
-        results = await self._until_stopped(asyncio.gather(
+        results = await until_stopped(asyncio.gather(
             *(self._fetch_closed(s, self._since(s)) for s in self.symbols),
-            return_exceptions=True))
+            return_exceptions=True), self._stopping)
         bars: list[Bar] = []
         ok = True
         for symbol, result in zip(self.symbols, results, strict=True):
@@ -182,7 +164,8 @@ class CcxtFeed:
                 if not isinstance(result, ccxt_async.BaseError):
                     raise result  # a bug, not the venue: let the daemon see it
                 ok = False
-                level = "WARNING" if isinstance(result, ccxt_async.NetworkError) else "ERROR"
+                # OperationFailed: network trouble, 5xx, 429, timeouts (worth retrying).
+                level = "WARNING" if isinstance(result, ccxt_async.OperationFailed) else "ERROR"
                 logger.log(level, "feed ccxt: {} {} candles failed: {!r}", self.exchange_id,
                            symbol, result)
             else:

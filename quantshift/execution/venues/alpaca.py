@@ -16,7 +16,9 @@ from typing import Any
 
 from loguru import logger
 
+from quantshift.clients import ALPACA_LIVE_URL, ALPACA_PAPER_URL, alpaca_trading_client
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
+from quantshift.errors import ConfigError
 from quantshift.execution.venues.base import (
     DuplicateOrder,
     OrderNotFound,
@@ -27,9 +29,6 @@ from quantshift.execution.venues.base import (
     VenueUnavailable,
 )
 from quantshift.execution.venues.common import stream_and_poll
-
-PAPER_URL = "https://paper-api.alpaca.markets"
-LIVE_URL = "https://api.alpaca.markets"
 
 _STATES = {
     "new": OrderState.SUBMITTED, "accepted": OrderState.SUBMITTED,
@@ -92,12 +91,10 @@ class AlpacaVenue:
 
     def __init__(self, key: str, secret: str, *, paper: bool, base_url: str | None = None,
                  timeout: float = 10.0, poll_every: float = 5.0) -> None:
-        from alpaca.trading.client import TradingClient
-
-        self.endpoint = base_url or (PAPER_URL if paper else LIVE_URL)
+        self.endpoint = base_url or (ALPACA_PAPER_URL if paper else ALPACA_LIVE_URL)
         self._key, self._secret, self._paper = key, secret, paper
         self._base_url = base_url
-        self._client = TradingClient(key, secret, paper=paper, url_override=base_url)
+        self._client = alpaca_trading_client(key, secret, base_url, paper)
         self._client._retry = 0  # the executor retries, honouring Retry-After
         session = self._client._session
         session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
@@ -115,7 +112,11 @@ class AlpacaVenue:
     async def connect(self) -> None:
         from alpaca.trading.stream import TradingStream
 
-        await self._call(self._client.get_account)  # fails early on bad credentials
+        try:
+            await self._call(self._client.get_account)  # fails early on bad credentials
+        except OrderRejected as exc:
+            raise ConfigError("APCA_API_KEY_ID", f"Alpaca refused the credentials: "
+                                                 f"{exc.reason}") from None
         url = self._base_url.replace("http", "ws", 1) + "/stream" if self._base_url else None
         self._stream = TradingStream(self._key, self._secret, paper=self._paper,
                                      url_override=url)
@@ -141,7 +142,11 @@ class AlpacaVenue:
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
         out = {}
         for symbol in symbols:
-            asset = await self._call(self._client.get_asset, symbol)
+            try:
+                asset = await self._call(self._client.get_asset, symbol)
+            except OrderNotFound:
+                raise ConfigError("QUANTSHIFT_SYMBOLS",
+                                  f"Alpaca has no asset {symbol!r}") from None
             fractionable = bool(getattr(asset, "fractionable", False))
             step = float(getattr(asset, "min_trade_increment", None) or 0) if fractionable else 1
             out[symbol] = Instrument(

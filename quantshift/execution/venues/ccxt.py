@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from quantshift.clients import ccxt_exchange
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
+from quantshift.errors import ConfigError
 from quantshift.execution.venues.base import (
     DuplicateOrder,
     OrderNotFound,
@@ -43,11 +45,12 @@ class CcxtVenue:
                  password: str | None = None, api_url: str | None = None, sandbox: bool = True,
                  timeout: float = 10.0, poll_every: float = 1.0) -> None:
         self.name = exchange_id
-        self._exchange = ccxt_exchange(exchange_id, key=key, secret=secret, password=password,
-                                       api_url=api_url, sandbox=sandbox, timeout=timeout)
+        self._exchange = ccxt_exchange(exchange_id, key=key or "", secret=secret or "",
+                                       password=password or "", api_url=api_url,
+                                       sandbox=sandbox, timeout=timeout)
         api = self._exchange.urls.get("api")
-        first = next(iter(api.values())) if isinstance(api, dict) else api
-        self.endpoint = str(first) + (" (sandbox)" if sandbox else "")
+        first = urlsplit(str(next(iter(api.values())) if isinstance(api, dict) else api))
+        self.endpoint = f"{first.scheme}://{first.netloc}" + (" (sandbox)" if sandbox else "")
         self._poll_every = poll_every
         self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
         self._symbols: set[str] = set()  # the markets this bot trades (instruments())
@@ -80,7 +83,13 @@ class CcxtVenue:
             raise VenueUnavailable(str(exc)[:200]) from exc
 
     async def connect(self) -> None:
-        await self._call(self._exchange.load_markets())
+        try:
+            await self._call(self._exchange.load_markets())
+            if self._exchange.apiKey:
+                await self._call(self._exchange.fetch_balance())  # the keys work
+        except OrderRejected as exc:  # authentication and permission errors land here
+            raise ConfigError("CCXT_API_KEY", f"{self.name} refused the credentials: "
+                                              f"{exc.reason}") from None
 
     async def close(self) -> None:
         await self._exchange.close()
@@ -92,7 +101,7 @@ class CcxtVenue:
         for symbol in symbols:
             m = markets.get(symbol)
             if m is None:
-                raise VenueError(f"{self.name} has no market {symbol!r}")
+                raise ConfigError("QUANTSHIFT_SYMBOLS", f"{self.name} has no market {symbol!r}")
             precision, limits = m.get("precision") or {}, m.get("limits") or {}
             out[symbol] = Instrument(
                 symbol, qty_step=float(precision.get("amount") or 0),
