@@ -57,6 +57,18 @@ def to_venue_order(order: Any) -> VenueOrder:
     )
 
 
+def raw_to_venue_order(order: dict[str, Any]) -> VenueOrder:
+    """The same, from an order as the trading stream sends it (JSON)."""
+    return VenueOrder(
+        client_order_id=order.get("client_order_id") or "", venue_id=str(order.get("id", "")),
+        symbol=order.get("symbol") or "",
+        side=Side.BUY if str(order.get("side", "")).lower() == "buy" else Side.SELL,
+        qty=float(order.get("qty") or 0), filled_qty=float(order.get("filled_qty") or 0),
+        avg_price=float(order.get("filled_avg_price") or 0),
+        state=_STATES.get(str(order.get("status", "")).lower(), OrderState.SUBMITTED),
+    )
+
+
 def _translate(exc: Exception) -> VenueError:
     from alpaca.common.exceptions import APIError
     from requests import RequestException
@@ -118,8 +130,10 @@ class AlpacaVenue:
             raise ConfigError("APCA_API_KEY_ID", f"Alpaca refused the credentials: "
                                                  f"{exc.reason}") from None
         url = self._base_url.replace("http", "ws", 1) + "/stream" if self._base_url else None
+        # raw_data: the update is read straight from the JSON; building the SDK's pydantic
+        # models for every event costs more than the rest of the order path.
         self._stream = TradingStream(self._key, self._secret, paper=self._paper,
-                                     url_override=url)
+                                     raw_data=True, url_override=url)
         self._stream.subscribe_trade_updates(self._on_update)
         # TradingStream.run() would start its own event loop; its coroutine runs in ours.
         self._stream_task = asyncio.create_task(self._stream._run_forever(),
@@ -127,7 +141,7 @@ class AlpacaVenue:
 
     async def _on_update(self, update: Any) -> None:
         try:
-            self._queue.put_nowait(to_venue_order(update.order))
+            self._queue.put_nowait(raw_to_venue_order(update["data"]["order"]))
         except Exception as exc:  # a malformed update must not kill the stream
             logger.warning("alpaca: unreadable trade update skipped: {}", exc)
 

@@ -1,0 +1,96 @@
+"""The daemon's own loops around a broker: periodic reconciliation halts on a difference
+(and feeds keep flowing), and a silent feed goes stale (entries stop, exits pass) until
+bars come back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from quantshift.daemon import Daemon
+from quantshift.domain import Bar, Direction, Signal
+from quantshift.emulators.alpaca import AlpacaEmulator
+from quantshift.settings import Settings
+
+
+@pytest.fixture
+def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_", "NOTIFY_")):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+async def wait_until(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_periodic_reconciliation_halts_on_a_hand_made_position(clean: Path) -> None:
+    emu = AlpacaEmulator(["AAA", "BBB"], interval=0.25)
+    await emu.start()
+    settings = Settings(
+        state_dir=clean / "var", feed="alpaca", shadow_mode="sandbox",
+        apca_api_key_id="emulator-key", apca_api_secret_key="emulator-secret",
+        apca_api_base_url=emu.base_url, apca_api_data_url=emu.base_url,
+        apca_api_stream_url=emu.data_stream_url, symbols=["AAA", "BBB"], bar_seconds=1,
+        reconcile_interval=0.5, warmup_bars=10)
+    d = Daemon(settings)
+    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
+    try:
+        await d.startup()
+        engine = d.engine
+        assert engine is not None and engine.gate.state == "active"
+        emu.engine.set_position("BBB", 5, 100.0)  # someone trades by hand at the venue
+        await wait_until(lambda: engine.gate.state == "halted")
+        assert "positions differ" in engine.gate.halt_reason
+        assert "BBB: journal 0, venue 5" in engine.gate.halt_reason
+        bars = engine.bars
+        await wait_until(lambda: engine.bars > bars + 2)  # the feed keeps flowing
+        assert d.journal is not None
+        d.journal.flush()
+        assert d.journal.get("trading_state")["state"] == "halted"  # persisted
+        assert d.journal.get("reconcile_last")["mismatches"] == {"BBB": [0.0, 5.0]}
+        d.handle_exit(signal.SIGTERM)
+        await d.shutdown()
+        assert d.exit_code == 0
+    finally:
+        await emu.stop()
+
+
+async def test_a_silent_feed_goes_stale_and_recovers(clean: Path) -> None:
+    settings = Settings(state_dir=clean / "var", symbols=["AAA"], sim_interval=0.1,
+                        stale_bars=3, warmup_bars=0)
+    d = Daemon(settings)
+    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
+    await d.startup()
+    engine, feed = d.engine, d.feed
+    assert engine is not None and feed is not None
+    await wait_until(lambda: engine.bars > 3)
+    feed.stop()  # the source goes quiet
+    await wait_until(lambda: engine.gate.stale_reason is not None, timeout=5)
+    assert "STALE" in d._status_text()
+    ts = time.time_ns()
+    entry = engine.decide(Signal("s", "AAA", ts, Direction.LONG, "t"), 100.0)
+    assert entry == []
+    engine.gate.stale_reason = None  # let one entry in to have something to exit
+    assert engine.decide(Signal("s", "AAA", ts + 1, Direction.LONG, "t"), 100.0)
+    engine.gate.stale_reason = "still quiet"
+    exit_leg = engine.decide(Signal("s", "AAA", ts + 2, Direction.FLAT, "t"), 100.0)
+    assert len(exit_leg) == 1 and exit_leg[0].reduce_only  # exits are still allowed
+    engine.on_bar(Bar("AAA", ts + 3, 100, 101, 99, 100, 10))  # a fresh bar
+    assert engine.gate.stale_reason is None
+    d.handle_exit(signal.SIGTERM)
+    await d.shutdown()
+    with sqlite3.connect(clean / "var" / "equity-paper.sqlite") as db:
+        reasons = [r[0] for r in db.execute("SELECT reason FROM vetoes")]
+    assert len(reasons) == 1 and reasons[0].startswith("feed stale: no bar from sim")
