@@ -96,8 +96,9 @@ async def run(venue: str, orders: int, state: Path) -> dict:
             if fut is not None and not fut.done():
                 fut.set_result(time.perf_counter_ns())
 
-        asyncio.ensure_future(durable())
+        pending.add(asyncio.ensure_future(durable()))
 
+    pending: set[asyncio.Future[None]] = set()
     engine.on_fill = on_fill  # type: ignore[method-assign]
     totals, venue_times, overheads, before_venue = [], [], [], []
     for i in range(orders):

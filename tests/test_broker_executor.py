@@ -201,7 +201,11 @@ async def test_partial_fill_then_rest_arrives_even_when_the_stream_drops(rig: Ri
     assert rig.engine.portfolio.net[rig.symbols[0]] == pytest.approx(intent.qty / 2, rel=0.01)
     assert intent.client_order_id in {i.client_order_id for i in rig.executor.open_orders()}
     if rig.kind == "alpaca":
-        await rig.emu.close_streams()  # updates now come by polling until it reconnects
+        # The trade stream drops and its next two reconnects fail (500, then 429): the
+        # rest of the fill must arrive all the same (by polling until it is back).
+        rig.emu.engine.faults.server_error("stream")
+        rig.emu.engine.faults.rate_limit("stream")
+        await rig.emu.close_streams()
     rig.emu.engine.fill_rest()
     await settle(rig)
     assert last_state(rig, intent.client_order_id) == "filled"

@@ -11,8 +11,6 @@ documented shapes, so the unmodified alpaca-py clients work through ``url_overri
 
 from __future__ import annotations
 
-import base64
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -22,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from quantshift.emulators import alpaca_ws
-from quantshift.emulators.bars import Bar, csv_symbols, parse_time
+from quantshift.emulators.alpaca_data import AlpacaMarketData
+from quantshift.emulators.bars import csv_symbols, parse_time
 from quantshift.emulators.base import BaseEmulator, ControlError, iso, num
 from quantshift.emulators.matching import (
     Fill,
@@ -48,22 +47,20 @@ ERRORS = {
     "not_found": (404, 40410000),
     "not_cancelable": (422, 42210000),
 }
-TIMEFRAME = re.compile(r"^(\d+)(Sec|S|Min|T|Hour|H|Day|D|Week|W|Month|M)$")
-UNIT_SECONDS = {"Sec": 1, "S": 1, "Min": 60, "T": 60, "Hour": 3600, "H": 3600, "Day": 86400,
-                "D": 86400, "Week": 604800, "W": 604800, "Month": 2592000, "M": 2592000}
 
 
 def asset_id(symbol: str) -> str:
     return str(uuid.uuid5(NS, symbol))
 
 
-class AlpacaEmulator(BaseEmulator):
+class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
     venue = "alpaca"
     stream_paths = ("/stream", "/v2/iex", "/v2/sip", "/v2/delayed_sip", "/v2/test")
 
     def __init__(self, symbols: Sequence[str] | str | None = None, interval: float = 1.0,
                  data: str | Path | None = None, seed: int = 1, cash: float = 100_000,
-                 *, fractionable: bool = True, warmup: int = 100) -> None:
+                 *, fractionable: bool = True, warmup: int = 100,
+                 max_data_connections: int = 1) -> None:
         if symbols is None and data is not None:
             symbols = csv_symbols(data) or None
         names = symbols_or_default(symbols, DEFAULT_SYMBOLS)
@@ -76,11 +73,16 @@ class AlpacaEmulator(BaseEmulator):
         self.started_at = time.time()
         self.initial_cash = float(cash)
         self.account_id = str(uuid.uuid5(NS, f"account:{seed}"))
+        self.max_data_connections = max_data_connections  # Alpaca allows one; 0 = no limit
+        self.data_authed = 0  # authenticated market-data sockets right now
+        self.subscribed = 0   # market-data sockets subscribed to bars right now
+        self.listening = 0    # trading sockets listening to trade_updates right now
         self.data_stream_url: str | None = None
         self.trading_stream_url: str | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        await super().start(host, port)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    run_bars: bool = True) -> None:
+        await super().start(host, port, run_bars=run_bars)
         self.data_stream_url = f"ws://{host}:{self.port}/v2/iex"
         self.trading_stream_url = f"ws://{host}:{self.port}/stream"
 
@@ -107,9 +109,9 @@ class AlpacaEmulator(BaseEmulator):
         r.add_get("/v2/stocks/bars", self.bars)
         r.add_get("/v2/stocks/bars/latest", self.latest_bars)
         r.add_get("/v2/stocks/{symbol}/bars", self.symbol_bars)
-        r.add_get("/stream", lambda req: alpaca_ws.trading_stream(self, req))
+        r.add_get("/stream", self._trading_ws)
         for path in self.stream_paths[1:]:
-            r.add_get(path, lambda req: alpaca_ws.data_stream(self, req))
+            r.add_get(path, self._data_ws)
         r.add_post("/_emulator/clock", self._set_clock)
 
     def scope_of(self, request: web.Request) -> str:
@@ -134,7 +136,9 @@ class AlpacaEmulator(BaseEmulator):
         return self.error_response(401, "auth", "request is not authorized")
 
     def extra_state(self) -> dict[str, Any]:
-        return {"clock": self.clock_json()}
+        return {"clock": self.clock_json(), "data_connections": self.data_authed,
+                "bar_subscribers": self.subscribed,
+                "trade_update_listeners": self.listening}
 
     # -- JSON shapes ---------------------------------------------------------------------------
 
@@ -206,11 +210,6 @@ class AlpacaEmulator(BaseEmulator):
         closes = now + (6.5 * 3600 if self.engine.is_open else 3600 + 6.5 * 3600)
         return {"timestamp": iso(now), "is_open": self.engine.is_open,
                 "next_open": iso(opens, micro=False), "next_close": iso(closes, micro=False)}
-
-    @staticmethod
-    def bar_json(b: Bar) -> dict[str, Any]:
-        return {"t": iso(b.time, micro=False), "o": b.open, "h": b.high, "l": b.low,
-                "c": b.close, "v": b.volume, "n": b.trades, "vw": round(b.vwap, 4)}
 
     # -- trading REST --------------------------------------------------------------------------
 
@@ -339,7 +338,7 @@ class AlpacaEmulator(BaseEmulator):
         return web.json_response(self.order_json(self._close(symbol)))
 
     async def close_all(self, request: web.Request) -> web.Response:
-        if request.query.get("cancel_orders") in ("true", "1"):
+        if request.query.get("cancel_orders", "").lower() in ("true", "1"):
             self.engine.cancel_all()
         out = [{"symbol": s, "status": 200, "body": self.order_json(self._close(s))}
                for s in sorted(self.engine.account.positions)]
@@ -381,50 +380,11 @@ class AlpacaEmulator(BaseEmulator):
 
     # -- market-data REST ----------------------------------------------------------------------
 
-    def _query_bars(self, q: Any, symbols: list[str]) -> tuple[list[tuple[str, Bar]], str | None]:
-        m = TIMEFRAME.match(q.get("timeframe", "1Min"))
-        if not m:
-            raise OrderError("invalid", "invalid timeframe")
-        seconds = int(m.group(1)) * UNIT_SECONDS[m.group(2)]
-        try:
-            start = parse_time(q["start"]) if q.get("start") else None
-            end = parse_time(q["end"]) if q.get("end") else None
-            limit = max(1, min(int(q.get("limit") or 1000), 10_000))
-            offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
-        except (ValueError, TypeError):
-            raise OrderError("invalid", "invalid start, end, limit or page_token") from None
-        rows = [(s, b) for s in sorted(symbols) if s in self.engine.instruments
-                for b in self.engine.bars(s, start, end, seconds)]
-        if q.get("sort") == "desc":
-            rows.sort(key=lambda sb: (sb[0], -sb[1].time))
-        page = rows[offset:offset + limit]
-        more = offset + limit < len(rows)
-        token = base64.b64encode(str(offset + limit).encode()).decode() if more else None
-        return page, token
+    async def _trading_ws(self, request: web.Request) -> web.StreamResponse:
+        return await alpaca_ws.trading_stream(self, request)
 
-    async def bars(self, request: web.Request) -> web.Response:
-        symbols = [s for s in request.query.get("symbols", "").split(",") if s]
-        if not symbols:
-            return self.error_response(400, "invalid", "missing symbols")
-        page, token = self._query_bars(request.query, symbols)
-        out: dict[str, list[dict[str, Any]]] = {}
-        for symbol, bar in page:
-            out.setdefault(symbol, []).append(self.bar_json(bar))
-        return web.json_response({"bars": out, "next_page_token": token})
-
-    async def symbol_bars(self, request: web.Request) -> web.Response:
-        symbol = request.match_info["symbol"]
-        page, token = self._query_bars(request.query, [symbol])
-        return web.json_response({"bars": [self.bar_json(b) for _, b in page],
-                                  "symbol": symbol, "next_page_token": token})
-
-    async def latest_bars(self, request: web.Request) -> web.Response:
-        out = {}
-        for s in request.query.get("symbols", "").split(","):
-            hist = self.engine.history.get(s)
-            if hist:
-                out[s] = self.bar_json(hist[-1])
-        return web.json_response({"bars": out})
+    async def _data_ws(self, request: web.Request) -> web.StreamResponse:
+        return await alpaca_ws.data_stream(self, request)
 
     # -- control -------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ def _decode(msg: Any) -> Any:
 async def _serve(emu: AlpacaEmulator, request: web.Request, on_message: Any,
                  queue: asyncio.Queue[Any], encode: Any, greeting: Any = None
                  ) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(autoping=True)
+    ws = web.WebSocketResponse(autoping=True, timeout=2.0)  # close waits <= 2 s for the peer
     await ws.prepare(request)
     emu.sockets.add(ws)
     emu.ws_connections += 1
@@ -77,7 +77,7 @@ async def data_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSocke
     alpaca-py does; ``t`` is then a msgpack Timestamp), JSON text otherwise."""
     use_msgpack = request.headers.get("Content-Type", "") == "application/msgpack"
     subs: dict[str, set[str]] = {c: set() for c in CHANNELS}
-    state = {"authed": False}
+    state = {"authed": False, "counted": False}
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def encode(items: list[Any]) -> list[bytes | str]:
@@ -101,11 +101,19 @@ async def data_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSocke
     async def on_message(ws: web.WebSocketResponse, data: Any) -> None:
         action = data.get("action") if isinstance(data, dict) else None
         if action == "auth":
-            if data.get("key") and data.get("secret"):
-                state["authed"] = True
-                queue.put_nowait([{"T": "success", "msg": "authenticated"}])
-            else:
+            if not (data.get("key") and data.get("secret")):
                 queue.put_nowait([{"T": "error", "code": 402, "msg": "auth failed"}])
+            elif state["authed"]:
+                queue.put_nowait([{"T": "error", "code": 403, "msg": "already authenticated"}])
+            elif 0 < emu.max_data_connections <= emu.data_authed:
+                [frame] = encode([[{"T": "error", "code": 406,
+                                    "msg": "connection limit exceeded"}]])
+                await emu.ws_send(ws, frame)
+                await ws.close()
+            else:
+                state["authed"] = True
+                emu.data_authed += 1
+                queue.put_nowait([{"T": "success", "msg": "authenticated"}])
         elif action in ("subscribe", "unsubscribe"):
             if not state["authed"]:
                 queue.put_nowait([{"T": "error", "code": 401, "msg": "not authenticated"}])
@@ -118,6 +126,9 @@ async def data_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSocke
                     else:
                         subs[channel].difference_update(str(n) for n in names)
             queue.put_nowait([{"T": "subscription", **{c: sorted(subs[c]) for c in CHANNELS}}])
+            if bool(subs["bars"]) != state["counted"]:
+                state["counted"] = bool(subs["bars"])
+                emu.subscribed += 1 if state["counted"] else -1
         else:
             queue.put_nowait([{"T": "error", "code": 400, "msg": "invalid syntax"}])
 
@@ -127,6 +138,10 @@ async def data_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSocke
                             [{"T": "success", "msg": "connected"}])
     finally:
         emu.engine.remove_listener(listener)
+        if state["counted"]:
+            emu.subscribed -= 1
+        if state["authed"]:
+            emu.data_authed -= 1
 
 
 async def trading_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSocketResponse:
@@ -164,6 +179,8 @@ async def trading_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSo
                     "action": "listen", "status": "unauthorized"}})
                 return
             streams = [s for s in body.get("streams") or [] if s == "trade_updates"]
+            if bool(streams) != state["listening"]:
+                emu.listening += 1 if streams else -1
             state["listening"] = bool(streams)
             queue.put_nowait({"stream": "listening", "data": {"streams": streams}})
         else:
@@ -175,6 +192,8 @@ async def trading_stream(emu: AlpacaEmulator, request: web.Request) -> web.WebSo
         return await _serve(emu, request, on_message, queue, encode)
     finally:
         emu.engine.remove_listener(listener)
+        if state["listening"]:
+            emu.listening -= 1
 
 
 def _exec_id(fill_id: str) -> str:

@@ -48,7 +48,8 @@ def round_step(value: float, step: float) -> float:
 def floor_step(value: float, step: float) -> float:
     if step <= 0:
         return value
-    return round(math.floor(value / step + 1e-9) * step, decimals(step))
+    q = value / step
+    return round(math.floor(q + max(1e-9, abs(q) * 1e-12)) * step, decimals(step))
 
 
 def on_step(value: float, step: float) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import time
 from collections import deque
@@ -18,8 +17,6 @@ from aiohttp import web
 
 from quantshift.emulators.faults import Fault, Faults
 from quantshift.emulators.matching import MatchingEngine, OrderError
-
-log = logging.getLogger("quantshift.emulators")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,11 +91,14 @@ class BaseEmulator:
         app.router.add_post("/_emulator/position", self._position)
         app.router.add_post("/_emulator/fill_rest", self._fill_rest)
         app.router.add_post("/_emulator/step", self._step)
+        app.router.add_post("/_emulator/bar", self._push)
         self.add_routes(app)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Bind (OSError if the port is taken) and start the bar loop."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    run_bars: bool = True) -> None:
+        """Bind (OSError if the port is taken) and start the bar loop (unless
+        ``run_bars`` is false: then bars come only from ``engine.step()``/``push()``)."""
         self._loop = asyncio.get_running_loop()
         runner = web.AppRunner(self.make_app(), handle_signals=False, access_log=None,
                                shutdown_timeout=0.5)
@@ -114,7 +114,8 @@ class BaseEmulator:
         self.port = int(runner.addresses[0][1])
         self.base_url = f"http://{host}:{self.port}"
         self.engine.prime()
-        self._task = asyncio.create_task(self.engine.run(), name=f"{self.venue}-bars")
+        if run_bars:
+            self._task = asyncio.create_task(self.engine.run(), name=f"{self.venue}-bars")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -137,9 +138,8 @@ class BaseEmulator:
     async def close_streams(self, code: int = 1011, message: str = "dropped") -> int:
         """Close every open websocket; returns how many."""
         socks = list(self.sockets)
-        for ws in socks:
-            with contextlib.suppress(Exception):
-                await ws.close(code=code, message=message.encode())
+        await asyncio.gather(*(ws.close(code=code, message=message.encode()) for ws in socks),
+                             return_exceptions=True)
         return len(socks)
 
     def _fault_added(self, fault: Fault) -> None:
@@ -186,7 +186,7 @@ class BaseEmulator:
             except web.HTTPException as exc:
                 return web.json_response({"error": exc.reason}, status=exc.status)
             except Exception as exc:
-                log.exception("emulator control request failed")
+                self.engine.report(f"control {request.path}", exc)
                 return web.json_response({"error": f"internal error: {exc}"}, status=500)
         self.requests.append((request.method, request.path, request.query_string))
         scope = "stream" if request.path in self.stream_paths else self.scope_of(request)
@@ -212,7 +212,9 @@ class BaseEmulator:
         except OrderError as exc:
             resp = self.order_error(exc)
         except Exception as exc:
-            log.exception("emulator request %s %s failed", request.method, request.path)
+            route = request.match_info.route.resource
+            where = f"{request.method} {route.canonical if route else request.path}"
+            self.engine.report(where, exc)
             resp = self.error_response(500, "server_error", f"internal error: {exc}")
         if fault is not None and fault.name == "slow" and scope != "stream":
             await asyncio.sleep(fault.delay)
@@ -287,6 +289,24 @@ class BaseEmulator:
     async def _step(self, request: web.Request) -> web.Response:
         bars = self.engine.step()
         return web.json_response({"ok": True, "bars": [b.as_dict() for b in bars]})
+
+    async def _push(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        symbol = body.get("symbol")
+        if not isinstance(symbol, str):
+            raise ControlError("symbol (a string) is required")
+        fields = {k: body.get(k) for k in ("close", "open", "high", "low", "volume")
+                  if body.get(k) is not None}
+        for name, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ControlError(f"{name} must be a number")
+        if "close" not in fields:
+            raise ControlError("close (a number) is required")
+        try:
+            bar = self.engine.push(symbol, **{k: float(v) for k, v in fields.items()})
+        except OrderError as exc:
+            raise ControlError(exc.message) from None
+        return web.json_response({"ok": True, "bar": bar.as_dict()})
 
 
 def now_ms() -> int:

@@ -67,7 +67,7 @@ class Faults:
             raise ValueError("count must be an integer >= 1")
         fault = Fault(name, scope, count)
         if retry_after is not None:
-            fault.retry_after = int(math.ceil(_number("retry_after", retry_after, 0, 86400)))
+            fault.retry_after = math.ceil(_number("retry_after", retry_after, 0, 86400))
         if delay is not None:
             fault.delay = _number("delay", delay, 0, 3600)
         if fraction is not None:

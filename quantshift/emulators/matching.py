@@ -10,147 +10,57 @@ Not thread-safe: drive it from the event loop that runs the emulator.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import logging
 import math
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from quantshift.emulators.barfeed import BarFeed
 from quantshift.emulators.bars import (
     Bar,
     RandomWalk,
-    aggregate,
     decimals,
     floor_step,
     on_step,
     read_csv,
 )
 from quantshift.emulators.faults import Fault, Faults
+from quantshift.emulators.orders import (
+    OPEN_STATES,
+    STATES,
+    TIME_IN_FORCE,
+    Account,
+    Fill,
+    Instrument,
+    Listener,
+    Order,
+    OrderError,
+    OrderEvent,
+    Position,
+)
 
-__all__ = ["Bar", "Fault", "Faults", "Fill", "Instrument", "MatchingEngine", "Order",
-           "OrderError", "OrderEvent", "Position"]
+__all__ = ["OPEN_STATES", "STATES", "Bar", "Fault", "Faults", "Fill", "Instrument",
+           "MatchingEngine", "Order", "OrderError", "OrderEvent", "Position"]
 
 log = logging.getLogger("quantshift.emulators")
 
-STATES = ("new", "accepted", "partially_filled", "filled", "canceled", "rejected", "expired")
-OPEN_STATES = frozenset({"new", "accepted", "partially_filled"})
-TIME_IN_FORCE = ("day", "gtc", "ioc", "fok")
 
+class MatchingEngine(BarFeed):
+    """One venue's book. Bars: ``prime()``, ``run()`` (the timed loop), ``step()``,
+    ``push(symbol, close, ...)``, ``bars(symbol, start, end, timeframe)``; ``history``,
+    ``last``. Orders: ``submit(...)`` (raises OrderError), ``get``, ``by_client_order_id``,
+    ``open_orders``, ``cancel``, ``cancel_all``, ``fill`` (by hand, partly), ``fill_rest``;
+    ``orders``, ``by_client``, ``by_seq``, ``fills``. Account: ``account`` (cash,
+    positions, realized_pnl), ``set_position``, ``position_qty``, ``equity``. Market:
+    ``is_open``/``set_open``. ``faults``, ``add_listener``/``remove_listener``, ``state()``.
+    """
 
-@dataclass(slots=True)
-class Instrument:
-    symbol: str
-    qty_step: float = 1.0
-    min_qty: float = 1.0
-    min_notional: float = 0.0
-    price_step: float = 0.01
-    start_price: float | None = None
-
-
-@dataclass(slots=True)
-class Order:
-    id: str
-    seq: int
-    client_order_id: str
-    symbol: str
-    side: str
-    type: str
-    qty: float
-    time_in_force: str = "day"
-    limit_price: float | None = None
-    notional: float | None = None
-    status: str = "new"
-    filled_qty: float = 0.0
-    filled_avg_price: float | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    filled_at: float | None = None
-    canceled_at: float | None = None
-    expired_at: float | None = None
-    failed_at: float | None = None
-    reason: str | None = None
-
-    @property
-    def remaining(self) -> float:
-        return max(round(self.qty - self.filled_qty, 12), 0.0)
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATES
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class Fill:
-    id: str
-    seq: int
-    order_id: str
-    order_seq: int
-    client_order_id: str
-    symbol: str
-    side: str
-    qty: float
-    price: float
-    time: float
-    cum_qty: float
-    leaves_qty: float
-    order_status: str
-    position_qty: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class Position:
-    symbol: str
-    qty: float
-    avg_price: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class OrderEvent:
-    """``event``: new, accepted, fill, partial_fill, canceled, rejected or expired."""
-
-    event: str
-    order: Order
-    time: float
-    fill: Fill | None = None
-    position_qty: float = 0.0
-
-
-class OrderError(Exception):
-    """A refused request. ``kind``: unknown_symbol, invalid, duplicate, not_found,
-    not_cancelable, insufficient_funds, min_notional, invalid_qty, invalid_price."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-Listener = Callable[[Bar | OrderEvent], None]
-
-
-@dataclass
-class Account:
-    cash: float
-    positions: dict[str, Position] = field(default_factory=dict)
-    realized_pnl: float = 0.0
-
-
-class MatchingEngine:
     def __init__(self, instruments: Iterable[Instrument], *, interval: float = 1.0,
                  data: str | Path | None = None, seed: int = 1, cash: float = 100_000.0,
                  allow_short: bool = True, warmup: int = 100, history: int = 20_000,
@@ -174,6 +84,9 @@ class MatchingEngine:
         self.last_bar_time: float | None = None
         self.bars_emitted = 0
         self.listeners: list[Listener] = []
+        self.errors: deque[dict[str, Any]] = deque(maxlen=50)
+        self.error_count = 0
+        self._logged: set[tuple[str, str]] = set()
         self._warmup = warmup
         self._primed = False
         self._rng = random.Random(f"ids:{seed}")
@@ -182,10 +95,14 @@ class MatchingEngine:
         symbols = list(self.instruments)
         self._rounds: deque[list[Bar]] | None = None
         self.walk: RandomWalk | None = None
+        self.bar_seconds = self.interval  # what one bar spans (a CSV's own spacing)
         if data is not None:
             self._rounds = deque(read_csv(data, symbols))
             if not self._rounds:
                 raise ValueError(f"{data}: no usable bars for {', '.join(symbols)}")
+            times = [r[0].time for r in self._rounds]
+            gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+            self.bar_seconds = min(gaps) if gaps else self.interval
             for rnd in self._rounds:
                 for bar in rnd:
                     self.last.setdefault(bar.symbol, bar.open)
@@ -195,64 +112,6 @@ class MatchingEngine:
                 {s: i.price_step for s, i in self.instruments.items()},
                 {s: i.start_price for s, i in self.instruments.items() if i.start_price})
             self.last.update(self.walk.last)
-
-    # -- bars ---------------------------------------------------------------------------
-
-    def prime(self) -> None:
-        """Fill the history with ``warmup`` random-walk bars ending at the current bar."""
-        if self._primed or self.walk is None:
-            self._primed = True
-            return
-        self._primed = True
-        now_slot = math.floor(time.time() / self.interval) * self.interval
-        for k in range(self._warmup, 0, -1):
-            t = now_slot - k * self.interval
-            for symbol in self.instruments:
-                self.history[symbol].append(self.walk.next_bar(symbol, t))
-            self.last_bar_time = t
-        if self.walk is not None:
-            self.last.update(self.walk.last)
-
-    def step(self) -> list[Bar]:
-        """Emit one round of bars (one per symbol) now; [] when closed or out of data."""
-        if not self.is_open:
-            return []
-        if self._rounds is not None:
-            if not self._rounds:
-                return []
-            bars = self._rounds.popleft()
-        else:
-            assert self.walk is not None
-            t = math.floor(time.time() / self.interval) * self.interval - self.interval
-            if self.last_bar_time is not None and t <= self.last_bar_time:
-                t = self.last_bar_time + self.interval
-            bars = [self.walk.next_bar(s, t) for s in self.instruments]
-        for bar in bars:
-            self._on_bar(bar)
-        return bars
-
-    async def run(self) -> None:
-        """Emit a round of bars at every interval boundary until cancelled."""
-        self.prime()
-        while True:
-            now = time.time()
-            nxt = (math.floor(now / self.interval) + 1) * self.interval
-            await asyncio.sleep(max(nxt - now, 0.0))
-            try:
-                self.step()
-            except Exception:  # a listener's bug must not stop the bars
-                log.exception("emulator bar round failed")
-
-    def bars(self, symbol: str, start: float | None = None, end: float | None = None,
-             timeframe: float | None = None) -> list[Bar]:
-        """History of ``symbol`` (oldest first), aggregated to ``timeframe`` seconds when
-        that is longer than the interval (incomplete last bucket left out)."""
-        hist: list[Bar] = list(self.history.get(symbol, ()))
-        if timeframe and timeframe > self.interval + 1e-9 and hist:
-            newest_end = hist[-1].time + self.interval
-            hist = [b for b in aggregate(hist, timeframe) if b.time + timeframe <= newest_end]
-        return [b for b in hist if (start is None or b.time >= start)
-                and (end is None or b.time <= end)]
 
     def _on_bar(self, bar: Bar) -> None:
         if bar.symbol not in self.instruments:
@@ -397,6 +256,8 @@ class MatchingEngine:
         if not order.is_open:
             raise OrderError("not_cancelable", f"order is already in {order.status!r} state")
         qty = order.remaining if qty is None else min(qty, order.remaining)
+        if not qty > 0:
+            raise OrderError("invalid_qty", "qty must be > 0")
         return self._fill(order, qty, self.last[order.symbol] if price is None else price)
 
     def fill_rest(self) -> list[Fill]:
@@ -493,8 +354,19 @@ class MatchingEngine:
         for fn in list(self.listeners):
             try:
                 fn(item)
-            except Exception:
-                log.exception("emulator listener failed")
+            except Exception as exc:
+                self.report("emulator listener", exc)
+
+    def report(self, where: str, exc: BaseException) -> None:
+        """Record an internal error. Its traceback is logged once per kind, so a stderr
+        that nobody reads (a pipe) cannot fill up and stall the emulator."""
+        self.error_count += 1
+        self.errors.append({"where": where, "error": repr(exc), "time": time.time()})
+        key = (where, type(exc).__name__)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error("%s failed (more of this kind are only counted in /_emulator/state)",
+                      where, exc_info=exc)
 
     def equity(self) -> float:
         return self.account.cash + sum(p.qty * self.last.get(s, p.avg_price)
@@ -518,6 +390,8 @@ class MatchingEngine:
             "fills": [f.as_dict() for f in self.fills],
             "faults": [f.as_dict() for f in self.faults.pending()],
             "faults_fired": list(self.faults.fired),
+            "error_count": self.error_count,
+            "errors": list(self.errors),
         }
 
 
