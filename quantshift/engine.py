@@ -49,6 +49,7 @@ class Engine:
                        "fills": 0, "trades": 0, "duplicates": 0, "warmup_signals": 0}
         self.last_ts: dict[str, int] = {}
         self._by_symbol: dict[str, list[StrategyBase]] = {}
+        self._instances: dict[tuple[str, str], StrategyBase] = {}
         self._resume_after: dict[str, int] = {}
         self._known_ids: set[str] = set()
         self._orders: dict[str, Order] = {}
@@ -79,9 +80,10 @@ class Engine:
             if self._executor_wants_bars:
                 self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders first
             self.portfolio.mark(symbol, bar.close, bar.ts)
+            self.gate.on_bar(bar)
         strategies = self._by_symbol.get(symbol)
         if strategies is None:
-            strategies = self._by_symbol[symbol] = [make(symbol) for make in self.makers]
+            strategies = self._spawn(symbol)
         for strategy in strategies:
             signal = strategy.on_bar(bar)
             if signal is not None:
@@ -96,10 +98,18 @@ class Engine:
         """Feed a history bar to the strategies only: it is the past, nothing trades on it."""
         strategies = self._by_symbol.get(bar.symbol)
         if strategies is None:
-            strategies = self._by_symbol[bar.symbol] = [make(bar.symbol) for make in self.makers]
+            strategies = self._spawn(bar.symbol)
         for strategy in strategies:
             if strategy.on_bar(bar) is not None:
                 self.counts["warmup_signals"] += 1
+
+    def _spawn(self, symbol: str) -> list[StrategyBase]:
+        """The strategies' instances for a symbol's first bar, knowing what they hold."""
+        made = self._by_symbol[symbol] = [make(symbol) for make in self.makers]
+        for strategy in made:
+            strategy.position = self.portfolio.position_qty(strategy.id, symbol)
+            self._instances[(strategy.id, symbol)] = strategy
+        return made
 
     def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
         """Put one signal through the gate and hand what it approves to the executor."""
@@ -178,11 +188,15 @@ class Engine:
         fill = Fill(self._fill_seq, intent.client_order_id, intent.strategy, intent.symbol,
                     intent.side, qty, price, commission, ts)
         trade = self.portfolio.apply_fill(fill)
+        instance = self._instances.get((intent.strategy, intent.symbol))
+        if instance is not None:
+            instance.position = self.portfolio.position_qty(intent.strategy, intent.symbol)
         if intent.client_order_id in self._orders:
             self._add_pending(intent, -fill.signed_qty)
         self.journal.fill(fill)
         self.counts["fills"] += 1
         if trade is not None:
+            self.gate.on_trade(trade)
             self.counts["trades"] += 1
             self.journal.trade(trade)
             if self.trades is not None:

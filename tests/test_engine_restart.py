@@ -252,3 +252,27 @@ def test_warm_up_bars_do_not_touch_the_books(make_settings) -> None:
         assert pf2.drawdown == pytest.approx(pf1.drawdown, abs=1e-12)
     finally:
         e2.journal.close()
+
+
+def test_strategies_know_their_own_position(make_settings) -> None:
+    settings = make_settings()
+    feed = bars()
+    e = engine_on(settings)
+    try:
+        for b in feed:
+            e.on_bar(b)
+        for (strategy, symbol), instance in e._instances.items():
+            assert instance.position == e.portfolio.position_qty(strategy, symbol)
+        assert any(i.position != 0 for i in e._instances.values())
+        e.snapshot()
+        e.journal.flush()
+    finally:
+        e.journal.close()
+    again = engine_on(settings)
+    try:
+        again.restore()
+        again.on_bar(feed[-1])  # spawns the instances: they start knowing what they hold
+        for (strategy, symbol), instance in again._instances.items():
+            assert instance.position == again.portfolio.position_qty(strategy, symbol)
+    finally:
+        again.journal.close()

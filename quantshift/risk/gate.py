@@ -19,11 +19,13 @@ from typing import Any
 
 from quantshift.domain import (
     NS_PER_DAY,
+    Bar,
     Direction,
     Instrument,
     OrderIntent,
     Side,
     Signal,
+    Trade,
     client_order_id,
 )
 from quantshift.portfolio import Portfolio
@@ -68,6 +70,13 @@ class RiskGate:
         self.loss_halt_day = -1  # the day the daily-loss limit stopped entries
         self.instruments: dict[str, Instrument] = {}  # the venue's increments and minimums
         self.stale_reason: str | None = None  # set while the feed is stale: entries stop
+
+    # -- what the gate watches -----------------------------------------------------------
+    def on_bar(self, bar: Bar) -> None:
+        """Every live bar, before the strategies see it (per-symbol market state)."""
+
+    def on_trade(self, trade: Trade) -> None:
+        """Every closed round trip (per-strategy and per-symbol trade history)."""
 
     # -- state -------------------------------------------------------------------------
     def halt(self, reason: str) -> None:

@@ -36,6 +36,9 @@ class StrategyBase:
         self.id = id
         self.symbol = symbol
         self.params = params
+        # This strategy's own holding in its symbol (signed), kept current by the engine
+        # on every fill: a strategy in a position does not enter again, and can exit.
+        self.position = 0.0
 
 
 _REGISTRY: dict[str, type[StrategyBase]] = {}
