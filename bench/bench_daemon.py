@@ -30,7 +30,8 @@ def one_run(tmp: Path, seconds: float, symbols: int) -> dict:
     env.update(QUANTSHIFT_STATE_DIR=str(tmp / "var"), QUANTSHIFT_LOG_DIR=str(tmp / "logs"),
                QUANTSHIFT_CONFIG_DIR=str(tmp / "none"), QUANTSHIFT_ENV_FILE=str(tmp / "none"),
                QUANTSHIFT_SYMBOLS=",".join(f"S{i:03d}" for i in range(symbols)),
-               QUANTSHIFT_SIM_INTERVAL="0.05", QUANTSHIFT_SIZING="fixed:1",
+               QUANTSHIFT_SIM_INTERVAL="0.05", QUANTSHIFT_SIZING="fixed:10",
+               QUANTSHIFT_RISK_MAX_DAILY_LOSS="0", QUANTSHIFT_RISK_MAX_DRAWDOWN="0",
                QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0", QUANTSHIFT_RISK_MAX_OPEN_POSITIONS="0",
                QUANTSHIFT_RISK_MAX_EXPOSURE="0",
                QUANTSHIFT_STRATEGIES='[{"name":"ma_cross","params":{"fast":2,"slow":5,'

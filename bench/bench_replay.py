@@ -31,7 +31,11 @@ def main() -> None:
                    QUANTSHIFT_CONFIG_DIR=f"{tmp}/none", QUANTSHIFT_PHASE="dry_run",
                    QUANTSHIFT_SIZING="fixed:10", QUANTSHIFT_PAPER_FILL="close",
                    QUANTSHIFT_PAPER_COMMISSION_BPS="5", QUANTSHIFT_PAPER_SLIPPAGE_BPS="0",
-                   QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0", QUANTSHIFT_ENV_FILE=f"{tmp}/none.env")
+                   QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0", QUANTSHIFT_ENV_FILE=f"{tmp}/none.env",
+                   # a fixed quantity, always in the market: no drawdown stop, no regime scaling
+                   QUANTSHIFT_RISK_MAX_DRAWDOWN="0", QUANTSHIFT_RISK_MAX_DAILY_LOSS="0",
+                   QUANTSHIFT_RISK_REGIME_BEAR="1", QUANTSHIFT_RISK_REGIME_CHOPPY="1",
+                   QUANTSHIFT_RISK_REGIME_CRISIS="1")
         cmd = [quantshift_bin(), "replay", "--data", str(data), "--strategy", "ma_cross",
                "--param", "ma=ema", "--param", "fast=10", "--param", "slow=30",
                "--param", "mode=long_short", "--json", "--no-progress"]

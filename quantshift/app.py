@@ -12,6 +12,7 @@ from quantshift.domain import ExecutorKind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
 from quantshift.execution.venues.base import Venue
+from quantshift.exits import ExitManager, ExitRule
 from quantshift.feeds.base import Feed
 from quantshift.feeds.replay import ReplayFeed
 from quantshift.feeds.sim import SimFeed
@@ -63,11 +64,15 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
                  strategies: list[StrategySpec] | None = None, log_decisions: bool = True,
                  keep_trades: bool = False,
                  durable: Callable[[], Awaitable[object]] | None = None) -> Engine:
-    gate = RiskGate(settings.bot, risk_limits(settings), settings.sizing, settings.fractional)
+    gate = RiskGate(settings.bot, risk_limits(settings), settings.sizing, settings.fractional,
+                    regime_symbol=settings.risk_regime_symbol or settings.symbols[0])
     makers = [factory(spec.name, spec.key, spec.params)
               for spec in (strategies or settings.strategies)]
+    specs = strategies or settings.strategies
+    rules = {spec.key: ExitRule(**spec.exits) for spec in specs if spec.exits}
     engine = Engine(strategies=makers, gate=gate, portfolio=Portfolio(settings.paper_cash),
-                    journal=journal, log_decisions=log_decisions, keep_trades=keep_trades)
+                    journal=journal, log_decisions=log_decisions, keep_trades=keep_trades,
+                    exits=ExitManager(rules) if rules else None)
     kind = executor or settings.executor
     venue = make_venue(settings, kind) if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) \
         else None

@@ -318,6 +318,9 @@ class Daemon:
         comes (the engine clears it on the next bar)."""
         feed, engine = self.feed, self.engine
         assert feed is not None and engine is not None
+        if self.settings.feed == "alpaca" and self.settings.market_hours_only:
+            # Equities trade only in market hours: the feed follows the venue's clock.
+            engine.gate.market_open = not getattr(feed, "idle", False)
         if getattr(feed, "idle", False) or engine.gate.stale_reason is not None:
             return
         since = feed.last_bar_at or self._started_at
@@ -345,7 +348,8 @@ class Daemon:
             return "starting"
         pf, c = engine.portfolio, engine.counts
         stale = "; feed STALE" if engine.gate.stale_reason else ""
-        return (f"{engine.gate.state}{stale}; bars {engine.bars}, signals {c['signals']}, orders "
+        return (f"{engine.gate.state}{stale}; regime {engine.gate.regime}; bars {engine.bars}, "
+                f"signals {c['signals']}, orders "
                 f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
                 f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
                 f"{pf.open_symbols()}")

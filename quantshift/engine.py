@@ -23,6 +23,7 @@ from quantshift.domain import (
     Trade,
 )
 from quantshift.execution.base import Executor
+from quantshift.exits import ExitManager
 from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import HALTED, RiskGate
 from quantshift.state.journal import Journal
@@ -35,7 +36,7 @@ _EPS = 1e-9
 class Engine:
     def __init__(self, *, strategies: list[StrategyMaker], gate: RiskGate,
                  portfolio: Portfolio, journal: Journal, log_decisions: bool = True,
-                 keep_trades: bool = False) -> None:
+                 keep_trades: bool = False, exits: ExitManager | None = None) -> None:
         self.makers = strategies
         self.gate = gate
         self.portfolio = portfolio
@@ -43,6 +44,7 @@ class Engine:
         self._executor: Executor | None = None
         self._executor_wants_bars = False
         self.log_decisions = log_decisions
+        self.exits = exits
         self.trades: list[Trade] | None = [] if keep_trades else None
         self.bars = 0
         self.counts = {"signals": 0, "approved": 0, "vetoed": 0, "orders": 0,
@@ -50,6 +52,7 @@ class Engine:
         self.last_ts: dict[str, int] = {}
         self._by_symbol: dict[str, list[StrategyBase]] = {}
         self._instances: dict[tuple[str, str], StrategyBase] = {}
+        self._live: dict[str, list[StrategyBase]] = {}  # symbols past their warm-up
         self._resume_after: dict[str, int] = {}
         self._known_ids: set[str] = set()
         self._orders: dict[str, Order] = {}
@@ -70,20 +73,26 @@ class Engine:
     def on_bar(self, bar: Bar) -> None:
         self.bars += 1
         symbol = bar.symbol
+        gate = self.gate
         # Bars at or before the last one handled before a restart only warm the strategies
         # up: they fill nothing and value nothing, the books already saw them.
         live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
-        if self.gate.stale_reason is not None:
+        if gate.stale_reason is not None:
             logger.info("feed fresh again ({} {}): entries resume", symbol, bar.ts)
-            self.gate.stale_reason = None
+            gate.stale_reason = None
+        gate.on_bar(bar)  # market state (ATR, regime, volume) learns from every bar
         if live:
+            strategies = self._live.get(symbol)
+            if strategies is None:
+                strategies = self._sync_positions(symbol)
             if self._executor_wants_bars:
                 self.executor.on_bar(bar)  # type: ignore[union-attr]  # resting orders first
             self.portfolio.mark(symbol, bar.close, bar.ts)
-            self.gate.on_bar(bar)
-        strategies = self._by_symbol.get(symbol)
-        if strategies is None:
-            strategies = self._spawn(symbol)
+            if self.exits is not None:
+                for exit_signal in self.exits.on_bar(bar, self.portfolio):
+                    self.decide(exit_signal, bar.close)
+        else:
+            strategies = self._by_symbol.get(symbol) or self._spawn(symbol)
         for strategy in strategies:
             signal = strategy.on_bar(bar)
             if signal is not None:
@@ -95,7 +104,9 @@ class Engine:
             self.last_ts[symbol] = bar.ts
 
     def warm_up(self, bar: Bar) -> None:
-        """Feed a history bar to the strategies only: it is the past, nothing trades on it."""
+        """Feed a history bar to the strategies (and the gate's market state, ATR, regime)
+        only: it is the past, nothing trades on it."""
+        self.gate.on_bar(bar)
         strategies = self._by_symbol.get(bar.symbol)
         if strategies is None:
             strategies = self._spawn(bar.symbol)
@@ -104,12 +115,19 @@ class Engine:
                 self.counts["warmup_signals"] += 1
 
     def _spawn(self, symbol: str) -> list[StrategyBase]:
-        """The strategies' instances for a symbol's first bar, knowing what they hold."""
+        """The strategies' instances for a symbol's first bar."""
         made = self._by_symbol[symbol] = [make(symbol) for make in self.makers]
         for strategy in made:
-            strategy.position = self.portfolio.position_qty(strategy.id, symbol)
             self._instances[(strategy.id, symbol)] = strategy
         return made
+
+    def _sync_positions(self, symbol: str) -> list[StrategyBase]:
+        """At a symbol's first live bar, tell its strategies what they really hold: warm-up
+        bars replay the decisions they made before, the books say what came of them."""
+        strategies = self._live[symbol] = self._by_symbol.get(symbol) or self._spawn(symbol)
+        for strategy in strategies:
+            strategy.position = self.portfolio.position_qty(strategy.id, symbol)
+        return strategies
 
     def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
         """Put one signal through the gate and hand what it approves to the executor."""
@@ -144,7 +162,7 @@ class Engine:
         counts["approved"] += 1
         journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
                          "exit_only" if veto else "approved", veto or signal.reason,
-                         signal.confidence, signal.indicators,
+                         signal.confidence, {**signal.indicators, "regime": self.gate.regime},
                          ",".join(i.client_order_id for i in sent))
         for intent in sent:
             counts["orders"] += 1
@@ -216,9 +234,17 @@ class Engine:
 
     # -- halts, shutdown, persistence --------------------------------------------------
     def halt(self, reason: str) -> None:
+        """Nothing new goes out, open orders are cancelled, and it survives a restart."""
         self.gate.halt(reason)
         self.journal.set("trading_state", {"state": HALTED, "reason": reason})
-        logger.warning("trading halted: {}", reason)
+        cancelled = self.executor.cancel_all(f"halted: {reason}") if self.executor else 0
+        logger.warning("trading halted: {} ({} open orders cancelled)", reason, cancelled)
+
+    def kill_switch(self, reason: str, flatten: bool = False) -> int:
+        """Halt, and optionally send every position to flat: longs sold, shorts bought
+        back. Positions close only as the fills come in, i.e. when the venue confirms."""
+        self.halt(f"kill switch: {reason}")
+        return self.flatten(f"kill switch: {reason}") if flatten else 0
 
     def known_ids(self) -> set[str]:
         """Every client order id the journal has."""
@@ -246,7 +272,8 @@ class Engine:
     def state(self) -> dict[str, Any]:
         return {"portfolio": self.portfolio.snapshot(), "risk": self.gate.counters(),
                 "last_ts": dict(self.last_ts), "counts": {"bars": self.bars, **self.counts},
-                "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason}
+                "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason,
+                "exits": self.exits.state() if self.exits is not None else {}}
 
     def snapshot(self) -> None:
         self.journal.snapshot(self.state())
@@ -260,10 +287,18 @@ class Engine:
             self.portfolio = Portfolio.restore(snap["portfolio"])
             self.gate.restore_counters(snap.get("risk", {}))
             self._resume_after = {s: int(t) for s, t in snap.get("last_ts", {}).items()}
+            if self.exits is not None:
+                self.exits.restore(snap.get("exits", {}))
             self.last_ts = dict(self._resume_after)
         for fill in journal.fills_after(self.portfolio.fill_seq):
             self.portfolio.apply_fill(fill)
             replayed += 1
+        # Bars up to the last decision on disk were handled: later snapshots or not, they
+        # only warm the strategies up again (their fills are booked above).
+        for symbol, ts in journal.last_decision_ts().items():
+            if ts > self._resume_after.get(symbol, -1):
+                self._resume_after[symbol] = ts
+                self.last_ts[symbol] = max(ts, self.last_ts.get(symbol, ts))
         self._fill_seq = max(journal.max_fill_seq(), self.portfolio.fill_seq)
         self._known_ids = journal.client_order_ids()
         trading = journal.get("trading_state")

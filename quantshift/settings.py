@@ -58,6 +58,8 @@ class StrategySpec(BaseModel):
     name: str
     id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # stop_loss / take_profit / trail / trail_activate ("2atr" or "1.5%"), atr_period
+    exits: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -149,6 +151,23 @@ class Settings(BaseSettings):
     risk_max_open_positions: int | None = Field(None, ge=0)
     risk_max_daily_loss: float | None = Field(None, ge=0)
     risk_max_trades_per_day: int | None = Field(None, ge=0)
+    risk_max_trades_per_hour: int | None = Field(None, ge=0)  # orders in the last 60 min
+    risk_max_drawdown: float | None = Field(None, ge=0)  # money below the peak: entries stop
+    risk_loss_cooldown_seconds: float | None = Field(None, ge=0)  # per symbol, after a loss
+    risk_min_price: float | None = Field(None, ge=0)
+    risk_min_avg_volume: float | None = Field(None, ge=0)  # mean volume of the last 20 bars
+    risk_htf_factor: int | None = Field(None, ge=0, le=1000)  # higher timeframe, in bars
+    risk_htf_sma: int | None = Field(None, ge=1, le=1000)  # its SMA, in higher-tf bars
+    risk_max_position_fraction: float | None = Field(None, ge=0, le=1)  # atr/kelly sizes
+    risk_regime_bull: float | None = Field(None, ge=0, le=1)  # size multipliers per regime
+    risk_regime_bear: float | None = Field(None, ge=0, le=1)
+    risk_regime_choppy: float | None = Field(None, ge=0, le=1)
+    risk_regime_crisis: float | None = Field(None, ge=0, le=1)
+    risk_ramp_start: float | None = Field(None, ge=0, le=1)  # capital share on day 1; 0 = off
+    risk_ramp_day_2: int | None = Field(None, ge=1, le=3650)  # days of the phase on which
+    risk_ramp_day_3: int | None = Field(None, ge=1, le=3650)  # the share steps up by thirds
+    risk_ramp_day_4: int | None = Field(None, ge=1, le=3650)  # (100 % from ramp_day_4)
+    risk_regime_symbol: str | None = None  # the regime's reference; unset = the first symbol
 
     shutdown_timeout: float = Field(10.0, gt=0, le=600)
     cancel_on_shutdown: bool = True
@@ -225,6 +244,15 @@ class Settings(BaseSettings):
         if len(set(items)) != len(items):
             raise ValueError("a symbol is listed twice")
         return items
+
+    @field_validator("risk_regime_symbol", mode="before")
+    @classmethod
+    def _regime_symbol(cls, v: Any) -> Any:
+        if v is None or str(v).strip() == "":
+            return None
+        if not _SYMBOL_RE.match(str(v).strip()):
+            raise ValueError(f"not a symbol: {v!r}")
+        return str(v).strip()
 
     @field_validator("sizing", mode="before")
     @classmethod
@@ -377,7 +405,8 @@ def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Setting
 
 
 def _check_strategies(settings: Settings) -> None:
-    from quantshift.strategies import validate_spec  # settings sit above the strategies
+    from quantshift.exits import ExitRule  # settings sit above the strategies and exits
+    from quantshift.strategies import validate_spec
 
     keys = [spec.key for spec in settings.strategies]
     if not keys:
@@ -387,8 +416,12 @@ def _check_strategies(settings: Settings) -> None:
     for i, spec in enumerate(settings.strategies):
         try:
             validate_spec(spec.name, spec.params)
-        except ValueError as exc:
-            raise ConfigError(f"{env_name('strategies')}[{i}] ({spec.key})", str(exc)) from None
+            if spec.exits is not None:
+                ExitRule(**spec.exits)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            message = str(exc).splitlines()
+            raise ConfigError(f"{env_name('strategies')}[{i}] ({spec.key})",
+                              "; ".join(m.strip() for m in message[:3])) from None
 
 
 def check_startup(settings: Settings) -> None:

@@ -82,11 +82,10 @@ async def rig(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_")):
             monkeypatch.delenv(key)
     if request.param == "alpaca":
-        # Long bars: a resting remainder must not fill on the next bar during a test.
         emu = AlpacaEmulator(["AAA", "BBB"], interval=120)
     else:
         emu = ExchangeEmulator(["BTC/USDT", "ETH/USDT"], interval=120)
-    await emu.start()
+    await emu.start(run_bars=False)  # no bar may fill a resting remainder mid-test
     r = await start_rig("alpaca" if request.param == "alpaca" else "ccxt", emu, tmp_path / "var")
     r.kind = request.param  # type: ignore[attr-defined]
     try:

@@ -289,7 +289,8 @@ def test_restore_from_snapshot_plus_later_fills(settings: Settings) -> None:
         assert pf2.realized_pnl == pf1.realized_pnl
         assert pf2.commission == pf1.commission
         assert pf2.fill_seq == 3
-        assert e2.last_ts == {"X": T0}  # from the snapshot
+        # the snapshot had X at T0; the decisions on disk after it move both symbols on
+        assert e2.last_ts == {"X": T0 + MIN, "Y": T0 + MIN}
         # marked at the same prices, the equity is the same too
         e2.on_bar(bar("X", T0 + 2 * MIN, 110.0))
         e2.on_bar(bar("Y", T0 + 2 * MIN, 50.0))

@@ -1,4 +1,4 @@
-"""The RiskGate turns a Signal into a sized OrderIntent, or a veto with its reason.
+"""The RiskGate: every limit of the current phase lives here and nowhere else.
 
 A signal names the position a strategy wants (long, flat, short). The gate sizes that
 position, works out the orders that get there from the strategy's current holding and
@@ -8,10 +8,24 @@ crosses zero as a new short and some refuse it outright. Orders that only reduce
 exposure are never blocked by entry limits; only a halt stops them. When the entry of a
 reversal is blocked, the exit still goes through, so a strategy is never left holding
 the side it just turned against.
+
+Trading states: ``active`` (every rule applies), ``reducing`` (only exposure-reducing
+orders pass: exits and trims; set by :meth:`RiskGate.reduce` or by the drawdown limit),
+``halted`` (nothing new passes). :meth:`RiskGate.resume` returns to ``active``.
+
+What the owner of the gate sets or calls (the engine and the daemon):
+
+* ``on_bar(bar)`` for every live bar, before the strategies see it: per-symbol ATR,
+  average volume, the higher timeframe, the regime of the reference symbol;
+* ``on_trade(trade)`` for every closed round trip: Kelly statistics, loss cooldowns;
+* ``market_open`` (True/False from the venue's clock; None = unknown, entries allowed);
+* ``stale_reason`` while the feed is stale; ``instruments`` from the venue;
+* ``counters()`` into every snapshot and ``restore_counters()`` after a restart.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,70 +43,181 @@ from quantshift.domain import (
     client_order_id,
 )
 from quantshift.portfolio import Portfolio
+from quantshift.risk.market import SymbolState
 from quantshift.risk.profiles import RiskLimits
-from quantshift.risk.sizing import Sizing, position_size
+from quantshift.risk.regime import UNKNOWN, RegimeDetector
+from quantshift.risk.rules import EPS, HOUR_NS, REDUCING, EntryRules, regime_scale
+from quantshift.risk.sizing import KellyStats, Sizing
 
 ACTIVE = "active"
 HALTED = "halted"
-_EPS = 1e-9
+STATES = (ACTIVE, REDUCING, HALTED)
+__all__ = ["ACTIVE", "HALTED", "NO_CHANGE", "REDUCING", "STATES", "Decision", "RiskGate"]
 
 
 @dataclass(slots=True)
 class Decision:
-    """The gate's answer: the orders to send (an exit, an entry, or both) and any veto."""
+    """The gate's answer: the orders to send (an exit, an entry, or both), any veto, and
+    the market regime an entry was sized in (None when no entry was sized)."""
 
     intents: tuple[OrderIntent, ...] = ()
     veto: str | None = None
+    regime: str | None = None
 
 
 NO_CHANGE = Decision()
 _NONE: Mapping[tuple[str, str], float] = MappingProxyType({})
 
 
-def _nets(portfolio: Portfolio, pending: Mapping[tuple[str, str], float]) -> dict[str, float]:
-    """Net quantity per symbol, counting orders sent but not yet filled."""
-    nets = dict(portfolio.net)
-    for (_, symbol), qty in pending.items():
-        nets[symbol] = nets.get(symbol, 0.0) + qty
-    return nets
-
-
-class RiskGate:
-    def __init__(self, bot: str, limits: RiskLimits, sizing: Sizing, fractional: bool) -> None:
+class RiskGate(EntryRules):
+    def __init__(self, bot: str, limits: RiskLimits, sizing: Sizing, fractional: bool, *,
+                 regime_symbol: str | None = None, market_open: bool | None = None) -> None:
         self.bot = bot
         self.limits = limits
-        self.sizing = sizing
+        self.sizing_rule = sizing
         self.fractional = fractional
         self.state = ACTIVE
         self.halt_reason = ""
         self.day = -1
         self.trades_today = 0
         self.loss_halt_day = -1  # the day the daily-loss limit stopped entries
+        self.day_equity: float | None = None  # the day's P&L baseline
         self.instruments: dict[str, Instrument] = {}  # the venue's increments and minimums
         self.stale_reason: str | None = None  # set while the feed is stale: entries stop
+        self.market_open = market_open  # the venue's clock; None = unknown: allowed
+        self.hour_ts: deque[int] = deque()  # times of the orders of the last hour
+        self.loss_exits: dict[str, int] = {}  # symbol -> time of its last losing exit
+        self.kelly: dict[str, KellyStats] = {}  # strategy -> its closed trades' statistics
+        self.symbols: dict[str, SymbolState] = {}
+        self.detector = RegimeDetector(regime_symbol)
+        self.phase_start_day = -1  # the capital ramp's day 1
+        self.last_regime = UNKNOWN
+        self.hwm: float | None = None  # the drawdown limit's high-water mark
+        self._peak_seen = 0.0
+        self._dd_rebase = False
+
+    @property
+    def sizing(self) -> Sizing:
+        return self.sizing_rule
+
+    @sizing.setter
+    def sizing(self, sizing: Sizing) -> None:
+        self.sizing_rule = sizing
+        self.symbols.clear()  # the ATR length may differ: rebuilt from the next bars
+
+    @property
+    def regime(self) -> str:
+        """The market regime now: bull, bear, choppy, crisis or unknown (not warm yet)."""
+        return self.detector.regime
 
     # -- what the gate watches -----------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         """Every live bar, before the strategies see it (per-symbol market state)."""
+        symbol = bar.symbol
+        st = self.symbols.get(symbol)
+        lim = self.limits
+        if st is None or st.htf_factor != lim.htf_factor or (
+                lim.min_avg_volume and st.volume is None):
+            st = self.symbols[symbol] = SymbolState(self.sizing_rule.needs_atr,
+                                                    lim.htf_factor, lim.htf_sma,
+                                                    bool(lim.min_avg_volume))
+        st.update(bar)
+        detector = self.detector
+        if detector.symbol is None:
+            detector.symbol = symbol
+        if symbol == detector.symbol:
+            detector.update(bar)
 
     def on_trade(self, trade: Trade) -> None:
         """Every closed round trip (per-strategy and per-symbol trade history)."""
+        notional = trade.entry_price * trade.qty
+        if notional > 0:
+            stats = self.kelly.get(trade.strategy)
+            if stats is None:
+                stats = self.kelly[trade.strategy] = KellyStats()
+            stats.add(trade.pnl / notional)
+        if trade.pnl < 0:
+            last = self.loss_exits.get(trade.symbol, -1)
+            if trade.exit_ts > last:
+                self.loss_exits[trade.symbol] = trade.exit_ts
 
     # -- state -------------------------------------------------------------------------
     def halt(self, reason: str) -> None:
+        """Nothing new passes, not even exits."""
         self.state, self.halt_reason = HALTED, reason
 
-    def resume(self) -> None:
-        self.state, self.halt_reason = ACTIVE, ""
+    def reduce(self, reason: str) -> None:
+        """Only orders that reduce exposure pass (exits and trims)."""
+        self.state, self.halt_reason = REDUCING, reason
 
+    def resume(self) -> None:
+        """Back to active. The drawdown limit measures from the equity at the next
+        decision on, not from the old peak (or it would stop entries again at once)."""
+        self.state, self.halt_reason = ACTIVE, ""
+        self.hwm, self._dd_rebase = None, True
+
+    def start_phase(self, day: int) -> None:
+        """Set the capital ramp's day 1 (a UTC day number); otherwise the first decision
+        made with a ramp sets it."""
+        self.phase_start_day = day
+
+    def status(self) -> dict[str, Any]:
+        """For /status and the periodic log line."""
+        day = self.day
+        share = self.ramp_share(day) if day >= 0 and self.phase_start_day >= 0 else 1.0
+        return {"state": self.state, "reason": self.halt_reason, "regime": self.regime,
+                "regime_scale": regime_scale(self.limits, self.regime),
+                "volatility_ratio": round(self.detector.ratio, 4),
+                "trades_today": self.trades_today, "trades_last_hour": len(self.hour_ts),
+                "loss_halted_today": self.loss_halt_day == day >= 0,
+                "market_open": self.market_open, "stale": self.stale_reason,
+                "capital_share": share}
+
+    # -- persistence ---------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
-        return {"day": self.day, "trades_today": self.trades_today,
-                "loss_halt_day": self.loss_halt_day}
+        """What a restart must not forget. The three first keys always; the rest only
+        while it holds something (snapshots stay small, and so do old ones)."""
+        out: dict[str, Any] = {"day": self.day, "trades_today": self.trades_today,
+                               "loss_halt_day": self.loss_halt_day}
+        lim = self.limits
+        if self.state != ACTIVE:
+            out["state"] = [self.state, self.halt_reason]
+        if lim.max_daily_loss and self.day_equity is not None:
+            out["day_equity"] = self.day_equity
+        hour = self.hour_ts
+        if hour and lim.max_trades_per_hour:
+            last = hour[-1]
+            out["hour"] = [t for t in hour if t > last - HOUR_NS]
+        if self.loss_exits:
+            out["loss_exits"] = dict(self.loss_exits)
+        if self.hwm is not None or self._dd_rebase:
+            out["drawdown"] = {"hwm": self.hwm, "peak_seen": self._peak_seen,
+                               "rebase": self._dd_rebase}
+        if self.phase_start_day >= 0:
+            out["phase_start_day"] = self.phase_start_day
+        if self.kelly:
+            out["kelly"] = {k: v.to_list() for k, v in self.kelly.items()}
+        return out
 
     def restore_counters(self, data: dict[str, Any]) -> None:
         self.day = int(data.get("day", -1))
         self.trades_today = int(data.get("trades_today", 0))
         self.loss_halt_day = int(data.get("loss_halt_day", -1))
+        state = data.get("state")
+        if state and state[0] in STATES:
+            self.state, self.halt_reason = str(state[0]), str(state[1])
+        base = data.get("day_equity")
+        self.day_equity = float(base) if base is not None else None
+        self.hour_ts = deque(sorted(int(t) for t in data.get("hour", ())))
+        self.loss_exits = {str(s): int(t) for s, t in data.get("loss_exits", {}).items()}
+        dd = data.get("drawdown")
+        if dd:
+            hwm = dd.get("hwm")
+            self.hwm = float(hwm) if hwm is not None else None
+            self._peak_seen = float(dd.get("peak_seen", 0.0))
+            self._dd_rebase = bool(dd.get("rebase", False))
+        self.phase_start_day = int(data.get("phase_start_day", -1))
+        self.kelly = {str(k): KellyStats.from_list(v) for k, v in data.get("kelly", {}).items()}
 
     # -- the decision ------------------------------------------------------------------
     def evaluate(self, signal: Signal, price: float, portfolio: Portfolio,
@@ -102,86 +227,67 @@ class RiskGate:
         day = signal.ts // NS_PER_DAY
         if day != self.day:
             self.day, self.trades_today = day, 0
+            self.day_equity = portfolio.day_start_equity if portfolio.day == day \
+                else portfolio.equity
+            if self.phase_start_day < 0 and self.limits.ramp_start > 0:
+                self.phase_start_day = day  # the phase's first decision: day 1 of the ramp
 
         current = portfolio.position_qty(signal.strategy, signal.symbol)
         if pending:
             current += pending.get((signal.strategy, signal.symbol), 0.0)
         want = signal.target
+        flat = -EPS < current < EPS
+        state = self.state
         if want is Direction.FLAT:
-            target = 0.0
-        elif (current > _EPS and want is Direction.LONG) or (
-                current < -_EPS and want is Direction.SHORT):
+            if flat:
+                return NO_CHANGE
+            if state != ACTIVE:
+                blocked = self._held_exit(signal.symbol, -current, portfolio, pending)
+                if blocked is not None:
+                    return Decision(veto=blocked)
+            return Decision((self._intent(signal, -current, price, True),))
+        if not flat and (current > 0) == (want is Direction.LONG):
             return NO_CHANGE  # already on that side: a repeated signal adds nothing
-        else:
-            qty = position_size(self.sizing, price, portfolio.equity, self.fractional)
-            instrument = self.instruments.get(signal.symbol)
-            if instrument is not None:
-                qty = instrument.floor_qty(qty)
-            if qty <= 0:
-                return Decision(veto=f"size rounds to zero ({self.sizing} at {price:g})")
-            if instrument is not None:
-                small = instrument.below_minimum(qty, price)
-                if small is not None:
-                    return Decision(veto=f"below venue minimum: {small}")
-            target = qty * int(want)
-        if abs(target - current) < _EPS:
-            return NO_CHANGE
+        if state != ACTIVE:
+            blocked = self._held_exit(signal.symbol, -current, portfolio, pending) \
+                if not flat else None
+            if blocked is not None or state == HALTED:
+                return Decision(veto=blocked or self._halted().veto)
+        exit_leg = () if flat else (self._intent(signal, -current, price, True),)
+        regime = self.last_regime = self.detector.regime
+        qty = self._entry(signal, price, portfolio, pending, day, 0.0 if flat else -current)
+        if isinstance(qty, str):
+            return Decision(exit_leg, qty, regime)
+        return Decision((*exit_leg, self._intent(signal, qty * int(want), price, False)), None,
+                        regime)
 
+    def _held_exit(self, symbol: str, delta: float, pf: Portfolio,
+                   pending: Mapping[tuple[str, str], float]) -> str | None:
+        """Why an exit may not go in the current state: never while halted; while
+        reducing, only when it would raise the symbol's net position (another strategy
+        holds the other side), as that adds exposure."""
         if self.state == HALTED:
-            return Decision(veto=f"halted: {self.halt_reason or 'trading is halted'}")
-
-        crosses = abs(current) > _EPS and (target == 0 or (target > 0) != (current > 0))
-        if abs(target) < abs(current) and not crosses:  # trims the position: an exit
-            return Decision((self._intent(signal, target - current, price, True),))
-        exit_leg = (self._intent(signal, -current, price, True),) if crosses else ()
-        if target == 0:
-            return Decision(exit_leg)
-        reason = self._entry_veto(signal.symbol, 0.0 if crosses else current, target, price,
-                                  portfolio, pending, day, -current if crosses else 0.0)
-        if reason is not None:
-            return Decision(exit_leg, reason)
-        delta = target if crosses else target - current
-        return Decision((*exit_leg, self._intent(signal, delta, price, False)))
-
-    def _entry_veto(self, symbol: str, current: float, target: float, price: float,
-                    portfolio: Portfolio, pending: Mapping[tuple[str, str], float], day: int,
-                    exiting: float) -> str | None:
-        """Why the entry to ``target`` may not go, if it may not. ``exiting`` is the
-        quantity an exit leg sent just before takes off the symbol's net position."""
-        lim = self.limits
-        if self.stale_reason is not None:
-            return f"feed stale: {self.stale_reason}; entries stop until fresh bars arrive"
-        if lim.max_daily_loss and (self.loss_halt_day == day
-                                   or portfolio.day_pnl <= -lim.max_daily_loss):
-            self.loss_halt_day = day
-            return (f"daily loss limit: day P&L {portfolio.day_pnl:.2f} <= "
-                    f"-{lim.max_daily_loss:g}; entries halted for the day")
-        if lim.max_trades_per_day and self.trades_today >= lim.max_trades_per_day:
-            return f"max trades per day: {self.trades_today} >= {lim.max_trades_per_day}"
-        notional = abs(target) * price
-        if lim.max_position_notional and notional > lim.max_position_notional:
-            return (f"max position notional: {notional:.2f} > "
-                    f"{lim.max_position_notional:g}")
-        nets = _nets(portfolio, pending)
-        before = nets.get(symbol, 0.0)
-        net = before + exiting
-        new_net = net - current + target
-        marks = portfolio.marks
-        if lim.max_exposure:
-            exposure = sum(abs(q) * marks.get(s, price) for s, q in nets.items() if s != symbol)
-            exposure += abs(new_net) * price
-            if exposure > lim.max_exposure + _EPS:
-                return f"max exposure: {exposure:.2f} > {lim.max_exposure:g}"
-        if lim.max_open_positions and abs(net) < _EPS and abs(new_net) > _EPS:
-            opened = 1 + sum(1 for s, q in nets.items() if s != symbol and abs(q) > _EPS)
-            if opened > lim.max_open_positions:
-                return f"max open positions: {opened} > {lim.max_open_positions}"
+            return self._halted().veto
+        net = pf.net.get(symbol, 0.0)
+        if pending:
+            net += sum(q for (_, s), q in pending.items() if s == symbol)
+        if abs(net + delta) > abs(net) + EPS:
+            return (f"reducing: {self.halt_reason}; this exit would raise the net position "
+                    f"in {symbol} from {net:g} to {net + delta:g}")
         return None
+
+    def _halted(self) -> Decision:
+        return Decision(veto=f"halted: {self.halt_reason or 'trading is halted'}")
 
     def _intent(self, signal: Signal, delta: float, price: float,
                 reduce_only: bool) -> OrderIntent:
         side = Side.BUY if delta > 0 else Side.SELL
         self.trades_today += 1
+        hour = self.hour_ts
+        ts = signal.ts
+        while hour and hour[0] <= ts - HOUR_NS:
+            hour.popleft()
+        hour.append(ts)
         return OrderIntent(
             client_order_id(self.bot, signal.strategy, signal.symbol, signal.ts, side,
                             reduce_only),

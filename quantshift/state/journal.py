@@ -196,6 +196,11 @@ class Journal:
         rows = self._db.execute("SELECT * FROM fills WHERE seq > ? ORDER BY seq", (seq,))
         return [Fill(r[0], r[1], r[2], r[3], Side(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
+    def last_decision_ts(self) -> dict[str, int]:
+        """Per symbol, the bar time of the last decision on disk."""
+        return {s: int(t) for s, t in self._db.execute(
+            "SELECT symbol, max(ts) FROM decisions GROUP BY symbol")}
+
     def max_fill_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM fills").fetchone()[0])
 

@@ -1,6 +1,12 @@
 """Strategies, registered by name."""
 
-from quantshift.strategies import ma_cross, rsi_reversion  # noqa: F401  (registration)
+from quantshift.strategies import (  # noqa: F401  (registration)
+    bollinger_reversion,
+    breakout_momentum,
+    donchian_breakout,
+    ma_cross,
+    rsi_reversion,
+)
 from quantshift.strategies.base import (
     Strategy,
     StrategyBase,

@@ -1,7 +1,18 @@
 """RSI mean reversion.
 
-Goes long when RSI falls below ``lower`` (oversold) and back to flat when it recovers
-to ``exit``; in ``long_short`` mode also goes short above ``upper`` and covers at ``exit``.
+Parameters:
+
+* ``period``: Wilder's RSI period in bars (2..1,000, default 14).
+* ``lower``: oversold level (default 30): flat and RSI < lower goes long.
+* ``upper``: overbought level (default 70): in ``long_short``, flat and RSI > upper goes
+  short.
+* ``exit``: the level a position is closed at (default 50): a long goes flat when RSI
+  >= exit, a short when RSI <= exit. Levels must satisfy lower < exit < upper.
+* ``mode``: ``long_only`` (default) or ``long_short``.
+
+Decisions follow the side held (``self.position``, see ``positional``): no entry is
+repeated while that side is held, and a position held (after a restart too) is closed
+at the exit level. Indicators: ``rsi``; confidence: |RSI - 50| / 50.
 """
 
 from __future__ import annotations
@@ -10,9 +21,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from quantshift.domain import Bar, Direction, Signal
-from quantshift.strategies.base import Params, StrategyBase, register
+from quantshift.domain import Bar, Signal
+from quantshift.strategies.base import Params, register
 from quantshift.strategies.indicators import RSI
+from quantshift.strategies.positional import FLAT, LONG, SHORT, PositionAware
 
 
 class RsiParams(Params):
@@ -29,37 +41,37 @@ class RsiParams(Params):
         return self
 
 
+_REASONS = {LONG: "oversold", SHORT: "overbought", FLAT: "reverted to exit level"}
+
+
 @register
-class RsiReversion(StrategyBase):
+class RsiReversion(PositionAware):
     name = "rsi_reversion"
     Params = RsiParams
 
     def __init__(self, id: str, symbol: str, params: RsiParams) -> None:  # type: ignore[override]
         super().__init__(id, symbol, params)
         self._rsi = RSI(params.period)
-        self._state = Direction.FLAT
         self._short = params.mode == "long_short"
-        self._p = params
+        self._lower = params.lower
+        self._upper = params.upper
+        self._exit = params.exit
 
     def on_bar(self, bar: Bar) -> Signal | None:
         rsi = self._rsi.update(bar.close)
         if rsi is None:
             return None
-        p = self._p
-        state = self._state
-        target = state
-        if state is Direction.FLAT:
-            if rsi < p.lower:
-                target = Direction.LONG
-            elif self._short and rsi > p.upper:
-                target = Direction.SHORT
-        elif (state is Direction.LONG and rsi >= p.exit) or (
-                state is Direction.SHORT and rsi <= p.exit):
-            target = Direction.FLAT
-        if target is state:
+        held = self.held()
+        if held is FLAT:
+            if rsi < self._lower:
+                target = LONG
+            elif self._short and rsi > self._upper:
+                target = SHORT
+            else:
+                return None
+        elif (rsi >= self._exit) if held is LONG else (rsi <= self._exit):
+            target = FLAT
+        else:
             return None
-        self._state = target
-        reason = {Direction.LONG: "oversold", Direction.SHORT: "overbought",
-                  Direction.FLAT: "reverted to exit level"}[target]
-        confidence = min(1.0, abs(rsi - 50.0) / 50.0)
-        return Signal(self.id, bar.symbol, bar.ts, target, reason, confidence, {"rsi": rsi})
+        return self.signal(bar, target, _REASONS[target], min(1.0, abs(rsi - 50.0) / 50.0),
+                           {"rsi": rsi})
