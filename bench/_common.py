@@ -18,8 +18,9 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def random_walk_csv(path: Path, bars: int, *, seed: int = 1, symbol: str | None = None,
-                    start: float = 100.0, sigma: float = 0.001) -> Path:
-    """One-minute bars of a seeded geometric random walk, ISO timestamps (UTC)."""
+                    start: float = 100.0, sigma: float = 0.001, ts_format: str = "iso") -> Path:
+    """One-minute bars of a seeded geometric random walk; timestamps ISO 8601 (UTC) or
+    epoch seconds (``ts_format="epoch"``)."""
     rng = random.Random(seed)
     t0 = datetime(2020, 1, 1, tzinfo=UTC)
     price = start
@@ -34,7 +35,9 @@ def random_walk_csv(path: Path, bars: int, *, seed: int = 1, symbol: str | None 
             h = max(o, c) * (1 + abs(rng.gauss(0.0, sigma / 2)))
             lo = min(o, c) * (1 - abs(rng.gauss(0.0, sigma / 2)))
             price = c
-            ts = (t0 + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            when = t0 + timedelta(minutes=i)
+            ts = (str(int(when.timestamp())) if ts_format == "epoch"
+                  else when.strftime("%Y-%m-%dT%H:%M:%SZ"))
             lines.append(f"{ts},{o:.4f},{h:.4f},{lo:.4f},{c:.4f},{rng.randint(100, 5000)}{tail}\n")
             if len(lines) >= 50_000:
                 fh.writelines(lines)

@@ -77,7 +77,6 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
     pf = engine.portfolio
     accept = validator.accept
     on_bar = engine.on_bar
-    first_ts = last_ts = None
     seen = 0
     started = time.perf_counter()
     try:
@@ -85,9 +84,6 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
             seen += 1
             if accept(bar):
                 on_bar(bar)
-                if first_ts is None:
-                    first_ts = bar.ts
-                last_ts = bar.ts
             if not seen & (_PROGRESS_EVERY - 1):
                 if journal.pending >= _FLUSH_ROWS:
                     journal.flush()
@@ -104,6 +100,8 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
 
     sharpe = 0.0
     n_returns, sum_r, sum_r2 = pf.return_n, pf.return_sum, pf.return_sq
+    first_ts = bars.first_ts
+    last_ts = max(validator.last_ts.values(), default=None)
     if n_returns > 1 and first_ts is not None and last_ts is not None and last_ts > first_ts:
         mean = sum_r / n_returns
         var = max(sum_r2 / n_returns - mean * mean, 0.0) * n_returns / (n_returns - 1)

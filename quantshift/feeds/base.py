@@ -54,6 +54,11 @@ class BarValidator:
         self.reject(self.reason(bar, last), repr(bar))
         return False
 
+    @property
+    def last_ts(self) -> dict[str, int]:
+        """The last accepted bar time per symbol."""
+        return self._last
+
     def reject(self, reason: str, what: str) -> None:
         self.rejected += 1
         self.reasons[reason] += 1

@@ -24,6 +24,9 @@ class ReplayFormatError(ValueError):
     pass
 
 
+_fromiso = datetime.fromisoformat
+
+
 def _iso_to_ns(text: str) -> int:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
@@ -66,6 +69,7 @@ class CsvBars:
         self.validator = validator
         self.symbol = symbol or path.stem
         self.rows = 0
+        self.first_ts: int | None = None  # the first parsed bar's time
 
     def __iter__(self) -> Iterator[Bar]:
         with self.path.open(newline="") as fh:
@@ -97,8 +101,13 @@ class CsvBars:
                     if parse_ts is None:
                         # The first timestamp that parses fixes the format for the file.
                         candidate = _ts_parser(row[it].strip())
-                        ts = candidate(row[it])
+                        ts = self.first_ts = candidate(row[it])
                         parse_ts = candidate
+                    elif parse_ts is _iso_to_ns:  # the common case, without a call
+                        dt = _fromiso(row[it])
+                        if dt.tzinfo is None:
+                            dt = dt.replace(tzinfo=UTC)
+                        ts = int(dt.timestamp()) * NS_PER_SECOND + dt.microsecond * 1000
                     else:
                         ts = parse_ts(row[it])
                     bar = Bar(row[isym] if isym >= 0 else default_symbol, ts,

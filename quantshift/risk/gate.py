@@ -75,6 +75,7 @@ class RiskGate(EntryRules):
         self.bot = bot
         self.limits = limits
         self.sizing_rule = sizing
+        self._atr_sizing = bool(sizing.needs_atr)  # read on every bar: no property call
         self.fractional = fractional
         self.state = ACTIVE
         self.halt_reason = ""
@@ -103,6 +104,7 @@ class RiskGate(EntryRules):
     @sizing.setter
     def sizing(self, sizing: Sizing) -> None:
         self.sizing_rule = sizing
+        self._atr_sizing = bool(sizing.needs_atr)
         self.symbols.clear()  # the ATR length may differ: rebuilt from the next bars
 
     @property
@@ -114,14 +116,16 @@ class RiskGate(EntryRules):
     def on_bar(self, bar: Bar) -> None:
         """Every live bar, before the strategies see it (per-symbol market state)."""
         symbol = bar.symbol
-        st = self.symbols.get(symbol)
         lim = self.limits
-        if st is None or st.htf_factor != lim.htf_factor or (
-                lim.min_avg_volume and st.volume is None):
-            st = self.symbols[symbol] = SymbolState(self.sizing_rule.needs_atr,
-                                                    lim.htf_factor, lim.htf_sma,
-                                                    bool(lim.min_avg_volume))
-        st.update(bar)
+        # Per-symbol state only when a rule reads it: this runs for every bar of every symbol.
+        if lim.htf_factor or lim.min_avg_volume or self._atr_sizing:
+            st = self.symbols.get(symbol)
+            if st is None or st.htf_factor != lim.htf_factor or (
+                    lim.min_avg_volume and st.volume is None):
+                st = self.symbols[symbol] = SymbolState(self.sizing_rule.needs_atr,
+                                                        lim.htf_factor, lim.htf_sma,
+                                                        bool(lim.min_avg_volume))
+            st.update(bar)
         detector = self.detector
         if detector.symbol is None:
             detector.symbol = symbol
