@@ -86,3 +86,49 @@ def quantshift_bin() -> str:
 
 def now() -> float:
     return time.perf_counter()
+
+
+async def timed_engine_run(settings: Any, seconds: float, interval: float,
+                           seed: int = 5) -> tuple[list[float], list[float], dict[str, int]]:
+    """The daemon's components (journal with its group-commit flusher, engine, executor,
+    sim feed) for ``seconds``, every ``Engine.on_bar`` timed. Returns the latencies in ms
+    of bars that produced an intent, of all bars, and the engine's counts."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantshift.app import build_engine, open_journal
+    from quantshift.feeds.sim import SimFeed
+
+    journal = open_journal(settings)
+    engine = build_engine(settings, journal, log_decisions=False)
+    decision: list[int] = []
+    quiet: list[int] = []
+    counts = engine.counts
+    inner = engine.on_bar
+
+    def timed(bar: Any) -> None:
+        before = counts["orders"]
+        t0 = time.perf_counter_ns()
+        inner(bar)
+        took = time.perf_counter_ns() - t0
+        (decision if counts["orders"] != before else quiet).append(took)
+
+    feed = SimFeed(settings.symbols, interval, seed=seed)
+    db = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await loop.run_in_executor(db, journal.flush)
+
+    flush_task = asyncio.create_task(flusher())
+    feed_task = asyncio.create_task(feed.run(timed))
+    await asyncio.sleep(seconds)
+    feed.stop()
+    await feed_task
+    flush_task.cancel()
+    journal.flush()
+    journal.close()
+    return ([x / 1e6 for x in decision], [x / 1e6 for x in decision + quiet],
+            dict(counts))

@@ -8,17 +8,12 @@ that produced at least one intent are the decision latency.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
-from _common import percentile, rss_mb, save
+from _common import percentile, rss_mb, save, timed_engine_run
 
-from quantshift.app import build_engine, open_journal
-from quantshift.feeds.sim import SimFeed
 from quantshift.settings import Settings, StrategySpec
 
 TARGET_P99_MS = 1.0
@@ -31,39 +26,7 @@ async def run(seconds: float, symbols: int, interval: float, state: Path) -> dic
         risk_max_daily_loss=0, risk_max_drawdown=0, risk_max_position_notional=0,
         strategies=[StrategySpec(name="ma_cross",
                                  params={"fast": 2, "slow": 5, "mode": "long_short"})])
-    journal = open_journal(settings)
-    engine = build_engine(settings, journal, log_decisions=False)
-    decision: list[int] = []
-    quiet: list[int] = []
-    counts = engine.counts
-    inner = engine.on_bar
-
-    def timed(bar) -> None:
-        before = counts["orders"]
-        t0 = time.perf_counter_ns()
-        inner(bar)
-        took = time.perf_counter_ns() - t0
-        (decision if counts["orders"] != before else quiet).append(took)
-
-    feed = SimFeed(settings.symbols, interval, seed=5)
-    db = ThreadPoolExecutor(1)
-    loop = asyncio.get_running_loop()
-
-    async def flusher() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            await loop.run_in_executor(db, journal.flush)
-
-    flush_task = asyncio.create_task(flusher())
-    feed_task = asyncio.create_task(feed.run(timed))
-    await asyncio.sleep(seconds)
-    feed.stop()
-    await feed_task
-    flush_task.cancel()
-    journal.flush()
-    journal.close()
-    ms = [x / 1e6 for x in decision]
-    all_ms = [x / 1e6 for x in decision + quiet]
+    ms, all_ms, _ = await timed_engine_run(settings, seconds, interval)
     return {
         "symbols": symbols, "sim_interval_s": interval, "seconds": seconds,
         "bars": len(all_ms), "decisions_with_intent": len(ms),

@@ -10,16 +10,13 @@ latency. Also reports each strategy's own `on_bar` cost, alone, on the same kind
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
-from _common import percentile, rss_mb, save
+from _common import percentile, rss_mb, save, timed_engine_run
 
-from quantshift.app import build_engine, open_journal
 from quantshift.feeds.sim import SimFeed
 from quantshift.settings import Settings, StrategySpec
 from quantshift.strategies import factory
@@ -51,39 +48,7 @@ async def run(seconds: float, symbols: int, interval: float, state: Path) -> dic
     settings = Settings(
         state_dir=state, symbols=[f"S{i:03d}" for i in range(symbols)], sizing="fixed:10",
         strategies=STRATEGIES, **limits_off)
-    journal = open_journal(settings)
-    engine = build_engine(settings, journal, log_decisions=False)
-    decision: list[int] = []
-    quiet: list[int] = []
-    counts = engine.counts
-    inner = engine.on_bar
-
-    def timed(bar) -> None:
-        before = counts["orders"]
-        t0 = time.perf_counter_ns()
-        inner(bar)
-        took = time.perf_counter_ns() - t0
-        (decision if counts["orders"] != before else quiet).append(took)
-
-    feed = SimFeed(settings.symbols, interval, seed=5)
-    db = ThreadPoolExecutor(1)
-    loop = asyncio.get_running_loop()
-
-    async def flusher() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            await loop.run_in_executor(db, journal.flush)
-
-    flush_task = asyncio.create_task(flusher())
-    feed_task = asyncio.create_task(feed.run(timed))
-    await asyncio.sleep(seconds)
-    feed.stop()
-    await feed_task
-    flush_task.cancel()
-    journal.flush()
-    journal.close()
-    ms = [x / 1e6 for x in decision]
-    all_ms = [x / 1e6 for x in decision + quiet]
+    ms, all_ms, counts = await timed_engine_run(settings, seconds, interval)
     return {
         "strategies": [s.name for s in STRATEGIES], "symbols": symbols,
         "sim_interval_s": interval, "seconds": seconds,
