@@ -6,8 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
 
-from pydantic import SecretStr
-
+from quantshift.clients import reveal
 from quantshift.domain import ExecutorKind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
@@ -42,22 +41,18 @@ def make_venue(settings: Settings, kind: ExecutorKind) -> Venue:
     if settings.broker == "alpaca":
         from quantshift.execution.venues.alpaca import AlpacaVenue
 
-        return AlpacaVenue(_secret(settings.apca_api_key_id), _secret(settings.apca_api_secret_key),
+        return AlpacaVenue(reveal(settings.apca_api_key_id), reveal(settings.apca_api_secret_key),
                            paper=sandbox, base_url=settings.apca_api_base_url,
                            timeout=settings.broker_timeout)
     if settings.broker == "ccxt":
         from quantshift.execution.venues.ccxt import CcxtVenue
 
-        return CcxtVenue(settings.ccxt_exchange or "", key=_secret(settings.ccxt_api_key),
-                         secret=_secret(settings.ccxt_secret),
-                         password=_secret(settings.ccxt_password) or None,
+        return CcxtVenue(settings.ccxt_exchange or "", key=reveal(settings.ccxt_api_key),
+                         secret=reveal(settings.ccxt_secret),
+                         password=reveal(settings.ccxt_password) or None,
                          api_url=settings.ccxt_api_url, sandbox=sandbox,
                          timeout=settings.broker_timeout)
     raise ValueError("no broker configured")
-
-
-def _secret(value: SecretStr | None) -> str:
-    return value.get_secret_value() if value is not None else ""
 
 
 def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind | None = None,
