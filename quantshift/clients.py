@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from quantshift.domain import NS_PER_SECOND, Bar
+from quantshift.errors import ConfigError
 
 # Alpaca's own endpoints, used when no override is configured.
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
@@ -155,15 +156,42 @@ _EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def ccxt_exchange(exchange_id: str, key: str = "", secret: str = "", password: str = "",
-                  api_url: str | None = None, sandbox: bool = False, timeout: float = 10.0,
-                  options: dict[str, Any] | None = None) -> Any:
-    """An async ccxt exchange; ``api_url`` replaces every API host (an emulator, a proxy)."""
+def _ccxt_class(exchange_id: str, pro: bool) -> Any:
+    """The ccxt.pro class of an exchange when ``pro`` and ccxt.pro has it (REST and
+    websockets), else the async one."""
     import ccxt.async_support as ccxt_async
 
+    if pro:
+        try:
+            import ccxt.pro as ccxt_pro
+        except ImportError:  # a ccxt without its websocket half
+            ccxt_pro = None
+        cls = getattr(ccxt_pro, exchange_id, None)
+        if isinstance(cls, type):
+            return cls
     cls = getattr(ccxt_async, exchange_id, None)
     if cls is None or not isinstance(cls, type):
         raise ValueError(f"unknown ccxt exchange {exchange_id!r}")
+    return cls
+
+
+def ccxt_streams(exchange: Any, mode: str, feature: str) -> bool:
+    """Whether to use the exchange's ``feature`` websocket (``watchOHLCV``, ``watchOrders``)
+    under ``CCXT_WEBSOCKET`` ``mode``: ``auto`` where ccxt offers it, ``on`` or a
+    ConfigError naming the setting, ``off`` never."""
+    offered = bool((getattr(exchange, "has", None) or {}).get(feature))
+    if mode == "on" and not offered:
+        raise ConfigError("CCXT_WEBSOCKET", f"{exchange.id} offers no {feature} websocket "
+                                            "through ccxt; use auto or off to poll instead")
+    return offered and mode != "off"
+
+
+def ccxt_exchange(exchange_id: str, key: str = "", secret: str = "", password: str = "",
+                  api_url: str | None = None, sandbox: bool = False, timeout: float = 10.0,
+                  options: dict[str, Any] | None = None, pro: bool = False) -> Any:
+    """An async ccxt exchange (ccxt.pro's where ``pro`` and it has one); ``api_url``
+    replaces every API host, websockets included (an emulator, a proxy)."""
+    cls = _ccxt_class(exchange_id, pro)
     config: dict[str, Any] = {
         # The client-side limiter only slows a local emulator down; keep it for real venues.
         "enableRateLimit": not api_url,

@@ -21,7 +21,8 @@ from typing import Any
 
 DESCRIPTION = """\
 Run a local broker emulator on 127.0.0.1 in the foreground: "alpaca" (trading and
-market-data REST, both websockets) or "exchange" (Binance-shaped spot REST for ccxt).
+market-data REST, both websockets) or "exchange" (Binance-shaped spot REST for ccxt, and
+the kline and user-data websockets ccxt.pro uses, on the same port).
 The first lines on stdout are the export lines that point the daemon at it; it runs
 until SIGINT or SIGTERM and exits 0. Faults, positions and the clock can be changed
 while it runs: see GET /_emulator/state and POST /_emulator/fault."""
@@ -32,7 +33,7 @@ DEFAULT_PORTS = {"alpaca": 8801, "exchange": 8802}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("venue", choices=("alpaca", "exchange"),
                         help="alpaca (trading + market data, REST and websockets) or "
-                             "exchange (Binance-shaped spot REST for ccxt)")
+                             "exchange (Binance-shaped spot REST and websockets for ccxt)")
     parser.add_argument("--port", type=int, default=None,
                         help="TCP port on 127.0.0.1 (default 8801 alpaca, 8802 exchange; "
                              "0 = any free port)")

@@ -1,5 +1,5 @@
-"""A local spot exchange shaped like Binance's REST API, so the unmodified ccxt
-``binance`` client works against it.
+"""A local spot exchange shaped like Binance's REST API and websockets, so the unmodified
+ccxt ``binance`` client (and ccxt.pro's, for candles and order updates) works against it.
 
     emu = ExchangeEmulator(("BTC/USDT", "ETH/USDT"), interval=1.0)
     await emu.start()
@@ -7,6 +7,9 @@
         "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
                     "fetchMargins": False}})
     ex.urls["test"] = emu.ccxt_urls(ex.urls["api"]); ex.set_sandbox_mode(True)
+
+The websockets (``exchange_ws``) live on the same port: ``ccxt_urls`` rebases the ``ws``
+hosts too (``wss://`` becomes ``ws://``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aiohttp import web
 from quantshift.emulators.bars import csv_symbols, read_csv, start_price
 from quantshift.emulators.base import BaseEmulator, now_ms
 from quantshift.emulators.exchange_data import (
+    STATUS,
     BinanceMarketData,
     _bad,
     _BadRequest,
@@ -32,6 +36,7 @@ from quantshift.emulators.exchange_data import (
     f8,
     market_id,
 )
+from quantshift.emulators.exchange_ws import WS_PATHS, ExchangeStreams, is_ws_path
 from quantshift.emulators.matching import (
     Instrument,
     MatchingEngine,
@@ -42,9 +47,6 @@ from quantshift.emulators.matching import (
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
 CLIENT_ID = re.compile(r"^[a-zA-Z0-9_-]{1,36}$")
-STATUS = {"new": "NEW", "accepted": "NEW", "partially_filled": "PARTIALLY_FILLED",
-          "filled": "FILLED", "canceled": "CANCELED", "rejected": "REJECTED",
-          "expired": "EXPIRED"}
 # OrderError.kind -> (Binance code, message)
 ERRORS = {
     "duplicate": (-2010, "Duplicate order sent."),
@@ -60,8 +62,9 @@ PRIVATE = ("/api/v3/order", "/api/v3/openOrders", "/api/v3/allOrders", "/api/v3/
            "/api/v3/account")
 
 
-class ExchangeEmulator(BinanceMarketData, BaseEmulator):
+class ExchangeEmulator(BinanceMarketData, ExchangeStreams, BaseEmulator):
     venue = "exchange"
+    stream_paths = WS_PATHS
 
     def __init__(self, symbols: Sequence[str] | str | None = DEFAULT_SYMBOLS,
                  interval: float = 1.0, data: str | Path | None = None, seed: int = 1,
@@ -96,11 +99,16 @@ class ExchangeEmulator(BinanceMarketData, BaseEmulator):
                 self.engine.set_position(symbol, float(qty), self.engine.last[symbol])
             else:
                 self.extra_balances[asset] = float(qty)
+        self.init_streams()
 
     def ccxt_urls(self, api_urls: Mapping[str, Any]) -> dict[str, Any]:
-        """ccxt's ``urls['api']`` with every host replaced by this emulator."""
+        """ccxt's ``urls['api']`` with every host replaced by this emulator (a websocket
+        URL by ``ws://`` and this emulator's host)."""
+        ws_base = re.sub(r"^http", "ws", str(self.base_url))
+
         def swap(value: Any) -> Any:
             if isinstance(value, str):
+                value = re.sub(r"^wss?://[^/]+", ws_base, value)
                 return re.sub(r"^https?://[^/]+", str(self.base_url), value)
             if isinstance(value, Mapping):
                 return {k: swap(v) for k, v in value.items()}
@@ -127,8 +135,11 @@ class ExchangeEmulator(BinanceMarketData, BaseEmulator):
         r.add_get("/api/v3/allOrders", self.all_orders)
         r.add_get("/api/v3/myTrades", self.my_trades)
         r.add_get("/api/v3/account", self.account)
+        self.add_stream_routes(app)
 
     def scope_of(self, request: web.Request) -> str:
+        if is_ws_path(request.path):
+            return "stream"
         return "submit" if request.method == "POST" and request.path == "/api/v3/order" \
             else "status"
 
@@ -155,7 +166,9 @@ class ExchangeEmulator(BinanceMarketData, BaseEmulator):
         return None
 
     def extra_state(self) -> dict[str, Any]:
-        return {"quote": self.quote, "balances": self._balances()}
+        klines = sum(1 for _m, path, _q in self.requests if path == "/api/v3/klines")
+        return {"quote": self.quote, "balances": self._balances(), "kline_requests": klines,
+                **self.stream_state()}
 
     def order_json(self, o: Order, full: bool = False) -> dict[str, Any]:
         quote_qty = (o.filled_avg_price or 0.0) * o.filled_qty

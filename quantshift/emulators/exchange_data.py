@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 INTERVALS = {"1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
              "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
              "3d": 259200, "1w": 604800, "1M": 2592000}
+# The matching engine's order status -> Binance's
+STATUS = {"new": "NEW", "accepted": "NEW", "partially_filled": "PARTIALLY_FILLED",
+          "filled": "FILLED", "canceled": "CANCELED", "rejected": "REJECTED",
+          "expired": "EXPIRED"}
 
 
 def f8(x: float | None) -> str:

@@ -23,6 +23,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "server_error": ("submit", "status", "stream"),  # HTTP 500, venue's JSON error body
     "slow": ("submit", "status", "stream"),          # answer only after `delay` seconds
     "drop_ws": ("stream",),                          # close the websockets now / next message
+    "stall": ("stream",),  # exchange websockets open now / next to speak go silent both ways
     "duplicate_id": ("submit",),    # the order is created, the answer is "duplicate id"
     "partial_fill": ("submit",),    # next market order fills `fraction`; the rest rests
     "lost_ack": ("submit",),        # the order is created, the connection closes unanswered
@@ -117,6 +118,9 @@ class Faults:
 
     def drop_ws(self, count: int = 1) -> Fault:
         return self.add("drop_ws", "stream", count)
+
+    def stall(self, count: int = 1) -> Fault:
+        return self.add("stall", "stream", count)
 
     def duplicate_id(self, count: int = 1) -> Fault:
         return self.add("duplicate_id", "submit", count)

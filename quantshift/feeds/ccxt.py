@@ -1,10 +1,15 @@
-"""Live crypto bars from any ccxt exchange, by polling ``fetch_ohlcv`` at each bar close.
+"""Live crypto bars from any ccxt exchange: by websocket where ccxt.pro offers
+``watchOHLCV`` (``CCXT_WEBSOCKET=auto|on``), otherwise by polling ``fetch_ohlcv`` at each
+bar close.
 
-The feed sleeps until just after the next bar boundary (plus a small grace), fetches the
-bars since the last one delivered for each symbol and delivers those that are closed
-(open time + bar length <= now). A failed poll (network, 5xx, 429, timeout) backs off
-with jitter and tries again; the next successful poll fetches everything since the last
+Polling: the feed sleeps until just after the next bar boundary (plus a small grace),
+fetches the bars since the last one delivered for each symbol and delivers those that are
+closed (open time + bar length <= now). A failed poll (network, 5xx, 429, timeout) backs
+off with jitter and tries again; the next successful poll fetches everything since the last
 delivered bar, so a failure never leaves a gap and never repeats a bar.
+
+Websocket: see ``CandleStream``. Every session starts with the same REST backfill, so a
+reconnect never leaves a gap either.
 """
 
 from __future__ import annotations
@@ -23,19 +28,21 @@ from quantshift.domain import Bar
 from quantshift.feeds.backoff import Backoff, until_stopped
 from quantshift.feeds.backoff import Stopped as _Stopped
 from quantshift.feeds.base import BarValidator
+from quantshift.feeds.ccxt_stream import CandleStream
 
 _NS_PER_MS = 1_000_000
 _PAGE = 1000  # most exchanges serve at least this many candles per request
 _HISTORY_TRIES = 3
 
 
-class CcxtFeed:
+class CcxtFeed(CandleStream):
     name = "ccxt"
 
     def __init__(self, exchange_id: str, symbols: list[str], key: Any = None, secret: Any = None,
                  password: Any = None, api_url: str | None = None, bar_seconds: float = 60.0,
                  reconnect_max_seconds: float = 60.0, sandbox: bool = False, *,
-                 timeout: float = 10.0, grace: float | None = None) -> None:
+                 timeout: float = 10.0, grace: float | None = None,
+                 websocket: str = "off") -> None:
         self.exchange_id = exchange_id
         self.symbols = list(symbols)
         self.validator = BarValidator(self.name)
@@ -44,7 +51,11 @@ class CcxtFeed:
         self.idle = False  # crypto never closes
         self.timeframe = vc.ccxt_timeframe(bar_seconds)
         self.exchange = vc.ccxt_exchange(exchange_id, vc.reveal(key), vc.reveal(secret),
-                                         vc.reveal(password), api_url, sandbox, timeout)
+                                         vc.reveal(password), api_url, sandbox, timeout,
+                                         pro=websocket != "off")
+        # "on" without a candle websocket is a ConfigError naming CCXT_WEBSOCKET.
+        self.websocket = vc.ccxt_streams(self.exchange, websocket, "watchOHLCV")
+        self.transport = "websocket" if self.websocket else "polling"
         known = getattr(self.exchange, "timeframes", None) or {}
         if known and self.timeframe not in known:
             raise ValueError(f"{exchange_id} has no {self.timeframe} candles "
@@ -62,6 +73,7 @@ class CcxtFeed:
         self._running = False
         self._closing: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._init_stream()
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> CcxtFeed:
@@ -72,7 +84,7 @@ class CcxtFeed:
                    bar_seconds=settings.bar_seconds,
                    reconnect_max_seconds=settings.reconnect_max_seconds,
                    sandbox=settings.executor == "sandbox", timeout=settings.broker_timeout,
-                   **kwargs)
+                   websocket=settings.ccxt_websocket, **kwargs)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -143,14 +155,15 @@ class CcxtFeed:
         return bars
 
     # -- delivery --------------------------------------------------------------------------
-    def _deliver(self, bar: Bar) -> None:
+    def _deliver(self, bar: Bar) -> bool:
         open_ms = bar.ts // _NS_PER_MS
         if open_ms < self._since(bar.symbol) or not self.validator.accept(bar):
-            return  # already delivered, or invalid
+            return False  # already delivered, or invalid
         self._last[bar.symbol] = open_ms
         self.last_bar_at = time.monotonic()
         assert self._on_bar is not None
         self._on_bar(bar)
+        return True
 
     async def _poll(self) -> bool:
         """Fetch and deliver every symbol's new closed bars; False when any fetch failed."""
@@ -193,21 +206,27 @@ class CcxtFeed:
         # A symbol without history starts with the bar that closed last.
         self._default = now_ms - now_ms % self._bar_ms - self._bar_ms - 1
         try:
-            while not self._stopping.is_set():
-                ok = await self._poll()
-                if ok and self._behind():  # the venue has not closed the bar yet: once more
-                    await self._sleep(self.grace)
-                    ok = await self._poll()
-                if not ok:
-                    self.failures += 1
-                    delay = await self.backoff.wait(self._stopping)
-                    logger.info("feed ccxt: retrying after {:.2f} s", delay)
-                    continue
-                self.backoff.succeeded()
-                now = time.time()
-                await self._sleep(self.bar_seconds - now % self.bar_seconds + self.grace)
+            if self.websocket:
+                await self._run_stream()
+            else:
+                await self._run_polling()
         except _Stopped:
             pass
         finally:
             self._running = False
             await self.close()
+
+    async def _run_polling(self) -> None:
+        while not self._stopping.is_set():
+            ok = await self._poll()
+            if ok and self._behind():  # the venue has not closed the bar yet: once more
+                await self._sleep(self.grace)
+                ok = await self._poll()
+            if not ok:
+                self.failures += 1
+                delay = await self.backoff.wait(self._stopping)
+                logger.info("feed ccxt: retrying after {:.2f} s", delay)
+                continue
+            self.backoff.succeeded()
+            now = time.time()
+            await self._sleep(self.bar_seconds - now % self.bar_seconds + self.grace)

@@ -1,13 +1,19 @@
-"""A crypto exchange through ccxt (async): orders by client order id, updates by polling."""
+"""A crypto exchange through ccxt (async): orders by client order id; order updates from
+the exchange's order websocket where ccxt.pro offers ``watchOrders`` (``CCXT_WEBSOCKET``),
+with polling of the tracked orders as the fallback and as the safety net after a reconnect.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from quantshift.clients import ccxt_exchange
+from loguru import logger
+
+from quantshift.clients import ccxt_exchange, ccxt_streams
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
 from quantshift.errors import ConfigError
 from quantshift.execution.venues.base import (
@@ -19,10 +25,13 @@ from quantshift.execution.venues.base import (
     VenueUnavailable,
 )
 from quantshift.execution.venues.common import stream_and_poll
+from quantshift.feeds.backoff import Backoff
 
 _STATES = {"open": OrderState.SUBMITTED, "closed": OrderState.FILLED,
            "canceled": OrderState.CANCELLED, "cancelled": OrderState.CANCELLED,
            "expired": OrderState.EXPIRED, "rejected": OrderState.REJECTED}
+_STREAM_POLL_FACTOR = 10  # while the order stream is up, the poll is only a safety net
+_SETTLE = 0.25  # a watch pending this long without failing: the stream is subscribed
 
 
 def to_venue_order(o: dict[str, Any]) -> VenueOrder:
@@ -33,27 +42,42 @@ def to_venue_order(o: dict[str, Any]) -> VenueOrder:
         state = OrderState.PARTIALLY_FILLED
     if state is OrderState.FILLED and filled + 1e-12 < amount:
         state = OrderState.PARTIALLY_FILLED
+    info = o.get("info") if isinstance(o.get("info"), dict) else {}
+    reason = str(info.get("r") or "") if state is OrderState.REJECTED else ""
     return VenueOrder(
         client_order_id=str(o.get("clientOrderId") or ""), venue_id=str(o.get("id") or ""),
         symbol=str(o.get("symbol") or ""), side=Side.BUY if o.get("side") == "buy" else Side.SELL,
         qty=amount, filled_qty=filled, avg_price=float(o.get("average") or o.get("price") or 0),
-        state=state)
+        state=state, reason="" if reason == "NONE" else reason)
 
 
 class CcxtVenue:
     def __init__(self, exchange_id: str, *, key: str | None, secret: str | None,
                  password: str | None = None, api_url: str | None = None, sandbox: bool = True,
-                 timeout: float = 10.0, poll_every: float = 1.0) -> None:
+                 timeout: float = 10.0, poll_every: float = 1.0, websocket: str = "off"
+                 ) -> None:
         self.name = exchange_id
         self._exchange = ccxt_exchange(exchange_id, key=key or "", secret=secret or "",
                                        password=password or "", api_url=api_url,
-                                       sandbox=sandbox, timeout=timeout)
+                                       sandbox=sandbox, timeout=timeout,
+                                       pro=websocket != "off")
+        # "on" without an order websocket is a ConfigError naming CCXT_WEBSOCKET; the
+        # stream is private, so it needs the keys.
+        self.streaming = ccxt_streams(self._exchange, websocket, "watchOrders") and bool(key)
         api = self._exchange.urls.get("api")
-        first = urlsplit(str(next(iter(api.values())) if isinstance(api, dict) else api))
+        hosts = [u for u in (api.values() if isinstance(api, dict) else [api])
+                 if isinstance(u, str) and u.startswith("http")]
+        first = urlsplit(hosts[0] if hosts else str(api))
         self.endpoint = f"{first.scheme}://{first.netloc}" + (" (sandbox)" if sandbox else "")
         self._poll_every = poll_every
         self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
         self._symbols: set[str] = set()  # the markets this bot trades (instruments())
+        self._poll_now = asyncio.Event()
+        self._stream_task: asyncio.Task[None] | None = None
+        self.stream_up = False
+        self._streamed: dict[str, tuple[Any, Any]] = {}  # order id -> (filled, status) seen
+        self.stream_updates = 0  # order updates that came by websocket
+        self.stream_errors = 0
 
     async def _call(self, coro: Awaitable[Any]) -> Any:
         import ccxt.async_support as ccxt
@@ -90,9 +114,78 @@ class CcxtVenue:
         except OrderRejected as exc:  # authentication and permission errors land here
             raise ConfigError("CCXT_API_KEY", f"{self.name} refused the credentials: "
                                               f"{exc.reason}") from None
+        if self.streaming and self._stream_task is None:
+            self._stream_task = asyncio.create_task(self._watch_orders(),
+                                                    name=f"{self.name}-order-stream")
 
     async def close(self) -> None:
-        await self._exchange.close()
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream_task
+            self._stream_task = None
+        await self._exchange.close()  # the websockets and the HTTP session
+
+    # -- the order stream --------------------------------------------------------------------
+    def _poll_interval(self) -> float:
+        return self._poll_every * (_STREAM_POLL_FACTOR if self.stream_up else 1)
+
+    def _stream_is(self, up: bool) -> None:
+        if up != self.stream_up:
+            self.stream_up = up
+            # Down: poll at once and often. Back up: once more, for what happened between
+            # the drop and the new subscription (the exchange does not replay it).
+            self._poll_now.set()
+
+    def _take_streamed(self, returned: list[dict[str, Any]]) -> None:
+        """Queue every order whose state changed in ccxt's order cache. The cache, not the
+        watch's answer: ccxt wakes no watch for an update that lands before the watch is
+        renewed, so that update is only found there."""
+        cache = getattr(self._exchange, "orders", None)
+        orders = list(cache) if isinstance(cache, list) else returned
+        seen: dict[str, tuple[Any, Any]] = {}
+        for order in orders:
+            key = (order.get("filled"), order.get("status"))
+            oid = f"{order.get('symbol')}:{order.get('id') or order.get('clientOrderId')}"
+            seen[oid] = key
+            if self._streamed.get(oid) == key:
+                continue
+            try:
+                vo = to_venue_order(order)
+            except (TypeError, ValueError, AttributeError) as exc:
+                logger.warning("order stream of {}: unreadable update ({!r})", self.name, exc)
+                continue
+            self.stream_updates += 1
+            self._queue.put_nowait(vo)
+        self._streamed = seen
+
+    async def _watch_orders(self) -> None:
+        backoff = Backoff(cap=30.0)
+        while True:
+            watch = asyncio.ensure_future(self._exchange.watch_orders())
+            try:
+                while not watch.done():
+                    await asyncio.wait({watch}, timeout=_SETTLE)
+                    if not watch.done():
+                        self._stream_is(True)
+                        self._take_streamed([])
+            except asyncio.CancelledError:
+                watch.cancel()
+                raise
+            error = None if not watch.cancelled() else "the websocket was closed"
+            if error is None and watch.exception() is not None:
+                error = repr(watch.exception())[:200]
+            if error is not None:
+                self._stream_is(False)
+                self.stream_errors += 1
+                delay = backoff.next_delay()
+                logger.warning("order stream of {} lost ({}); polling meanwhile, reconnecting "
+                               "in {:.2f} s", self.name, error, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._stream_is(True)
+            backoff.succeeded()
+            self._take_streamed(list(watch.result() or ()))
 
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
         markets = self._exchange.markets or await self._call(self._exchange.load_markets())
@@ -145,4 +238,5 @@ class CcxtVenue:
         return out
 
     def updates(self, tracked: Callable[[], list[tuple[str, str]]]) -> AsyncIterator[VenueOrder]:
-        return stream_and_poll(self._queue, tracked, self.order, self._poll_every)
+        return stream_and_poll(self._queue, tracked, self.order, self._poll_interval,
+                               poll_now=self._poll_now)
