@@ -115,6 +115,7 @@ class Signal:
     reason: str
     confidence: float = 1.0
     indicators: dict[str, float] = field(default_factory=dict)
+    version: str = ""  # the strategy version that spoke; the engine sets it
 
 
 @dataclass(slots=True)
@@ -130,6 +131,13 @@ class OrderIntent:
     ref_price: float  # the decision bar's close
     reduce_only: bool = False
     reason: str = ""
+    # An entry sent with broker-side exits (a bracket): the venue holds these levels.
+    take_profit: float | None = None
+    stop_loss: float | None = None
+    # A bracket's leg, made by the venue: its entry's client order id and its role
+    # ("take_profit" or "stop_loss"); the leg's fills book to the entry's strategy.
+    parent: str = ""
+    leg: str = ""
 
     @property
     def signed_qty(self) -> float:

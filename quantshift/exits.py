@@ -1,4 +1,4 @@
-"""Exits managed by the daemon: stop-loss, take-profit and a trailing stop per strategy.
+"""Exits per strategy: stop-loss, take-profit and a trailing stop.
 
 Distances are written ``2atr`` (multiples of the symbol's ATR) or ``1.5%`` (of the entry
 price). On every live bar each held position is checked against its levels with the bar's
@@ -7,17 +7,26 @@ like any exit (exits are never blocked by entry limits), filled as a market orde
 trailing stop arms once the position has gained ``trail_activate`` and then follows the
 best price by ``trail``; it only ever tightens, across restarts too (its level is part of
 the snapshot).
+
+Where the venue can hold them (broker-side brackets), the stop-loss and take-profit go
+out with the entry instead: ``attach`` prices them from the decision bar's close, on the
+venue's tick, and while the venue's legs for a position are open (``leg_opened`` /
+``leg_closed``) the daemon does not check those levels itself. Should the legs go away
+with the position still held (expired, cancelled by hand), the daemon checks them again
+from the next bar on. The trailing stop is always the daemon's: a venue cannot combine it
+with a bracket.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from quantshift.domain import Bar, Direction, Signal
+from quantshift.domain import Bar, Direction, OrderIntent, Side, Signal
 from quantshift.portfolio import Portfolio
 from quantshift.strategies.indicators import ATR
 
@@ -92,6 +101,9 @@ class ExitManager:
         self._atr_period = max(periods) if periods else 14
         self._atr: dict[str, ATR] = {}
         self._held: dict[tuple[str, str], _Held] = {}
+        self._legs: dict[str, OrderIntent] = {}  # the venue's open legs, by client order id
+        # Per position, the levels the venue holds ("stop_loss", "take_profit").
+        self._at_venue: dict[tuple[str, str], set[str]] = {}
 
     def on_bar(self, bar: Bar, portfolio: Portfolio) -> list[Signal]:
         atr_ind = self._atr.get(bar.symbol)
@@ -109,7 +121,12 @@ class ExitManager:
             held = self._held.get(key)
             if held is None or held.side != side or held.entry != pos.avg_price:
                 held = self._held[key] = _Held(side, pos.avg_price)
-            reason = self._check(held, bar, atr, sl, tp, trail, activate)
+            venue = self._at_venue.get(key)
+            if venue:  # the venue watches these levels: checking them here would exit twice
+                reason = self._check(held, bar, atr, None if "stop_loss" in venue else sl,
+                                     None if "take_profit" in venue else tp, trail, activate)
+            else:
+                reason = self._check(held, bar, atr, sl, tp, trail, activate)
             if reason is not None:
                 exits.append(Signal(sid, bar.symbol, bar.ts, Direction.FLAT, reason, 1.0,
                                     {"entry": held.entry, "atr": atr or 0.0,
@@ -144,6 +161,59 @@ class ExitManager:
             if h.trail_stop is not None and (adverse - h.trail_stop) * s <= 0:
                 return f"trailing stop at {h.trail_stop:.4f}"
         return None
+
+    # -- broker-side levels ----------------------------------------------------------------
+    def attach(self, intent: OrderIntent,
+               tick: Callable[[OrderIntent, float], float | None]) -> bool:
+        """Give an entry its stop-loss and take-profit prices for the venue to hold, from
+        the decision bar's close, rounded to the venue's ``tick`` (None: this order cannot
+        carry them). A level that cannot be priced yet (an ATR distance before the ATR is
+        ready) stays with the daemon. Whether anything was attached."""
+        rule = self._rules.get(intent.strategy)
+        if rule is None or (rule[1] is None and rule[2] is None):
+            return False
+        _, sl, tp, _, _ = rule
+        ind = self._atr.get(intent.symbol)
+        atr = ind.value if ind is not None else None
+        side = 1 if intent.side is Side.BUY else -1
+        entry = intent.ref_price
+        levels: list[float | None] = []
+        for dist, toward in ((tp, 1), (sl, -1)):
+            d = dist.price(entry, atr) if dist is not None else None
+            if d is None:
+                levels.append(None)
+                continue
+            raw = entry + side * toward * d
+            step = tick(intent, raw)
+            if step is None:
+                return False
+            level = round(round(raw / step) * step, 10)
+            if (level - entry) * side * toward < step - 1e-12:  # at least a tick away
+                level = round(round(entry / step) * step + side * toward * step, 10)
+            levels.append(level if level > 0 else None)
+        if levels == [None, None]:
+            return False
+        intent.take_profit, intent.stop_loss = levels
+        return True
+
+    def leg_opened(self, leg: OrderIntent) -> None:
+        self._legs[leg.client_order_id] = leg
+        self._at_venue.setdefault((leg.strategy, leg.symbol), set()).add(leg.leg)
+
+    def leg_closed(self, client_order_id: str) -> None:
+        leg = self._legs.pop(client_order_id, None)
+        if leg is None:
+            return
+        key = (leg.strategy, leg.symbol)
+        kinds = {o.leg for o in self._legs.values() if (o.strategy, o.symbol) == key}
+        if kinds:
+            self._at_venue[key] = kinds
+        else:
+            self._at_venue.pop(key, None)
+
+    def at_venue(self, strategy: str, symbol: str) -> set[str]:
+        """The levels the venue holds for a position (empty: the daemon checks them)."""
+        return set(self._at_venue.get((strategy, symbol), ()))
 
     # -- persistence ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

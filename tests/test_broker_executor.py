@@ -52,8 +52,9 @@ def _settings(kind: str, emu: Any, state: Path) -> Settings:
                     **common)
 
 
-async def start_rig(kind: str, emu: Any, state: Path) -> Rig:
-    settings = _settings(kind, emu, state)
+async def start_engine(settings: Settings) -> tuple[Engine, Journal]:
+    """An engine with its broker executor started, restored from its journal, and the
+    venue's instruments loaded: the daemon's start-up without the feed."""
     journal = open_journal(settings)
 
     async def commit() -> None:
@@ -65,6 +66,12 @@ async def start_rig(kind: str, emu: Any, state: Path) -> Rig:
     assert isinstance(executor, BrokerExecutor)
     await executor.start()
     engine.gate.instruments = await executor.venue.instruments(settings.symbols)
+    return engine, journal
+
+
+async def start_rig(kind: str, emu: Any, state: Path) -> Rig:
+    settings = _settings(kind, emu, state)
+    engine, journal = await start_engine(settings)
     return Rig(emu, settings, engine, journal, list(settings.symbols))
 
 

@@ -21,10 +21,10 @@ from aiohttp import web
 
 from quantshift.emulators import alpaca_ws
 from quantshift.emulators.alpaca_data import AlpacaMarketData
+from quantshift.emulators.alpaca_json import NS, AlpacaShapes
 from quantshift.emulators.bars import csv_symbols, parse_time
 from quantshift.emulators.base import BaseEmulator, ControlError, iso, num
 from quantshift.emulators.matching import (
-    Fill,
     Instrument,
     MatchingEngine,
     Order,
@@ -33,7 +33,6 @@ from quantshift.emulators.matching import (
 )
 
 DEFAULT_SYMBOLS = ("AAPL", "MSFT", "SPY")
-NS = uuid.UUID("6f1c1c4e-6a55-4a8e-9d51-0c0ffee00001")
 
 # OrderError.kind -> (HTTP status, Alpaca error code)
 ERRORS = {
@@ -44,16 +43,14 @@ ERRORS = {
     "invalid_price": (422, 40010001),
     "min_notional": (422, 40010001),
     "insufficient_funds": (403, 40310000),
+    "insufficient_qty": (403, 40310000),
+    "invalid_legs": (422, 42210000),
     "not_found": (404, 40410000),
     "not_cancelable": (422, 42210000),
 }
 
 
-def asset_id(symbol: str) -> str:
-    return str(uuid.uuid5(NS, symbol))
-
-
-class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
+class AlpacaEmulator(AlpacaShapes, AlpacaMarketData, BaseEmulator):
     venue = "alpaca"
     stream_paths = ("/stream", "/v2/iex", "/v2/sip", "/v2/delayed_sip", "/v2/test")
 
@@ -140,77 +137,6 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
                 "bar_subscribers": self.subscribed,
                 "trade_update_listeners": self.listening}
 
-    # -- JSON shapes ---------------------------------------------------------------------------
-
-    def order_json(self, o: Order) -> dict[str, Any]:
-        return {
-            "id": o.id, "client_order_id": o.client_order_id,
-            "created_at": iso(o.created_at), "updated_at": iso(o.updated_at),
-            "submitted_at": iso(o.created_at), "filled_at": iso(o.filled_at),
-            "expired_at": iso(o.expired_at), "canceled_at": iso(o.canceled_at),
-            "failed_at": iso(o.failed_at), "replaced_at": None, "replaced_by": None,
-            "replaces": None, "asset_id": asset_id(o.symbol), "symbol": o.symbol,
-            "asset_class": "us_equity", "notional": num(o.notional),
-            "qty": None if o.notional is not None else num(o.qty),
-            "filled_qty": num(o.filled_qty), "filled_avg_price": num(o.filled_avg_price),
-            "order_class": "simple", "order_type": o.type, "type": o.type, "side": o.side,
-            "position_intent": None, "time_in_force": o.time_in_force,
-            "limit_price": num(o.limit_price), "stop_price": None, "status": o.status,
-            "extended_hours": False, "legs": None, "trail_percent": None,
-            "trail_price": None, "hwm": None, "subtag": None, "source": None,
-            "expires_at": None,
-        }
-
-    def fill_activity(self, f: Fill) -> dict[str, Any]:
-        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(f.time)) + f"{int(f.time % 1 * 1000):03d}"
-        return {
-            "id": f"{stamp}::{uuid.uuid5(NS, 'fill:' + f.id)}", "activity_type": "FILL",
-            "transaction_time": iso(f.time),
-            "type": "fill" if f.leaves_qty <= 0 else "partial_fill",
-            "price": num(f.price), "qty": num(f.qty), "side": f.side, "symbol": f.symbol,
-            "leaves_qty": num(f.leaves_qty), "order_id": f.order_id, "cum_qty": num(f.cum_qty),
-            "order_status": f.order_status,
-        }
-
-    def position_json(self, symbol: str) -> dict[str, Any]:
-        pos = self.engine.account.positions[symbol]
-        last = self.engine.last[symbol]
-        hist = self.engine.history[symbol]
-        lastday = hist[0].open if hist else pos.avg_price
-        value, cost = pos.qty * last, pos.qty * pos.avg_price
-        upl = value - cost
-        reserved = sum(o.remaining for o in self.engine.open_orders(symbol) if o.side == "sell")
-        return {
-            "asset_id": asset_id(symbol), "symbol": symbol, "exchange": "NASDAQ",
-            "asset_class": "us_equity", "asset_marginable": True, "qty": num(pos.qty),
-            "qty_available": num(pos.qty - reserved if pos.qty > 0 else pos.qty),
-            "avg_entry_price": num(pos.avg_price), "side": "long" if pos.qty > 0 else "short",
-            "market_value": num(value, 4), "cost_basis": num(cost, 4),
-            "unrealized_pl": num(upl, 4), "unrealized_plpc": num(upl / abs(cost) if cost else 0),
-            "unrealized_intraday_pl": num(upl, 4),
-            "unrealized_intraday_plpc": num(upl / abs(cost) if cost else 0),
-            "current_price": num(last), "lastday_price": num(lastday),
-            "change_today": num(last / lastday - 1 if lastday else 0),
-        }
-
-    def asset_json(self, symbol: str) -> dict[str, Any]:
-        inst = self.engine.instruments[symbol]
-        return {
-            "id": asset_id(symbol), "class": "us_equity", "exchange": "NASDAQ",
-            "symbol": symbol, "name": f"{symbol} (emulated)", "status": "active",
-            "tradable": True, "marginable": True, "shortable": True, "easy_to_borrow": True,
-            "fractionable": self.fractionable, "maintenance_margin_requirement": 30,
-            "min_order_size": num(inst.min_qty), "min_trade_increment": num(inst.qty_step),
-            "price_increment": num(inst.price_step), "attributes": [],
-        }
-
-    def clock_json(self) -> dict[str, Any]:
-        now = time.time()
-        opens = now + (86400 - 6.5 * 3600 if self.engine.is_open else 3600)
-        closes = now + (6.5 * 3600 if self.engine.is_open else 3600 + 6.5 * 3600)
-        return {"timestamp": iso(now), "is_open": self.engine.is_open,
-                "next_open": iso(opens, micro=False), "next_close": iso(closes, micro=False)}
-
     # -- trading REST --------------------------------------------------------------------------
 
     async def account(self, request: web.Request) -> web.Response:
@@ -218,7 +144,7 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
         longs = sum(p.qty * eng.last[s] for s, p in eng.account.positions.items() if p.qty > 0)
         shorts = sum(p.qty * eng.last[s] for s, p in eng.account.positions.items() if p.qty < 0)
         reserved = sum(o.remaining * (o.limit_price or eng.last[o.symbol])
-                       for o in eng.open_orders() if o.side == "buy")
+                       for o in eng.open_orders() if o.side == "buy" and not o.protective)
         bp = num(max(eng.account.cash - reserved, 0.0), 2)
         equity = num(eng.equity(), 2)
         return web.json_response({
@@ -245,10 +171,18 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
             body = None
         if not isinstance(body, dict):
             return self.error_response(400, "invalid", "request body format is invalid")
+        order_class = body.get("order_class") or "simple"
+        take_profit, stop_loss = body.get("take_profit") or {}, body.get("stop_loss") or {}
+        if not (isinstance(order_class, str) and isinstance(take_profit, dict)
+                and isinstance(stop_loss, dict)):
+            return self.error_response(400, "invalid", "request body format is invalid")
         try:
             qty = _opt_float(body, "qty")
             notional = _opt_float(body, "notional")
             limit = _opt_float(body, "limit_price")
+            legs = {"take_profit": _opt_float(take_profit, "limit_price", "take_profit."),
+                    "stop_loss": _opt_float(stop_loss, "stop_price", "stop_loss."),
+                    "stop_limit": _opt_float(stop_loss, "limit_price", "stop_loss.")}
         except ValueError as exc:
             return self.error_response(422, "invalid", str(exc))
         coid = body.get("client_order_id")
@@ -262,27 +196,49 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
             return self.error_response(422, "invalid", "fractional orders must be DAY orders")
         if qty is not None and qty % 1 and not self.fractionable:
             return self.error_response(422, "invalid", "qty must be integer")
+        symbol, side = str(body.get("symbol", "")), str(body.get("side", ""))
+        self._check_available(symbol, side, qty)
         partial = self.faults.take("submit", ("partial_fill",))
         dup = self.faults.take("submit", ("duplicate_id", "lost_ack", "reject"))
         order = self.engine.submit(
-            str(body.get("symbol", "")), str(body.get("side", "")), qty,
-            type=str(otype), limit_price=limit,
+            symbol, side, qty, type=str(otype), limit_price=limit,
             time_in_force=str(body.get("time_in_force", "")), client_order_id=coid,
             notional=notional, partial=partial.fraction if partial else None,
-            reject=dup is not None and dup.name == "reject")
+            reject=dup is not None and dup.name == "reject", order_class=order_class,
+            **(legs if order_class != "simple" else {}))
         if dup is not None and dup.name == "duplicate_id":
             return self.order_error(OrderError("duplicate", "client_order_id must be unique"))
         if dup is not None and dup.name == "lost_ack":
             return self.lose_ack(request)
         return web.json_response(self.order_json(order))
 
+    def _check_available(self, symbol: str, side: str, qty: float | None) -> None:
+        """Shares that open orders hold (a bracket's legs) cannot be sold again: Alpaca
+        refuses an order that closes more than the rest."""
+        pos = self.engine.position_qty(symbol) if symbol in self.engine.instruments else 0.0
+        if qty is None or not ((pos > 0 and side == "sell") or (pos < 0 and side == "buy")):
+            return
+        held = self.engine.reserved(symbol, side)
+        if held > 0 and qty > abs(pos) - held + 1e-9:
+            raise OrderError("insufficient_qty", f"insufficient qty available for order "
+                                                 f"(requested: {num(qty)}, available: "
+                                                 f"{num(max(abs(pos) - held, 0.0))})")
+
     async def list_orders(self, request: web.Request) -> web.Response:
         q = request.query
         status = q.get("status", "open")
         if status not in ("open", "closed", "all"):
             raise OrderError("invalid", f"invalid status {status!r}")
-        orders = [o for o in self.engine.orders.values()
-                  if status == "all" or (o.is_open == (status == "open"))]
+        nested = _flag(q.get("nested"))
+
+        def wanted(o: Order) -> bool:
+            return status == "all" or (o.is_open == (status == "open"))
+
+        if nested:  # legs inside their order, which is listed while it or a leg matches
+            orders = [o for o in self.engine.orders.values() if o.parent_id is None and (
+                wanted(o) or any(wanted(leg) for leg in self.engine.legs_of(o)))]
+        else:
+            orders = [o for o in self.engine.orders.values() if wanted(o)]
         if q.get("symbols"):
             wanted = set(q["symbols"].split(","))
             orders = [o for o in orders if o.symbol in wanted]
@@ -297,10 +253,12 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
         orders = [o for o in orders if (after is None or o.created_at > after)
                   and (until is None or o.created_at < until)]
         orders.sort(key=lambda o: o.seq, reverse=q.get("direction", "desc") == "desc")
-        return web.json_response([self.order_json(o) for o in orders[:limit]])
+        return web.json_response([self.order_json(o, nested) for o in orders[:limit]])
 
     async def get_order(self, request: web.Request) -> web.Response:
-        return web.json_response(self.order_json(self.engine.get(request.match_info["id"])))
+        nested = _flag(request.query.get("nested", "true"))
+        return web.json_response(self.order_json(self.engine.get(request.match_info["id"]),
+                                                 nested))
 
     async def by_client_id(self, request: web.Request) -> web.Response:
         coid = request.query.get("client_order_id", "")
@@ -327,7 +285,8 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
 
     def _close(self, symbol: str) -> Order:
         for o in self.engine.open_orders(symbol):
-            self.engine.cancel(o.id)
+            if o.is_open:  # cancelling a leg cancels its sibling
+                self.engine.cancel(o.id)
         qty = self.engine.position_qty(symbol)
         return self.engine.submit(symbol, "sell" if qty > 0 else "buy", abs(qty))
 
@@ -396,14 +355,18 @@ class AlpacaEmulator(AlpacaMarketData, BaseEmulator):
         return web.json_response({"ok": True, "clock": self.clock_json()})
 
 
-def _opt_float(body: dict[str, Any], key: str) -> float | None:
+def _opt_float(body: dict[str, Any], key: str, where: str = "") -> float | None:
     value = body.get(key)
     if value is None:
         return None
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"invalid {key}") from None
+        raise ValueError(f"invalid {where}{key}") from None
     if out != out or out in (float("inf"), float("-inf")):
-        raise ValueError(f"invalid {key}")
+        raise ValueError(f"invalid {where}{key}")
     return out
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1")

@@ -1,9 +1,10 @@
 """A small venue-agnostic matching engine shared by the broker emulators.
 
 One account (cash and signed positions with an average entry price), orders (market
-orders fill at the last bar's close, limit orders when a new bar crosses the limit),
-fills, bar history for REST backfill, and listeners told about every new bar and every
-order update. The venue servers translate it to each broker's wire shapes.
+orders fill at the last bar's close, limit orders when a new bar crosses the limit; stop
+orders and orders with legs in ``brackets``), fills, bar history for REST backfill, and
+listeners told about every new bar and every order update. The venue servers translate
+it to each broker's wire shapes.
 
 Not thread-safe: drive it from the event loop that runs the emulator.
 """
@@ -15,9 +16,8 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ from quantshift.emulators.bars import (
     on_step,
     read_csv,
 )
+from quantshift.emulators.brackets import Legs
 from quantshift.emulators.faults import Fault, Faults
 from quantshift.emulators.orders import (
     OPEN_STATES,
+    ORDER_CLASSES,
     STATES,
     TIME_IN_FORCE,
     Account,
@@ -43,15 +45,17 @@ from quantshift.emulators.orders import (
     OrderError,
     OrderEvent,
     Position,
+    symbols_or_default,
 )
 
-__all__ = ["OPEN_STATES", "STATES", "Bar", "Fault", "Faults", "Fill", "Instrument",
-           "MatchingEngine", "Order", "OrderError", "OrderEvent", "Position"]
+__all__ = ["OPEN_STATES", "ORDER_CLASSES", "STATES", "Bar", "Fault", "Faults", "Fill",
+           "Instrument", "MatchingEngine", "Order", "OrderError", "OrderEvent", "Position",
+           "symbols_or_default"]
 
 log = logging.getLogger("quantshift.emulators")
 
 
-class MatchingEngine(BarFeed):
+class MatchingEngine(Legs, BarFeed):
     """One venue's book. Bars: ``prime()``, ``run()`` (the timed loop), ``step()``,
     ``push(symbol, close, ...)``, ``bars(symbol, start, end, timeframe)``; ``history``,
     ``last``. Orders: ``submit(...)`` (raises OrderError), ``get``, ``by_client_order_id``,
@@ -121,13 +125,11 @@ class MatchingEngine(BarFeed):
         self.last_bar_time = bar.time
         self.bars_emitted += 1
         self._notify(bar)
-        for order in [o for o in self.orders.values() if o.is_open and o.symbol == bar.symbol]:
-            if order.type == "market":
-                self._fill(order, order.remaining, bar.open)
-            elif order.side == "buy" and bar.low <= order.limit_price:  # type: ignore[operator]
-                self._fill(order, order.remaining, min(order.limit_price, bar.open))
-            elif order.side == "sell" and bar.high >= order.limit_price:  # type: ignore[operator]
-                self._fill(order, order.remaining, max(order.limit_price, bar.open))
+        # Only what works now: a leg that a fill below sets to work waits for the next bar.
+        for order in self.match_order([o for o in self.orders.values()
+                                       if o.symbol == bar.symbol]):
+            if order.working:  # a sibling's fill may have cancelled it
+                self._match(order, bar)
 
     # -- orders -------------------------------------------------------------------------
 
@@ -135,8 +137,14 @@ class MatchingEngine(BarFeed):
                type: str = "market", limit_price: float | None = None,
                time_in_force: str = "day", client_order_id: str | None = None,
                notional: float | None = None, partial: float | None = None,
-               reject: bool = False) -> Order:
-        """Validate, create and (if it can) match an order. Raises OrderError."""
+               reject: bool = False, order_class: str = "simple",
+               take_profit: float | None = None, stop_loss: float | None = None,
+               stop_limit: float | None = None) -> Order:
+        """Validate, create and (if it can) match an order. Raises OrderError.
+
+        ``order_class`` bracket or oto: an entry with legs at ``take_profit`` (a limit)
+        and/or ``stop_loss`` (a stop; a stop-limit with ``stop_limit``); oco: a limit at
+        ``take_profit`` with a stop leg, closing a position (see ``brackets``)."""
         inst = self.instruments.get(symbol)
         if inst is None:
             raise OrderError("unknown_symbol", f"unknown symbol {symbol!r}")
@@ -149,6 +157,8 @@ class MatchingEngine(BarFeed):
         if client_order_id is not None and client_order_id in self.by_client:
             raise OrderError("duplicate", f"client order id {client_order_id!r} already used")
         last = self.last[symbol]
+        if order_class == "oco" and take_profit is not None:
+            limit_price = take_profit  # the oco order is its take-profit
         if notional is not None:
             if qty is not None:
                 raise OrderError("invalid", "give qty or notional, not both")
@@ -173,22 +183,28 @@ class MatchingEngine(BarFeed):
         if qty * ref < inst.min_notional - 1e-9:  # type: ignore[operator]
             raise OrderError("min_notional", f"order value {qty * ref:.2f} is below the "  # type: ignore[operator]
                                              f"minimum {inst.min_notional:g}")
-        self._check_funds(symbol, side, qty, ref)  # type: ignore[arg-type]
-        now = time.time()
-        self._seq += 1
-        oid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        order = Order(oid, self._seq, client_order_id or self._client_id(), symbol, side, type,
-                      qty, time_in_force, limit_price, notional, "new", created_at=now,
-                      updated_at=now)
-        self.orders[oid] = order
-        self.by_client[order.client_order_id] = order
-        self.by_seq[order.seq] = order
+        if order_class != "simple":
+            # The base price: an entry's limit, else (a market entry, an oco) the last.
+            base = limit_price if type == "limit" and order_class != "oco" else last
+            self.check_legs(order_class, side, type, qty, time_in_force, base,  # type: ignore[arg-type]
+                            take_profit, stop_loss, stop_limit)
+        if order_class != "oco":  # an oco closes a position: it holds shares, not cash
+            self._check_funds(symbol, side, qty, ref)  # type: ignore[arg-type]
+        order = self._new_order(symbol, side, type, qty, time_in_force, limit_price, notional,
+                                client_order_id, order_class=order_class)
+        legs = self._add_legs(order, take_profit, stop_loss, stop_limit) \
+            if order_class != "simple" else []
         if not self.is_open:
             order.status = "accepted"
-        self._event("new", order)
+        self._event("new", order)  # it carries its (held) legs
+        for leg in legs:
+            if leg.status == "new":
+                self._event("new", leg)
         if reject:
-            order.status, order.failed_at, order.reason = "rejected", now, "rejected by fault"
+            order.status, order.failed_at, order.reason = "rejected", time.time(), \
+                "rejected by fault"
             self._event("rejected", order)
+            self._after_finish(order, "rejected")
             return order
         if not self.is_open:
             return order
@@ -205,15 +221,11 @@ class MatchingEngine(BarFeed):
             self._finish(order, "expired")
         return order
 
-    def _client_id(self) -> str:
-        return "emu-" + "".join(self._rng.choice("abcdefghijklmnopqrstuvwxyz0123456789")
-                                for _ in range(20))
-
     def _check_funds(self, symbol: str, side: str, qty: float, price: float) -> None:
         open_orders = [o for o in self.orders.values() if o.is_open]
         if side == "buy":
             reserved = sum(o.remaining * (o.limit_price or self.last[o.symbol])
-                           for o in open_orders if o.side == "buy")
+                           for o in open_orders if o.side == "buy" and not o.protective)
             if qty * price + reserved > self.account.cash + 1e-6:
                 raise OrderError("insufficient_funds", "insufficient buying power")
         elif not self.allow_short:
@@ -248,13 +260,17 @@ class MatchingEngine(BarFeed):
         return order
 
     def cancel_all(self) -> list[Order]:
-        return [self.cancel(o.id) for o in self.open_orders()]
+        before = self.open_orders()
+        for order in before:
+            if order.is_open:  # cancelling one of a group may have cancelled it already
+                self._finish(order, "canceled")
+        return [o for o in before if o.status == "canceled"]
 
     def fill(self, order_id: str, qty: float | None = None, price: float | None = None) -> Fill:
         """Fill (part of) an open order by hand, at ``price`` or the last close."""
         order = self.get(order_id)
-        if not order.is_open:
-            raise OrderError("not_cancelable", f"order is already in {order.status!r} state")
+        if not order.working:
+            raise OrderError("not_cancelable", f"order is in {order.status!r} state")
         qty = order.remaining if qty is None else min(qty, order.remaining)
         if not qty > 0:
             raise OrderError("invalid_qty", "qty must be > 0")
@@ -270,7 +286,7 @@ class MatchingEngine(BarFeed):
         self.is_open = bool(is_open)
         if not self.is_open:
             for order in self.open_orders():
-                if order.time_in_force == "day":
+                if order.is_open and order.time_in_force == "day":
                     self._finish(order, "expired")
 
     def set_position(self, symbol: str, qty: float, avg_price: float) -> Position | None:
@@ -327,6 +343,7 @@ class MatchingEngine(BarFeed):
                     if order.symbol in acct.positions else 0.0)
         self.fills.append(fill)
         self._event("fill" if order.status == "filled" else "partial_fill", order, fill)
+        self._after_fill(order)  # legs go to work, or a filled leg cancels its sibling
         return fill
 
     def _finish(self, order: Order, status: str) -> None:
@@ -337,6 +354,7 @@ class MatchingEngine(BarFeed):
         elif status == "expired":
             order.expired_at = now
         self._event(status, order)
+        self._after_finish(order, status)
 
     # -- listeners and state --------------------------------------------------------------
 
@@ -393,12 +411,3 @@ class MatchingEngine(BarFeed):
             "error_count": self.error_count,
             "errors": list(self.errors),
         }
-
-
-def symbols_or_default(symbols: Sequence[str] | str | None, default: Sequence[str]) -> list[str]:
-    if isinstance(symbols, str):
-        symbols = [s for s in symbols.split(",")]
-    out = [s.strip() for s in (symbols or default) if s and s.strip()]
-    if not out:
-        raise ValueError("no symbols")
-    return list(dict.fromkeys(out))

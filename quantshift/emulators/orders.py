@@ -1,16 +1,20 @@
-"""The matching engine's records: instruments, orders, fills, positions, events."""
+"""The matching engine's records: instruments, orders, fills, positions, events (and the
+symbol list an emulator is made with)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quantshift.emulators.bars import Bar
 
-STATES = ("new", "accepted", "partially_filled", "filled", "canceled", "rejected", "expired")
-OPEN_STATES = frozenset({"new", "accepted", "partially_filled"})
+STATES = ("new", "accepted", "held", "partially_filled", "filled", "canceled", "rejected",
+          "expired")
+# ``held``: a leg waiting for its entry to fill; open (listed, cancelable) but not working.
+OPEN_STATES = frozenset({"new", "accepted", "held", "partially_filled"})
 TIME_IN_FORCE = ("day", "gtc", "ioc", "fok")
+ORDER_CLASSES = ("simple", "bracket", "oto", "oco")
 
 
 @dataclass(slots=True)
@@ -45,6 +49,11 @@ class Order:
     expired_at: float | None = None
     failed_at: float | None = None
     reason: str | None = None
+    order_class: str = "simple"
+    stop_price: float | None = None  # stop and stop_limit orders
+    triggered: bool = False  # a stop_limit whose stop was touched works as a limit order
+    parent_id: str | None = None  # a leg's entry (or, in an oco, its take-profit order)
+    legs: list[str] = field(default_factory=list)  # the ids of an order's legs
 
     @property
     def remaining(self) -> float:
@@ -53,6 +62,16 @@ class Order:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATES
+
+    @property
+    def working(self) -> bool:
+        """Open and able to match (a held leg is open but waits for its entry)."""
+        return self.status in OPEN_STATES and self.status != "held"
+
+    @property
+    def protective(self) -> bool:
+        """A leg or an oco: it closes a position, so it holds shares, not cash."""
+        return self.parent_id is not None or self.order_class == "oco"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +122,8 @@ class OrderEvent:
 
 class OrderError(Exception):
     """A refused request. ``kind``: unknown_symbol, invalid, duplicate, not_found,
-    not_cancelable, insufficient_funds, min_notional, invalid_qty, invalid_price."""
+    not_cancelable, insufficient_funds, insufficient_qty, min_notional, invalid_qty,
+    invalid_price, invalid_legs."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -119,3 +139,12 @@ class Account:
     cash: float
     positions: dict[str, Position] = field(default_factory=dict)
     realized_pnl: float = 0.0
+
+
+def symbols_or_default(symbols: Sequence[str] | str | None, default: Sequence[str]) -> list[str]:
+    if isinstance(symbols, str):
+        symbols = [s for s in symbols.split(",")]
+    out = [s.strip() for s in (symbols or default) if s and s.strip()]
+    if not out:
+        raise ValueError("no symbols")
+    return list(dict.fromkeys(out))

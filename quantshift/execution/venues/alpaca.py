@@ -4,6 +4,10 @@ the trading websocket, and lookups by client order id.
 alpaca-py retries 429 by itself with a fixed wait and sends requests without a timeout;
 both are switched off here, in one place, so that the executor honours ``Retry-After``
 and a slow broker cannot hold a thread forever.
+
+Alpaca holds a position's exits itself: an intent with a take-profit and/or a stop-loss
+goes out as a bracket (both) or an oto (one), good till cancelled so the legs outlive the
+day. Alpaca names the legs; they come back nested in the entry's order.
 """
 
 from __future__ import annotations
@@ -47,25 +51,39 @@ def _value(x: Any) -> str:
     return str(getattr(x, "value", x) or "")
 
 
+def _leg(vo: VenueOrder, order_type: str, limit: Any, stop: Any) -> VenueOrder:
+    """A leg says what it is: a limit leg takes the profit, a stop (limit) leg the loss."""
+    vo.leg = "take_profit" if order_type == "limit" else "stop_loss"
+    vo.price = float((limit if vo.leg == "take_profit" else stop) or 0)
+    return vo
+
+
 def to_venue_order(order: Any) -> VenueOrder:
     side = Side.BUY if _value(order.side).lower() == "buy" else Side.SELL
+    status = _value(order.status).lower()
     return VenueOrder(
         client_order_id=order.client_order_id or "", venue_id=str(order.id),
         symbol=order.symbol or "", side=side, qty=float(order.qty or 0),
         filled_qty=float(order.filled_qty or 0), avg_price=float(order.filled_avg_price or 0),
-        state=_STATES.get(_value(order.status).lower(), OrderState.SUBMITTED),
+        state=_STATES.get(status, OrderState.SUBMITTED), status=status,
+        legs=[_leg(to_venue_order(leg), _value(leg.type).lower(), leg.limit_price,
+                   leg.stop_price) for leg in order.legs or ()],
     )
 
 
 def raw_to_venue_order(order: dict[str, Any]) -> VenueOrder:
     """The same, from an order as the trading stream sends it (JSON)."""
+    status = str(order.get("status", "")).lower()
     return VenueOrder(
         client_order_id=order.get("client_order_id") or "", venue_id=str(order.get("id", "")),
         symbol=order.get("symbol") or "",
         side=Side.BUY if str(order.get("side", "")).lower() == "buy" else Side.SELL,
         qty=float(order.get("qty") or 0), filled_qty=float(order.get("filled_qty") or 0),
         avg_price=float(order.get("filled_avg_price") or 0),
-        state=_STATES.get(str(order.get("status", "")).lower(), OrderState.SUBMITTED),
+        state=_STATES.get(status, OrderState.SUBMITTED), status=status,
+        legs=[_leg(raw_to_venue_order(leg), str(leg.get("type", "")).lower(),
+                   leg.get("limit_price"), leg.get("stop_price"))
+              for leg in order.get("legs") or ()],
     )
 
 
@@ -100,6 +118,7 @@ def _translate(exc: Exception) -> VenueError:
 
 class AlpacaVenue:
     name = "alpaca"
+    supports_brackets = True
 
     def __init__(self, key: str, secret: str, *, paper: bool, base_url: str | None = None,
                  timeout: float = 10.0, poll_every: float = 5.0) -> None:
@@ -169,14 +188,35 @@ class AlpacaVenue:
                 price_step=float(getattr(asset, "price_increment", None) or 0))
         return out
 
-    async def submit(self, intent: OrderIntent) -> VenueOrder:
-        from alpaca.trading.enums import OrderSide, TimeInForce
-        from alpaca.trading.requests import MarketOrderRequest
+    def bracket_tick(self, symbol: str, qty: float, price: float) -> float | None:
+        """Alpaca's tick: a cent at or above $1, a hundredth of a cent below; fractional
+        quantities must be simple orders (no legs)."""
+        if abs(qty - round(qty)) > 1e-9:
+            return None
+        return 0.01 if price >= 1.0 else 0.0001
 
-        request = MarketOrderRequest(
-            symbol=intent.symbol, qty=intent.qty,
-            side=OrderSide.BUY if intent.side is Side.BUY else OrderSide.SELL,
-            time_in_force=TimeInForce.DAY, client_order_id=intent.client_order_id)
+    async def submit(self, intent: OrderIntent, simple: bool = False) -> VenueOrder:
+        from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
+        from alpaca.trading.requests import (
+            MarketOrderRequest,
+            StopLossRequest,
+            TakeProfitRequest,
+        )
+
+        side = OrderSide.BUY if intent.side is Side.BUY else OrderSide.SELL
+        tp, sl = intent.take_profit, intent.stop_loss
+        if simple or (tp is None and sl is None):
+            request = MarketOrderRequest(
+                symbol=intent.symbol, qty=intent.qty, side=side, time_in_force=TimeInForce.DAY,
+                client_order_id=intent.client_order_id)
+        else:
+            request = MarketOrderRequest(
+                symbol=intent.symbol, qty=intent.qty, side=side, time_in_force=TimeInForce.GTC,
+                client_order_id=intent.client_order_id,
+                order_class=OrderClass.BRACKET if tp is not None and sl is not None
+                else OrderClass.OTO,
+                take_profit=TakeProfitRequest(limit_price=tp) if tp is not None else None,
+                stop_loss=StopLossRequest(stop_price=sl) if sl is not None else None)
         return to_venue_order(await self._call(self._client.submit_order, request))
 
     async def order(self, client_order_id: str, symbol: str) -> VenueOrder:

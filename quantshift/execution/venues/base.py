@@ -1,13 +1,15 @@
 """The venue protocol: what the broker executor needs from any broker.
 
 Adapters translate their SDK's answers and errors into these types, so the executor's
-retry, lookup and reconciliation logic is written once for every venue.
+retry, lookup and reconciliation logic is written once for every venue. A venue that can
+hold a position's exits itself (bracket orders) says so with ``supports_brackets``; one
+that cannot leaves every exit to the daemon.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
@@ -28,6 +30,12 @@ class VenueOrder:
     avg_price: float
     state: OrderState
     reason: str = ""
+    status: str = ""  # the venue's own word for the state (e.g. Alpaca's "held")
+    # An entry's legs (the venue's exit orders, made with it); a leg says which it is
+    # ("take_profit" or "stop_loss") and its limit or stop price.
+    legs: list[VenueOrder] = field(default_factory=list)
+    leg: str = ""
+    price: float = 0.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,3 +102,17 @@ class Venue(Protocol):
     def updates(self, tracked: Callable[[], list[tuple[str, str]]]) -> AsyncIterator[VenueOrder]:
         """Order updates as they happen: a stream, or, where there is none, polling the
         (client order id, symbol) pairs ``tracked`` returns."""
+
+
+class BracketVenue(Venue, Protocol):
+    """A venue that takes an entry with its take-profit and stop-loss attached and then
+    runs them itself (the legs); a venue without ``supports_brackets`` is not one."""
+
+    supports_brackets: bool
+
+    def bracket_tick(self, symbol: str, qty: float, price: float) -> float | None:
+        """The tick a leg's price at ``price`` is quantised to, or None when an order of
+        ``qty`` cannot carry legs at this venue."""
+
+    async def submit(self, intent: OrderIntent, simple: bool = False) -> VenueOrder:
+        """Send the intent, with its legs unless ``simple``."""
