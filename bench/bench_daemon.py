@@ -33,7 +33,7 @@ def one_run(tmp: Path, seconds: float, symbols: int) -> dict:
                QUANTSHIFT_SIM_INTERVAL="0.05", QUANTSHIFT_SIZING="fixed:10",
                QUANTSHIFT_RISK_MAX_DAILY_LOSS="0", QUANTSHIFT_RISK_MAX_DRAWDOWN="0",
                QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0", QUANTSHIFT_RISK_MAX_OPEN_POSITIONS="0",
-               QUANTSHIFT_RISK_MAX_EXPOSURE="0",
+               QUANTSHIFT_RISK_MAX_EXPOSURE="0", QUANTSHIFT_HTTP_PORT="0",
                QUANTSHIFT_STRATEGIES='[{"name":"ma_cross","params":{"fast":2,"slow":5,'
                                      '"mode":"long_short"}},{"name":"rsi_reversion"}]')
     proc = subprocess.Popen([quantshift_bin(), "run"], env=env, cwd=tmp,

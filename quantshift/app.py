@@ -51,7 +51,7 @@ def make_venue(settings: Settings, kind: ExecutorKind) -> Venue:
                          secret=reveal(settings.ccxt_secret),
                          password=reveal(settings.ccxt_password) or None,
                          api_url=settings.ccxt_api_url, sandbox=sandbox,
-                         timeout=settings.broker_timeout)
+                         timeout=settings.broker_timeout, websocket=settings.ccxt_websocket)
     raise ValueError("no broker configured")
 
 

@@ -1,4 +1,5 @@
-"""The ``quantshift`` command: run, replay, config."""
+"""The ``quantshift`` command: run, replay, config, and the operator's commands that talk
+to a running daemon (status, halt, resume, flatten, reduce, safe-to-restart)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from pydantic import SecretStr
 
 from quantshift import __version__
 from quantshift.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError
+
+EX_NOPERM = 77  # sysexits.h: the daemon refused the token, or control is off
+EX_NOT_RUNNING = 3  # as `systemctl status`: the status came from the state file
 
 
 def _fail_config(exc: ConfigError) -> int:
@@ -160,6 +164,150 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    print(f"quantshift: {message}", file=sys.stderr)
+
+
+def _from_state_file(settings: Any, why: str) -> tuple[dict[str, Any] | None, str]:
+    from quantshift.ops.statefile import StateFileError, read_state
+
+    try:
+        return read_state(settings.ledger_path()), why
+    except StateFileError as exc:
+        return None, f"{why}; {exc}"
+
+
+def _fetch_status(settings: Any) -> tuple[dict[str, Any] | None, str]:
+    """The status from the running daemon, else from the state file; and a note on why
+    the state file was read."""
+    from quantshift.ops.client import ApiError, DaemonApi, DaemonDown
+
+    if not settings.http_port:
+        return _from_state_file(settings, "QUANTSHIFT_HTTP_PORT is 0, so the daemon serves "
+                                          "no HTTP: read from the state file")
+    api = DaemonApi(settings)
+    try:
+        return api.status(), ""
+    except DaemonDown:
+        return _from_state_file(settings, f"the {settings.bot} daemon is not running "
+                                          f"(nothing answers at {api.url})")
+    except ApiError as exc:
+        return _from_state_file(settings, f"the daemon could not be asked ({exc})")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from quantshift.ops.console import render_status
+    from quantshift.settings import load_settings
+
+    settings = load_settings(bot=args.bot)
+    status, note = _fetch_status(settings)
+    if status is None:
+        _say(note)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps({**status, "note": note} if note else status).decode()
+                         + "\n")
+    else:
+        render_status(status, Console(), note)
+    return 0 if status["source"] == "daemon" else EX_NOT_RUNNING
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from quantshift.ops.client import ApiError, DaemonApi, DaemonDown
+    from quantshift.settings import env_name, load_settings
+
+    settings = load_settings(bot=args.bot)
+    if not settings.http_port:
+        raise ConfigError(env_name("http_port"), "is 0: the daemon serves no HTTP, so it "
+                                                 "cannot be controlled")
+    if settings.api_token is None:
+        raise ConfigError(env_name("api_token"), "not set: control needs the daemon's token "
+                                                 "(in the environment or the env file)")
+    body: dict[str, Any] = {}
+    if getattr(args, "reason", None):
+        body["reason"] = args.reason
+    if getattr(args, "flatten", False):
+        body["flatten"] = True
+    for key in ("strategy", "version"):  # promote / rollback
+        if getattr(args, key, None):
+            body[key] = getattr(args, key)
+    if getattr(args, "force", False):
+        body["force"] = True
+    api = DaemonApi(settings)
+    try:
+        code, answer = api.control(args.command, body)
+    except DaemonDown:
+        _say(f"the {settings.bot} daemon is not running (nothing answers at {api.url})")
+        return EX_UNAVAILABLE
+    except ApiError as exc:
+        _say(str(exc))
+        return 1
+    if code == 401:
+        _say(f"the daemon at {api.url} refused the token (401): QUANTSHIFT_API_TOKEN is "
+             "not the daemon's")
+        return EX_NOPERM
+    if code == 403:
+        _say(f"control is off on the daemon at {api.url} (403): it was started without "
+             "QUANTSHIFT_API_TOKEN")
+        return EX_NOPERM
+    if code != 200:
+        _say(f"{args.command} refused ({code}): {answer.get('error', 'no reason given')}")
+        return 1
+    if "change" in answer:  # promote / rollback
+        from quantshift.shadow.cli import describe_change
+
+        print(describe_change(settings.bot, answer))
+        return 0
+    state, reason = answer.get("state"), answer.get("reason")
+    line = f"{settings.bot}: trading {state}" + (f" ({reason})" if reason else "")
+    line += f", was {answer.get('was')}"
+    if "flatten_orders" in answer or "orders" in answer:
+        line += f"; {answer.get('flatten_orders', answer.get('orders'))} flattening orders sent"
+    if answer.get("durable") is False:
+        line += "; NOT yet written to the journal (see the daemon's log)"
+    print(line)
+    return 0
+
+
+def cmd_safe_to_restart(args: argparse.Namespace) -> int:
+    from quantshift.ops.client import ApiError, DaemonApi, DaemonDown
+    from quantshift.ops.statefile import StateFileError, read_state
+    from quantshift.ops.status import restart_blockers
+    from quantshift.settings import load_settings
+
+    settings = load_settings(bot=args.bot)
+    status: dict[str, Any] | None = None
+    if settings.http_port:
+        api = DaemonApi(settings)
+        try:
+            status = api.status()
+            source = f"the running daemon at {api.url}"
+        except DaemonDown:
+            pass
+        except ApiError as exc:  # up but not answering: a restart may well cut something
+            print(f"{settings.bot}: not safe to restart: cannot tell ({exc})")
+            return 1
+    if status is None:
+        path = settings.ledger_path()
+        try:
+            status = read_state(path)
+        except StateFileError:
+            print(f"{settings.bot}: safe to restart: no daemon answers and there is no "
+                  f"state file at {path}, so nothing to interrupt")
+            return 0
+        source = f"the state file {path} " + ("(the daemon is not running)" if settings.http_port
+                                               else "(QUANTSHIFT_HTTP_PORT is 0: a running "
+                                                    "daemon cannot be asked)")
+    blockers = restart_blockers(status, settings.quiet_window)
+    if blockers:
+        print(f"{settings.bot}: not safe to restart, from {source}: {'; '.join(blockers)}")
+        return 1
+    print(f"{settings.bot}: safe to restart, from {source}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantshift", description=__doc__)
     parser.add_argument("--version", action="version", version=f"quantshift {__version__}")
@@ -190,6 +338,37 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--bot")
     config.add_argument("--json", action="store_true")
     config.set_defaults(func=cmd_config)
+
+    status = sub.add_parser("status", help="the bot's status: from the running daemon, or "
+                            "from its state file when it is down (exit 3)")
+    status.add_argument("--bot")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    halt = sub.add_parser("halt", help="halt trading (persists across restarts); "
+                          "open orders are cancelled")
+    halt.add_argument("--bot")
+    halt.add_argument("--reason", help="why, for the log and the journal")
+    halt.add_argument("--flatten", action="store_true", help="also close every position")
+    halt.set_defaults(func=cmd_control)
+    for name, text in (("resume", "resume trading after a halt or reduce"),
+                       ("flatten", "close every position (exits pass even while halted)"),
+                       ("reduce", "only exposure-reducing orders from now on")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--bot")
+        if name != "resume":
+            cmd.add_argument("--reason", help="why, for the log and the journal")
+        cmd.set_defaults(func=cmd_control)
+
+    safe = sub.add_parser("safe-to-restart", help="exit 0 when a restart now cannot hurt "
+                          "(no open orders or intents in flight; equities: market closed or "
+                          "in QUANTSHIFT_QUIET_WINDOW), else 1 with what is in the way")
+    safe.add_argument("--bot")
+    safe.set_defaults(func=cmd_safe_to_restart)
+
+    from quantshift.shadow.cli import add_subparsers as add_versions
+
+    add_versions(sub, cmd_control)
     return parser
 
 

@@ -3,8 +3,11 @@
 Signal handlers only set flags; everything they lead to happens in ``shutdown``:
 stop the feeds, let the bar in hand finish, cancel open orders (if configured),
 flatten (if configured), flush the journal and write the snapshot, close the broker
-sessions, exit 0, all inside ``shutdown_timeout``. A second signal skips to the
+sessions and the HTTP server, exit 0, all inside ``shutdown_timeout``. A second signal skips to the
 snapshot and exits at once.
+
+The operator's HTTP surface (``ops/http.py``) runs in the same loop; its control
+actions come through :meth:`Daemon.apply_control`, between bars.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from loguru import logger
@@ -22,11 +26,21 @@ from loguru import logger
 from quantshift import __version__
 from quantshift.app import build_engine, build_feed, open_journal, risk_limits
 from quantshift.engine import Engine
-from quantshift.errors import EX_SOFTWARE
+from quantshift.errors import EX_SOFTWARE, ConfigError
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.feeds.base import Feed
+from quantshift.ops.control import ControlRefused
+from quantshift.ops.http import Heartbeat, HttpServer
+from quantshift.ops.logging import LastError
+from quantshift.ops.metrics import Metrics
+from quantshift.ops.notify import TelegramAlerter, build_alerter
 from quantshift.ops.systemd import Notifier
+from quantshift.risk.gate import ACTIVE, REDUCING
 from quantshift.settings import Settings
+from quantshift.shadow.guard import KV_KEY as DEMOTION_KEY
+from quantshift.shadow.guard import Guard
+from quantshift.shadow.runtime import NotApproved, VersionControl
+from quantshift.shadow.versions import VersionError, VersionRegistry
 from quantshift.state.journal import Journal
 
 
@@ -47,6 +61,34 @@ class Daemon:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._persisted = False
         self._started_at = time.monotonic()
+        self.heartbeat = Heartbeat()
+        self.http: HttpServer | None = None
+        self.metrics: Metrics | None = None
+        self.last_error = LastError(settings.secret_values())
+        self.reconciled = False  # the start-up reconciliation with the broker is done
+        # Set when the guard takes the daemon out of trading on its own evidence (an
+        # automatic rollback trigger); /readyz and /status report it.
+        self.demoted = False
+        self.demoted_reason = ""
+        self.real_executor: Any = None  # the executor a demotion set aside
+        self.guard: Guard | None = None
+        self.version_control: VersionControl | None = None
+        self.versions: VersionRegistry | None = None
+        self.alerter: TelegramAlerter | None = None
+        self._alerter_task: asyncio.Task[None] | None = None
+
+    @property
+    def started_at(self) -> float:
+        """time.monotonic() when the daemon was made."""
+        return self._started_at
+
+    @property
+    def needs_reconcile(self) -> bool:
+        """Whether orders go to a broker, whose state is reconciled at start."""
+        return self.engine is not None and isinstance(self.engine.executor, BrokerExecutor)
+
+    def feed_running(self) -> bool:
+        return any(name == "feed" and not task.done() for task, name in self._tasks.items())
 
     # -- signals: flags only -----------------------------------------------------------
     def handle_exit(self, sig: int) -> None:
@@ -80,10 +122,19 @@ class Daemon:
 
     async def startup(self) -> None:
         s = self.settings
+        self.last_error.attach()
         self.journal = journal = open_journal(s)
         self.engine = engine = build_engine(s, journal, durable=self._commit)
         executor = engine.executor
         assert executor is not None
+        self.alerter = build_alerter(s)
+        if self.alerter is not None:
+            self.alerter.install()
+            # Not one of the watched components: a failing Telegram never stops trading.
+            self._alerter_task = asyncio.create_task(self.alerter.run(), name="alerts")
+        self.version_control = vc = VersionControl(s, engine, journal)
+        self.versions = vc.registry
+        self.guard = Guard(self)
         logger.info("quantshift {} starting: bot={} phase={} executor={}: {}", __version__,
                     s.bot, s.phase.value, executor.kind.value, executor.description)
         lim = risk_limits(s)
@@ -102,12 +153,35 @@ class Daemon:
         if restored["halted"]:
             logger.warning("trading stays HALTED ({}): no new orders until resumed",
                            engine.gate.halt_reason)
+        self.metrics = Metrics(self)
+        self._spawn(self.heartbeat.run(), "heartbeat")
+        if s.http_port:
+            # Before the broker: a port in use fails the start before any session opens.
+            self.http = HttpServer(self, s.http_host, s.http_port, s.api_token, self.heartbeat)
+            try:
+                await self.http.start()
+            except ConfigError as exc:  # the CLI prints it too; the log file should say why
+                logger.error("start-up failed: invalid setting {}: {}", exc.setting,
+                             exc.message)
+                raise
         if isinstance(executor, BrokerExecutor):
             await executor.start()
             engine.gate.instruments = await executor.venue.instruments(s.symbols)
             await self._reconcile(at_start=True)
+            self.reconciled = True
             if s.reconcile_interval > 0:
                 self._spawn(self._every(s.reconcile_interval, self._reconcile), "reconcile")
+        demotion = journal.get(DEMOTION_KEY)
+        if demotion:
+            self.guard.demote(str(demotion.get("reason", "demoted before the restart")),
+                              restored=True)
+        if vc.books is not None:
+            logger.info("strategy versions: {} version books beside the real one ({})",
+                        len(vc.books), ", ".join(f"{k[0]}@{k[1]}" for k in vc.books.books))
+        if s.trigger_interval > 0:
+            self._spawn(self._every(s.trigger_interval, self._guard_check), "guard")
+        if any(spec.canary_adaptive for spec in s.strategies):
+            self._spawn(self._every(s.canary_check_interval, self._adapt_canary), "canary")
         self.feed = feed = build_feed(s, dict(pf.marks))
         where = s.replay_file if s.feed == "replay" else f"bars every {feed.bar_seconds:g}s"
         logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
@@ -129,6 +203,11 @@ class Daemon:
             self._spawn(self._every(self.notifier.watchdog_interval, self._watchdog), "watchdog")
         self.notifier.ready(self._status_text())
         logger.info("ready")
+        logger.bind(alert="start").info("started: {} executor ({}), feed {}, {} symbols{}",
+                                        engine.executor.kind.value, s.phase.value, feed.name,
+                                        len(s.symbols),
+                                        "; DEMOTED: " + self.demoted_reason
+                                        if self.demoted else "")
 
     async def _abort_startup(self) -> None:
         """Start-up failed: close what was opened (broker sessions, the journal), no more."""
@@ -138,6 +217,7 @@ class Daemon:
         if engine is not None and engine.executor is not None:
             with contextlib.suppress(Exception):
                 await engine.executor.close()
+        await self._close_ops()
         if self.journal is not None:
             with contextlib.suppress(Exception):
                 self.journal.flush()
@@ -160,6 +240,7 @@ class Daemon:
             if exc is not None:
                 logger.opt(exception=exc).error("component {} crashed; stopping the daemon", name)
                 self.exit_code, self.exit_reason = EX_SOFTWARE, f"{name} crashed"
+                self._demote_on_crash(name)
             elif name == "feed":
                 logger.info("feed {} finished: no more bars", self.feed.name)  # type: ignore[union-attr]
                 self.exit_reason = "feed finished"
@@ -194,6 +275,7 @@ class Daemon:
             logger.opt(exception=graceful.exception()).error("shutdown: step failed")
             self.exit_code = self.exit_code or 1
         self._persist_now()
+        await self._close_ops()  # when the graceful steps were cut short
         self._db_thread.shutdown(wait=False, cancel_futures=True)
         if self.journal is not None:
             self.journal.close()
@@ -217,9 +299,10 @@ class Daemon:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.settings.cancel_on_shutdown:
-            n = engine.executor.cancel_all("shutdown") if engine.executor else 0
-            if engine.executor is not None:
-                await engine.executor.drain(self.settings.shutdown_timeout / 2)
+            n = 0
+            for executor in self._executors():
+                n += executor.cancel_all("shutdown")
+                await executor.drain(self.settings.shutdown_timeout / 2)
             logger.info("shutdown: cancelled {} open orders", n)
         else:
             logger.info("shutdown: leaving {} open orders in place", len(engine.open_orders()))
@@ -228,15 +311,87 @@ class Daemon:
             if engine.executor is not None:
                 await engine.executor.drain(self.settings.shutdown_timeout / 2)
         engine.snapshot()
+        books = self.version_control.books if self.version_control else None
+        if books is not None:
+            books.snapshot()
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, books.flush)
         rows = await asyncio.get_running_loop().run_in_executor(self._db_thread, journal.flush)
         self._persisted = True
         pf = engine.portfolio
         logger.info("shutdown: journal flushed ({} rows) and snapshot written: cash {:.2f}, "
                     "equity {:.2f}, realized P&L {:.2f}, {} open positions", rows, pf.cash,
                     pf.equity, pf.realized_pnl, pf.open_symbols())
-        if engine.executor is not None:
-            await engine.executor.close()
+        for executor in self._executors():
+            await executor.close()
         logger.info("shutdown: broker sessions closed")
+        await self._close_alerts(f"stopped ({self.exit_reason or 'stop'})")
+        if self.http is not None:
+            await self._close_ops()
+            logger.info("shutdown: HTTP server closed")
+
+    def _executors(self) -> list[Any]:
+        """The engine's executor and, while demoted, the real one set aside."""
+        engine = self.engine
+        found = [engine.executor] if engine is not None and engine.executor else []
+        if self.real_executor is not None and self.real_executor not in found:
+            found.append(self.real_executor)
+        return found
+
+    def _demote_on_crash(self, name: str) -> None:
+        """A crashed component is a rollback trigger: the restart comes back demoted."""
+        if self.guard is None or self.engine is None or self.demoted:
+            return
+        self.guard.crashed = name
+        if self.guard.limits.crashed_component:
+            try:
+                self.guard.demote(f"component {name} crashed")
+            except Exception as exc:  # the crash is already being handled; say, don't mask
+                logger.error("could not demote after the crash of {}: {}", name, exc)
+
+    async def _guard_check(self) -> None:
+        """Read the health and demote on a trigger; never stops the daemon itself."""
+        guard, journal = self.guard, self.journal
+        if guard is None or journal is None or self.demoted:
+            return
+        try:
+            n = guard.limits.min_samples
+            pnls = await asyncio.get_running_loop().run_in_executor(
+                self._db_thread, journal.recent_trade_pnls, 5 * n) \
+                if guard.limits.win_rate_drop else None
+            guard.check(pnls)
+        except Exception as exc:
+            logger.opt(exception=exc).error("guard: health check failed: {}", exc)
+
+    async def _adapt_canary(self) -> None:
+        """The opt-in adaptive canary; at most one change a day (the sampler's rule)."""
+        vc = self.version_control
+        if vc is None:
+            return
+        try:
+            vc.adapt(datetime.now(UTC).date())
+        except Exception as exc:  # a sampling failure must not stop trading
+            logger.opt(exception=exc).error("adaptive canary failed: {}", exc)
+
+    async def _close_alerts(self, text: str) -> None:
+        alerter, self.alerter = self.alerter, None
+        if alerter is None:
+            return
+        logger.info("alerts: sending the stop alert")
+        await alerter.close(min(2.0, self.settings.shutdown_timeout / 4), ("stop", text),
+                            self._alerter_task)
+
+    async def _close_ops(self) -> None:
+        """Close the HTTP server (bounded: an open connection cannot hold the exit up) and
+        remove the log sinks this daemon added."""
+        http, self.http = self.http, None
+        if http is not None:
+            try:
+                await asyncio.wait_for(http.close(), 2.0)
+            except (TimeoutError, OSError) as exc:
+                logger.warning("shutdown: HTTP server did not close cleanly: {}", exc)
+        if self.metrics is not None:
+            self.metrics.close()
+        self.last_error.detach()
 
     def _persist_now(self) -> None:
         if self._persisted or self.engine is None or self.journal is None:
@@ -264,6 +419,9 @@ class Daemon:
     async def _flush(self) -> None:
         journal, engine = self.journal, self.engine
         assert journal is not None and engine is not None
+        books = self.version_control.books if self.version_control else None
+        if books is not None:  # the version books are a record, not the write-ahead
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, books.flush)
         if not journal.pending:
             return
         try:
@@ -282,8 +440,9 @@ class Daemon:
     async def _reconcile(self, at_start: bool = False) -> None:
         """Compare the venue with the journal; a difference that cannot be explained halts."""
         engine = self.engine
-        assert engine is not None and isinstance(engine.executor, BrokerExecutor)
-        executor = engine.executor
+        assert engine is not None
+        executor = self.real_executor or engine.executor  # a demotion keeps reconciling
+        assert isinstance(executor, BrokerExecutor)
         if not at_start and executor.open_orders():
             return  # fills in flight would look like a difference; try again next time
         report = await executor.reconcile(lambda: dict(engine.portfolio.net),
@@ -302,8 +461,10 @@ class Daemon:
         if report.mismatches:
             sides = "; ".join(f"{sym}: journal {mine:g}, venue {theirs:g}"
                               for sym, (mine, theirs) in report.mismatches.items())
-            logger.error("reconcile: positions differ from {} ({}); halting",
-                         executor.venue.name, sides)
+            logger.bind(alert="reconcile").error("reconcile: positions differ from {} ({}); "
+                                                 "halting", executor.venue.name, sides)
+            if self.guard is not None:
+                self.guard.mismatch = sides
             if engine.gate.state != "halted":
                 engine.halt(f"reconciliation: positions differ ({sides})")
         elif at_start or report.fills_applied or report.unknown or report.adopted:
@@ -333,6 +494,8 @@ class Daemon:
     async def _snapshot(self) -> None:
         assert self.engine is not None
         self.engine.snapshot()
+        if self.version_control is not None and self.version_control.books is not None:
+            self.version_control.books.snapshot()
 
     async def _watchdog(self) -> None:
         self.notifier.watchdog()
@@ -353,6 +516,92 @@ class Daemon:
                 f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
                 f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
                 f"{pf.open_symbols()}")
+
+    # -- operator control (the HTTP API calls these on the loop, between bars) -----------
+    def apply_control(self, action: str, body: Any) -> dict[str, Any]:
+        """Do one operator action; return what came of it, or raise ControlRefused.
+        Trading-state changes persist: the journal's trading state and a fresh snapshot
+        both carry them, so a restart comes back the way the operator left it."""
+        engine = self.engine
+        if engine is None or self.should_exit:
+            raise ControlRefused("the daemon is starting or stopping; try again later", 503)
+        if body.bot is not None and body.bot != self.settings.bot:
+            raise ControlRefused(f"this daemon runs bot {self.settings.bot!r}, "
+                                 f"not {body.bot!r}")
+        if action in ("promote", "rollback"):
+            return self.change_strategy_version(action, body.strategy,
+                                                getattr(body, "version", None),
+                                                getattr(body, "force", False))
+        gate = engine.gate
+        was = gate.state
+        out: dict[str, Any] = {}
+        if action == "halt":
+            engine.halt(body.reason)
+            if body.flatten:
+                out["flatten_orders"] = engine.flatten(body.reason)
+        elif action == "resume":
+            if self.guard is not None and self.guard.lift():
+                out["demotion_lifted"] = True
+            gate.resume()
+            engine.journal.set("trading_state", {"state": ACTIVE, "reason": ""})
+            logger.warning("trading resumed by the operator (was {})", was)
+        elif action == "reduce":
+            gate.reduce(body.reason)
+            engine.journal.set("trading_state", {"state": REDUCING, "reason": body.reason})
+            logger.warning("trading reduce-only: {}", body.reason)
+        elif action == "flatten":
+            out["orders"] = engine.flatten(body.reason)
+            logger.warning("flatten by the operator: {} orders sent", out["orders"])
+        else:
+            raise ControlRefused(f"unknown action {action!r}", 404)
+        engine.snapshot()
+        return {"was": was, "state": gate.state, "reason": gate.halt_reason, **out}
+
+    def change_strategy_version(self, action: str, strategy: str, version: str | None,
+                                force: bool = False) -> Any:
+        """Promote a strategy version (a coroutine: the statistics run off the loop) or
+        roll back to the previous active one (at once, between two bars)."""
+        vc = self.version_control
+        known = [spec.key for spec in self.settings.strategies]
+        if vc is None or strategy not in known:
+            raise ControlRefused(f"no strategy {strategy!r}; running: {', '.join(known)}",
+                                 404)
+        if len(vc.registry.versions(strategy)) < 2:
+            raise ControlRefused(f"strategy {strategy!r} has one version: there is nothing "
+                                 f"to {action}")
+        try:
+            if action == "rollback":
+                return self._version_changed(vc.rollback(strategy))
+        except VersionError as exc:
+            raise ControlRefused(str(exc)) from None
+        return self._promote(vc, strategy, version or "", force)
+
+    async def _promote(self, vc: VersionControl, strategy: str, version: str,
+                       force: bool) -> dict[str, Any]:
+        async def flush() -> None:
+            if vc.books is not None:
+                await asyncio.get_running_loop().run_in_executor(self._db_thread,
+                                                                 vc.books.flush)
+        try:
+            return self._version_changed(await vc.promote(strategy, version, force, flush))
+        except NotApproved as exc:
+            raise ControlRefused(str(exc)) from None
+        except VersionError as exc:
+            raise ControlRefused(str(exc)) from None
+
+    def _version_changed(self, result: dict[str, Any]) -> dict[str, Any]:
+        assert self.engine is not None
+        self.engine.snapshot()
+        return result
+
+    async def make_durable(self) -> bool:
+        """Commit what is journaled so far; False when the journal cannot be written."""
+        try:
+            await self._commit()
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the writer has stopped
+            logger.error("journal write failed ({}); rows kept in memory", exc)
+            return False
+        return True
 
     def run(self) -> int:
         try:

@@ -6,7 +6,10 @@ only queued (the daemon group-commits them off the loop).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import Any
 
 from loguru import logger
@@ -31,7 +34,16 @@ from quantshift.strategies.base import StrategyBase
 
 StrategyMaker = Callable[[str], StrategyBase]
 _EPS = 1e-9
+# Upper bounds (ns) of the decision latency histogram's buckets, 10 µs to 1 s; the
+# last counter of Engine.latency_counts holds what is slower.
+LATENCY_BOUNDS_NS: tuple[int, ...] = (
+    10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 500_000_000, 1_000_000_000)
 
+
+# Log lines that are also alerts (ops/notify.py copies them to Telegram).
+_ALERT_FILL = logger.bind(alert="fill")
+_ALERT_HALT = logger.bind(alert="halt")
 
 class Engine:
     def __init__(self, *, strategies: list[StrategyMaker], gate: RiskGate,
@@ -43,6 +55,8 @@ class Engine:
         self.journal = journal
         self._executor: Executor | None = None
         self._executor_wants_bars = False
+        # Set when the executor's venue holds exits itself (brackets): the entry's tick.
+        self._bracket_tick: Callable[[OrderIntent, float], float | None] | None = None
         self.log_decisions = log_decisions
         self.exits = exits
         self.trades: list[Trade] | None = [] if keep_trades else None
@@ -59,6 +73,19 @@ class Engine:
         # Signed quantity sent but not yet filled, per (strategy, symbol), for the gate.
         self._pending: dict[tuple[str, str], float] = {}
         self._fill_seq = 0
+        # Read by /metrics at scrape time: plain counters, the cheapest a bar can keep
+        # (a defaultdict's += costs half a Counter's).
+        self.signal_counts: defaultdict[tuple[str, str], int] = defaultdict(int)  # by version
+        self.veto_counts: defaultdict[str, int] = defaultdict(int)  # text up to its first ':'
+        self.final_counts: defaultdict[str, int] = defaultdict(int)  # orders by final state
+        # With /metrics on (Metrics sets it), each bar's on_bar time goes into a fixed-bucket
+        # histogram: two clock reads a bar, which backtests and version books need not pay.
+        self.timed = False
+        self.latency_counts = [0] * (len(LATENCY_BOUNDS_NS) + 1)
+        self.latency_sum_ns = 0
+        # The strategies' version books (shadow/books.py): every version sees every bar,
+        # after the real book has decided on it.
+        self.books: Any = None
 
     @property
     def executor(self) -> Executor | None:
@@ -68,9 +95,12 @@ class Engine:
     def executor(self, executor: Executor) -> None:
         self._executor = executor
         self._executor_wants_bars = executor.wants_bars
+        self._bracket_tick = getattr(executor, "bracket_tick", None) \
+            if getattr(executor, "supports_brackets", False) else None
 
     # -- the hot path ------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
+        t0 = perf_counter_ns() if self.timed else 0
         self.bars += 1
         symbol = bar.symbol
         gate = self.gate
@@ -96,12 +126,20 @@ class Engine:
         for strategy in strategies:
             signal = strategy.on_bar(bar)
             if signal is not None:
+                signal.version = strategy.version
                 if live:
                     self.decide(signal, bar.close)
                 else:
                     self.counts["warmup_signals"] += 1
         if live:
             self.last_ts[symbol] = bar.ts
+        if t0:
+            took = perf_counter_ns() - t0
+            self.latency_sum_ns += took
+            # Most bars take under 10 µs: the first bucket without a search.
+            self.latency_counts[0 if took <= 10_000 else bisect_left(LATENCY_BOUNDS_NS, took)] += 1
+        if self.books is not None:
+            self.books.on_bar(bar)
 
     def warm_up(self, bar: Bar) -> None:
         """Feed a history bar to the strategies (and the gate's market state, ATR, regime)
@@ -113,6 +151,8 @@ class Engine:
         for strategy in strategies:
             if strategy.on_bar(bar) is not None:
                 self.counts["warmup_signals"] += 1
+        if self.books is not None:
+            self.books.warm_up(bar)
 
     def _spawn(self, symbol: str) -> list[StrategyBase]:
         """The strategies' instances for a symbol's first bar."""
@@ -133,11 +173,13 @@ class Engine:
         """Put one signal through the gate and hand what it approves to the executor."""
         counts = self.counts
         counts["signals"] += 1
+        self.signal_counts[(signal.strategy, signal.version)] += 1
         decision = self.gate.evaluate(signal, price, self.portfolio, self._pending)
         journal = self.journal
         veto = decision.veto
         if veto is not None:
             counts["vetoed"] += 1
+            self.veto_counts[veto.partition(":")[0]] += 1
             journal.veto(signal.ts, signal.strategy, signal.symbol, int(signal.target), veto)
             if self.log_decisions:
                 logger.info("veto {} {} {}: {}", signal.strategy, signal.symbol,
@@ -157,15 +199,19 @@ class Engine:
             outcome = "vetoed" if veto else "duplicate" if decision.intents else "unchanged"
             journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
                              outcome, veto or signal.reason, signal.confidence,
-                             signal.indicators, None)
+                             signal.indicators, None, signal.version)
             return sent
         counts["approved"] += 1
         journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
                          "exit_only" if veto else "approved", veto or signal.reason,
                          signal.confidence, {**signal.indicators, "regime": self.gate.regime},
-                         ",".join(i.client_order_id for i in sent))
+                         ",".join(i.client_order_id for i in sent), signal.version)
         for intent in sent:
             counts["orders"] += 1
+            if self._bracket_tick is not None and not intent.reduce_only and self.exits \
+                    and self.exits.attach(intent, self._bracket_tick) and self.log_decisions:
+                logger.info("{} carries its exits to the venue: take-profit {}, stop-loss {}",
+                            intent.client_order_id, intent.take_profit, intent.stop_loss)
             journal.intent(intent)
             if self.log_decisions:
                 logger.info("signal {} {} {} ({}) -> {} {:g} @ {:g}{} coid={}", signal.strategy,
@@ -178,6 +224,8 @@ class Engine:
         return sent
 
     def _add_pending(self, intent: OrderIntent, qty: float) -> None:
+        if intent.parent:
+            return  # a bracket's leg waits on a price: nothing the gate counts as sent
         key = (intent.strategy, intent.symbol)
         left = self._pending.get(key, 0.0) + qty
         if abs(left) < _EPS:
@@ -192,13 +240,32 @@ class Engine:
         if order is not None:
             order.state = state
             if state.final:
+                self.final_counts[state] += 1
                 del self._orders[coid]
                 unfilled = intent.qty - order.filled_qty
                 if unfilled > _EPS:  # cancelled, rejected, expired or never sent
                     self._add_pending(intent, -unfilled if intent.side is Side.BUY else unfilled)
         self.journal.order_state(coid, state, detail)
+        if intent.parent and state.final and self.exits is not None:
+            self.exits.leg_closed(coid)  # the daemon watches that level again, if held
         if self.log_decisions and state is not OrderState.FILLED:
             logger.info("order {} {}{}", coid, state.value, f": {detail}" if detail else "")
+
+    def on_leg(self, parent: OrderIntent, leg: OrderIntent) -> bool:
+        """A leg the venue made for a bracket entry: journaled as an intent of the entry's
+        strategy (its fills book there, a restart tracks it). False if already known."""
+        coid = leg.client_order_id
+        if coid in self._known_ids:
+            return False
+        self._known_ids.add(coid)
+        self._orders[coid] = Order(leg)
+        self.journal.intent(leg)
+        if self.exits is not None:
+            self.exits.leg_opened(leg)
+        if self.log_decisions:
+            logger.info("leg {} of {}: {} {:g} {} at {:g} coid={}", leg.leg, parent.client_order_id,
+                        leg.side.value, leg.qty, leg.symbol, leg.ref_price, coid)
+        return True
 
     def on_fill(self, intent: OrderIntent, qty: float, price: float, commission: float,
                 ts: int) -> None:
@@ -227,9 +294,9 @@ class Engine:
             order.filled_qty = total
             done = total >= intent.qty - _EPS
         if self.log_decisions:
-            logger.info("fill {} {:g} {} @ {:.4f} commission {:.2f} coid={} equity {:.2f}",
-                        intent.side.value, qty, intent.symbol, price, commission,
-                        intent.client_order_id, self.portfolio.equity)
+            _ALERT_FILL.info("fill {} {:g} {} @ {:.4f} commission {:.2f} coid={} equity {:.2f}",
+                             intent.side.value, qty, intent.symbol, price, commission,
+                             intent.client_order_id, self.portfolio.equity)
         self.on_order_state(intent, OrderState.FILLED if done else OrderState.PARTIALLY_FILLED)
 
     # -- halts, shutdown, persistence --------------------------------------------------
@@ -238,7 +305,7 @@ class Engine:
         self.gate.halt(reason)
         self.journal.set("trading_state", {"state": HALTED, "reason": reason})
         cancelled = self.executor.cancel_all(f"halted: {reason}") if self.executor else 0
-        logger.warning("trading halted: {} ({} open orders cancelled)", reason, cancelled)
+        _ALERT_HALT.warning("trading halted: {} ({} open orders cancelled)", reason, cancelled)
 
     def kill_switch(self, reason: str, flatten: bool = False) -> int:
         """Halt, and optionally send every position to flat: longs sold, shorts bought
@@ -246,12 +313,33 @@ class Engine:
         self.halt(f"kill switch: {reason}")
         return self.flatten(f"kill switch: {reason}") if flatten else 0
 
+    def replace_strategy(self, strategy: str, make: StrategyMaker) -> int:
+        """Swap every instance of one strategy for a new one (a promotion or a rollback),
+        between two bars. Each new instance is told the position the books hold, so it
+        neither enters again nor forgets to exit; later symbols get ``make``'s instances
+        through the makers, which route the same way."""
+        swapped = 0
+        for symbol, instances in self._by_symbol.items():
+            for i, inst in enumerate(instances):
+                if inst.id != strategy:
+                    continue
+                new = make(symbol)
+                new.position = self.portfolio.position_qty(strategy, symbol)
+                instances[i] = new  # _live shares these lists
+                self._instances[(strategy, symbol)] = new
+                swapped += 1
+        return swapped
+
     def known_ids(self) -> set[str]:
         """Every client order id the journal has."""
         return self._known_ids
 
     def open_orders(self) -> list[OrderIntent]:
         return self.executor.open_orders() if self.executor is not None else []
+
+    def in_flight(self) -> int:
+        """Intents journaled that no venue has acknowledged yet: sent or not, unknown."""
+        return sum(1 for order in self._orders.values() if order.state is OrderState.NEW)
 
     def flatten(self, reason: str) -> int:
         """Send the orders that take every position to flat (exits pass any entry limit)."""
@@ -273,9 +361,11 @@ class Engine:
         return {"portfolio": self.portfolio.snapshot(), "risk": self.gate.counters(),
                 "last_ts": dict(self.last_ts), "counts": {"bars": self.bars, **self.counts},
                 "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason,
-                "exits": self.exits.state() if self.exits is not None else {}}
+                "exits": self.exits.state() if self.exits is not None else {},
+                "latency_counts": list(self.latency_counts)}
 
     def snapshot(self) -> None:
+        self.journal.equity_point(self.portfolio.equity, self.portfolio.drawdown)
         self.journal.snapshot(self.state())
 
     def restore(self) -> dict[str, Any]:
@@ -312,6 +402,8 @@ class Engine:
             for intent, filled, avg in group:
                 self._orders[intent.client_order_id] = Order(
                     intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled, avg)
+                if intent.parent and self.exits is not None:
+                    self.exits.leg_opened(intent)  # still at the venue, guarding its position
                 left = intent.qty - filled
                 self._add_pending(intent, left if intent.side is Side.BUY else -left)
             self.executor.restore_open(group, sent)

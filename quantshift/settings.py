@@ -17,8 +17,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -36,8 +34,15 @@ from pydantic_settings import (
 from quantshift.domain import PHASE_EXECUTOR, ExecutorKind, Phase
 from quantshift.errors import ConfigError
 from quantshift.risk.sizing import Sizing
+from quantshift.shadow.versions import StrategyVersions
 
 ENV_PREFIX = "QUANTSHIFT_"
+# Read when Settings are made, not when the class is, so a test suite can keep its daemons
+# off a port that a real daemon on the same machine may hold.
+DEFAULT_HTTP_PORT = 8720
+_QUIET_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+ALERT_KINDS = ("start", "stop", "fill", "halt", "breaker", "reconcile", "demotion",
+               "promotion", "rollback", "error")
 
 
 _PHASE_ALIASES = {"0": Phase.OBSERVATION, "1": Phase.DRY_RUN, "2": Phase.MICRO_CAPITAL,
@@ -51,19 +56,9 @@ def _choices(enum: type[StrEnum]) -> str:
     return "|".join(m.value for m in enum)
 
 
-class StrategySpec(BaseModel):
-    """One strategy to run: a registered name, an id (defaults to the name), parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    id: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    # stop_loss / take_profit / trail / trail_activate ("2atr" or "1.5%"), atr_period
-    exits: dict[str, Any] | None = None
-
-    @property
-    def key(self) -> str:
-        return self.id or self.name
+# One strategy to run: a registered name, an id (defaults to the name), parameters, exits,
+# and optionally versions (active, canary, shadow, retired) with the canary's share.
+StrategySpec = StrategyVersions
 
 
 def _env(name: str, *more: str) -> Any:
@@ -95,8 +90,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "risk" and isinstance(value, dict):  # [risk] max_trades_per_day = 10
-            flat.update({f"risk_{k}": v for k, v in value.items()})
+        if key in ("risk", "trigger") and isinstance(value, dict):  # [risk] max_... = 10
+            flat.update({f"{key}_{k}": v for k, v in value.items()})
         else:
             flat[key] = value
     return flat
@@ -176,6 +171,13 @@ class Settings(BaseSettings):
     flush_interval: float = Field(0.1, gt=0, le=5)
     status_interval: float = Field(60.0, gt=0)
 
+    # The operator's HTTP surface: loopback by default; port 0 turns it off. Control
+    # endpoints need the token; without one they are off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default_factory=lambda: DEFAULT_HTTP_PORT, ge=0, le=65_535)
+    api_token: SecretStr | None = None
+    quiet_window: str | None = None  # "HH:MM-HH:MM" UTC: restarts are harmless then
+
     # Broker credentials, read now so that they are masked everywhere; used by the brokers.
     apca_api_key_id: SecretStr | None = _env("APCA_API_KEY_ID", "apca_api_key_id")
     apca_api_secret_key: SecretStr | None = _env("APCA_API_SECRET_KEY", "apca_api_secret_key")
@@ -189,6 +191,43 @@ class Settings(BaseSettings):
     alpaca_data_feed: Literal["iex", "sip"] = "iex"
     ccxt_exchange: str | None = _env("CCXT_EXCHANGE", "ccxt_exchange")
     ccxt_api_url: str | None = _env("CCXT_API_URL", "ccxt_api_url")
+    # Bars and order updates by ccxt.pro websocket: auto = where the exchange offers them,
+    # on = required (exit 78 without), off = REST polling only.
+    ccxt_websocket: Literal["auto", "on", "off"] = Field(
+        "auto", validation_alias=AliasChoices("CCXT_WEBSOCKET", "ccxt_websocket"))
+    # Alerts: Telegram's Bot API; the URL is overridable for a local stand-in or a proxy.
+    telegram_bot_token: SecretStr | None = _env("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
+    telegram_chat_id: str | None = _env("TELEGRAM_CHAT_ID", "telegram_chat_id")
+    telegram_api_url: str | None = Field("https://api.telegram.org",
+                                  validation_alias=AliasChoices("TELEGRAM_API_URL",
+                                                                "telegram_api_url"))
+    # Champion/challenger statistics for promotion (quantshift compare / promote).
+    shadow_n_bootstrap: int = Field(10_000, ge=100, le=1_000_000,
+                                    validation_alias=AliasChoices("SHADOW_N_BOOTSTRAP",
+                                                                  "shadow_n_bootstrap"))
+    shadow_mdd_tolerance: float = Field(1.20, gt=0, validation_alias=AliasChoices(
+        "SHADOW_MDD_TOLERANCE", "shadow_mdd_tolerance"))
+    shadow_min_trades: int = Field(500, ge=1, validation_alias=AliasChoices(
+        "SHADOW_MIN_TRADES", "shadow_min_trades"))
+    shadow_alpha: float = Field(0.05, gt=0, lt=1, validation_alias=AliasChoices(
+        "SHADOW_ALPHA", "shadow_alpha"))
+    # Automatic rollback triggers (shadow/triggers.py): None = the phase's default, 0 = off.
+    trigger_daily_loss: float | None = Field(None, ge=0)
+    trigger_broker_error_rate: float | None = Field(None, ge=0, le=1)
+    trigger_position_mismatch: bool | None = None
+    trigger_paper_drawdown: float | None = Field(None, ge=0, le=1)
+    trigger_latency_p99_ms: float | None = Field(None, ge=0)
+    trigger_error_rate: float | None = Field(None, ge=0, le=1)
+    trigger_drawdown: float | None = Field(None, ge=0, le=1)
+    trigger_win_rate_drop: float | None = Field(None, ge=0, le=1)
+    trigger_crashed_component: bool | None = None
+    trigger_min_samples: int | None = Field(None, ge=1)
+    trigger_interval: float = Field(10.0, ge=0)  # seconds between checks; 0 = never
+    trigger_flatten: bool = False  # a demotion also flattens every position
+    canary_check_interval: float = Field(3600.0, gt=0)  # adaptive canaries: how often to ask
+    # Which alert kinds go out: "all", or a comma list of start,stop,fill,halt,breaker,
+    # reconcile,demotion,promotion,rollback,error.
+    alerts: Annotated[list[str], NoDecode] = ["all"]
 
     @classmethod
     def settings_customise_sources(
@@ -245,6 +284,17 @@ class Settings(BaseSettings):
             raise ValueError("a symbol is listed twice")
         return items
 
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _alerts(cls, v: Any) -> Any:
+        items = [s.strip().lower() for s in v.split(",")] if isinstance(v, str) else list(v)
+        items = [s for s in items if s] or ["all"]
+        bad = [s for s in items if s not in ALERT_KINDS and s not in ("all", "none")]
+        if bad:
+            raise ValueError(f"unknown alert kind {bad[0]!r}; expected all, none or a comma "
+                             f"list of {','.join(ALERT_KINDS)}")
+        return items
+
     @field_validator("risk_regime_symbol", mode="before")
     @classmethod
     def _regime_symbol(cls, v: Any) -> Any:
@@ -275,7 +325,7 @@ class Settings(BaseSettings):
         return text
 
     @field_validator("apca_api_base_url", "apca_api_data_url", "apca_api_stream_url",
-                     "ccxt_api_url", mode="before")
+                     "ccxt_api_url", "telegram_api_url", mode="before")
     @classmethod
     def _url(cls, v: Any) -> Any:
         if v in (None, ""):
@@ -285,7 +335,37 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL such as https://host[:port]")
         return text
 
-    @field_validator("feed", "paper_fill", mode="before")
+    @field_validator("http_host", mode="before")
+    @classmethod
+    def _host(cls, v: Any) -> Any:
+        text = str(v).strip()
+        if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", text):
+            raise ValueError("expected an IP address or host name such as 127.0.0.1")
+        return text
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token(cls, v: Any) -> Any:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if text is None or str(text).strip() == "":
+            return None
+        text = str(text).strip()
+        if len(text) < 16 or not text.isprintable() or " " in text:
+            raise ValueError("expected at least 16 printable characters without spaces "
+                             "(e.g. from `openssl rand -hex 24`)")
+        return text
+
+    @field_validator("quiet_window", mode="before")
+    @classmethod
+    def _quiet(cls, v: Any) -> Any:
+        if v is None or str(v).strip() == "":
+            return None
+        text = str(v).strip()
+        if not _QUIET_RE.match(text) or text[:5] == text[6:]:
+            raise ValueError("expected HH:MM-HH:MM (UTC), e.g. 21:00-23:00")
+        return text
+
+    @field_validator("feed", "paper_fill", "ccxt_websocket", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return str(v).strip().lower()
@@ -308,7 +388,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         return [s.get_secret_value() for s in (
             self.apca_api_key_id, self.apca_api_secret_key, self.ccxt_api_key, self.ccxt_secret,
-            self.ccxt_password) if s is not None and s.get_secret_value()]
+            self.ccxt_password, self.telegram_bot_token, self.api_token)
+            if s is not None and s.get_secret_value()]
 
 
 def env_name(field: str) -> str:
@@ -415,9 +496,10 @@ def _check_strategies(settings: Settings) -> None:
         raise ConfigError(env_name("strategies"), "two strategies share an id; give each an id")
     for i, spec in enumerate(settings.strategies):
         try:
-            validate_spec(spec.name, spec.params)
-            if spec.exits is not None:
-                ExitRule(**spec.exits)
+            for version in spec.effective_versions():
+                validate_spec(version.name or spec.name, version.params)
+                if version.exits is not None:
+                    ExitRule(**version.exits)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             message = str(exc).splitlines()
             raise ConfigError(f"{env_name('strategies')}[{i}] ({spec.key})",
@@ -450,6 +532,13 @@ def check_startup(settings: Settings) -> None:
     if uses_ccxt and not settings.ccxt_exchange:
         raise ConfigError(env_name("ccxt_exchange"), "the ccxt exchange id is needed "
                                                      "(e.g. binance)")
+    token, chat = settings.telegram_bot_token, settings.telegram_chat_id
+    if (token is not None and token.get_secret_value()) and not chat:
+        raise ConfigError(env_name("telegram_chat_id"), "TELEGRAM_BOT_TOKEN is set, so alerts "
+                                                        "need the chat to send them to")
+    if chat and (token is None or not token.get_secret_value()):
+        raise ConfigError(env_name("telegram_bot_token"), "TELEGRAM_CHAT_ID is set, so alerts "
+                                                          "need the bot's token")
     if settings.feed == "replay" and settings.replay_file is None:
         raise ConfigError(env_name("replay_file"), "QUANTSHIFT_FEED=replay needs a CSV file")
     if settings.feed == "replay" and not settings.replay_file.is_file():  # type: ignore[union-attr]

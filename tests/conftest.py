@@ -39,6 +39,8 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         QUANTSHIFT_LOG_DIR=str(tmp_path / "logs"),
         QUANTSHIFT_CONFIG_DIR=str(tmp_path / "config"),
         QUANTSHIFT_ENV_FILE=str(tmp_path / "absent.env"),
+        # HTTP only where a test asks for it: the default port may be a real daemon's.
+        QUANTSHIFT_HTTP_PORT="0",
     )
     env.update(extra)
     return env
@@ -70,9 +72,14 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         # Only this run's lines count: a restarted daemon appends to the same file.
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = subprocess.Popen(
-            [quantshift_bin(), "run", "--bot", self.bot], env=self.env, cwd=self.tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Files, not pipes: a chatty daemon must never block on a pipe nobody drains.
+        n = len(list(self.tmp_path.glob("daemon-*.err")))
+        self._out = self.tmp_path / f"daemon-{n}.out"
+        self._err = self.tmp_path / f"daemon-{n}.err"
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [quantshift_bin(), "run", "--bot", self.bot], env=self.env, cwd=self.tmp_path,
+                stdout=out, stderr=err, text=True)
         return self
 
     def log(self) -> str:
@@ -109,13 +116,24 @@ class DaemonProcess:
         return code, time.monotonic() - started
 
     def communicate(self, timeout: float = 15.0) -> tuple[str, str]:
+        """Wait for the exit; return what the daemon wrote to stdout and stderr."""
         assert self.proc is not None
-        return self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout)
+        return self._out.read_text(), self._err.read_text()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def _no_default_http_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process daemons serve HTTP only on a port a test chose: the default one may
+    belong to a real daemon on this machine, or to another test run."""
+    import quantshift.settings
+
+    monkeypatch.setattr(quantshift.settings, "DEFAULT_HTTP_PORT", 0)
 
 
 def read_db(path: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

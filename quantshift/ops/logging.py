@@ -8,10 +8,11 @@ Every message passes a redactor that masks the values of configured secrets.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,21 +94,22 @@ def setup_logging(*, bot: str, log_dir: Path | None, level: str = "INFO", json: 
     for fh in _files:
         fh.close()
     _files.clear()
-    hidden = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    hide = redactor(secrets)
 
     def redact(record: Any) -> None:
         record["extra"].setdefault("bot", bot)
-        if hidden:
-            msg = record["message"]
-            for secret in hidden:
-                if secret in msg:
-                    msg = msg.replace(secret, _REDACTED)
-            record["message"] = msg
+        record["message"] = hide(record["message"])
 
     logger.configure(patcher=redact, extra={"bot": bot})
+
+    def not_shadow_only(record: Any) -> bool:
+        # The version books' "would" lines (many per bar with several versions) belong in
+        # the shadow log only; LogOnly's "would execute" lines go to both.
+        return not record["extra"].get("shadow_only")
+
     if console:
         logger.add(sys.stderr, level=console_level or level, format=TEXT_FORMAT,
-                   backtrace=False, diagnose=False)
+                   backtrace=False, diagnose=False, filter=not_shadow_only)
     if log_dir is None:
         return None
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -117,14 +119,69 @@ def setup_logging(*, bot: str, log_dir: Path | None, level: str = "INFO", json: 
     shadow = CopyTruncateFile(log_dir / f"quantshift-{bot}-shadow.log", max_bytes, keep)
     _files.extend([main, shadow])
     if json:
-        logger.add(_JsonSink(main), level=level, format="{message}", diagnose=False)
+        logger.add(_JsonSink(main), level=level, format="{message}", diagnose=False,
+                   filter=not_shadow_only)
         logger.add(_JsonSink(shadow), level="INFO", format="{message}", diagnose=False,
                    filter=lambda r: bool(r["extra"].get("shadow")))
     else:
-        logger.add(main.write, level=level, format=TEXT_FORMAT, diagnose=False)
+        logger.add(main.write, level=level, format=TEXT_FORMAT, diagnose=False,
+                   filter=not_shadow_only)
         logger.add(shadow.write, level="INFO", format=TEXT_FORMAT, diagnose=False,
                    filter=lambda r: bool(r["extra"].get("shadow")))
     return main_path
+
+
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """A function that masks every configured secret in a text (the log file's rule)."""
+    hidden = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def hide(text: str) -> str:
+        for secret in hidden:
+            if secret in text:
+                text = text.replace(secret, _REDACTED)
+        return text
+
+    return hide
+
+
+class LastError:
+    """The last ERROR (or worse) log record, for /status: its message, time and component
+    (the module below ``quantshift``, as in the metrics). A loguru sink; ``attach`` adds it
+    and ``detach`` removes it."""
+
+    MAX_CHARS = 500
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Redacted here too: a daemon run without setup_logging has no redacting patcher.
+        self._hide = redactor(secrets)
+        self.last: dict[str, str] | None = None
+        self._sink_id: int | None = None
+
+    def write(self, message: Any) -> None:
+        record = message.record
+        text = record["message"]
+        exc = record["exception"]
+        if exc is not None and exc.type is not None:
+            text = f"{text} ({exc.type.__name__}: {exc.value})"
+        module = record["name"] or "quantshift"
+        self.last = {
+            "message": self._hide(text)[: self.MAX_CHARS],
+            "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
+            "component": module.removeprefix("quantshift.") if module != "quantshift"
+            else module,
+            "level": record["level"].name,
+        }
+
+    def attach(self) -> None:
+        if self._sink_id is None:
+            self._sink_id = logger.add(self.write, level="ERROR", format="{message}",
+                                       catch=True)
+
+    def detach(self) -> None:
+        if self._sink_id is not None:
+            with contextlib.suppress(ValueError):  # setup_logging removed every sink since
+                logger.remove(self._sink_id)
+            self._sink_id = None
 
 
 def utc_now() -> str:

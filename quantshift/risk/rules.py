@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from itertools import compress
 from math import floor
 
+from loguru import logger
+
 from quantshift.domain import NS_PER_SECOND, Direction, Instrument, Signal
 from quantshift.portfolio import Portfolio
 from quantshift.risk.market import SymbolState
@@ -22,6 +24,8 @@ from quantshift.risk.sizing import FRACTION_STEP, KellyStats, Sizing
 HOUR_NS = 3600 * NS_PER_SECOND
 EPS = 1e-9
 REDUCING = "reducing"
+# A tripped breaker is also an alert (ops/notify.py copies it to Telegram).
+_ALERT_BREAKER = logger.bind(alert="breaker")
 
 
 def regime_scale(limits: RiskLimits, regime: str) -> float:
@@ -94,9 +98,12 @@ class EntryRules:
             base = self.day_equity
             day_pnl = pf.equity - base if base is not None else pf.day_pnl
             if self.loss_halt_day == day or day_pnl <= -lim.max_daily_loss:
+                reason = (f"daily loss limit: day P&L {day_pnl:.2f} <= "
+                          f"-{lim.max_daily_loss:g}; entries halted for the day")
+                if self.loss_halt_day != day:
+                    _ALERT_BREAKER.warning("breaker: {}", reason)
                 self.loss_halt_day = day
-                return (f"daily loss limit: day P&L {day_pnl:.2f} <= "
-                        f"-{lim.max_daily_loss:g}; entries halted for the day")
+                return reason
         if lim.max_drawdown:
             dd = self._drawdown(pf)
             if dd >= lim.max_drawdown:
@@ -104,6 +111,7 @@ class EntryRules:
                           f"{self.hwm:.2f} (limit {lim.max_drawdown:g}); entries halted "
                           "until resumed")
                 self.reduce(reason)
+                _ALERT_BREAKER.warning("breaker: {}; only exposure-reducing orders pass", reason)
                 return reason
         if lim.max_trades_per_day and self.trades_today >= lim.max_trades_per_day:
             return f"max trades per day: {self.trades_today} >= {lim.max_trades_per_day}"

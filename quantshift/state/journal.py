@@ -28,14 +28,15 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, update
 CREATE TABLE IF NOT EXISTS decisions (
   id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL, symbol TEXT NOT NULL,
   target INTEGER NOT NULL, outcome TEXT NOT NULL, reason TEXT, confidence REAL,
-  indicators TEXT, client_order_id TEXT);
+  indicators TEXT, client_order_id TEXT, version TEXT);
 CREATE TABLE IF NOT EXISTS vetoes (
   id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL, symbol TEXT NOT NULL,
   target INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS intents (
   client_order_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, strategy TEXT NOT NULL,
   symbol TEXT NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL, ref_price REAL NOT NULL,
-  reduce_only INTEGER NOT NULL, reason TEXT, created_ns INTEGER NOT NULL);
+  reduce_only INTEGER NOT NULL, reason TEXT, created_ns INTEGER NOT NULL,
+  take_profit REAL, stop_loss REAL, parent TEXT, leg TEXT);
 CREATE TABLE IF NOT EXISTS order_events (
   id INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, state TEXT NOT NULL, detail TEXT,
   ts_ns INTEGER NOT NULL);
@@ -47,9 +48,14 @@ CREATE TABLE IF NOT EXISTS fills (
 CREATE TABLE IF NOT EXISTS trades (
   id INTEGER PRIMARY KEY, strategy TEXT NOT NULL, symbol TEXT NOT NULL, direction INTEGER,
   qty REAL, entry_ts INTEGER, entry_price REAL, exit_ts INTEGER, exit_price REAL, pnl REAL);
+CREATE TABLE IF NOT EXISTS equity (
+  id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL, equity REAL NOT NULL, drawdown REAL);
 CREATE TABLE IF NOT EXISTS snapshots (
   id INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, fill_seq INTEGER NOT NULL,
   state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS control (
+  id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL, action TEXT NOT NULL, params TEXT,
+  actor TEXT, result TEXT);
 CREATE VIEW IF NOT EXISTS orders AS
   SELECT i.*, e.state, e.detail, e.ts_ns AS updated_ns FROM intents i
   JOIN order_events e ON e.id = (SELECT max(id) FROM order_events
@@ -58,18 +64,34 @@ CREATE VIEW IF NOT EXISTS orders AS
 
 _INSERT = {
     "decision": "INSERT INTO decisions (ts, strategy, symbol, target, outcome, reason, "
-                "confidence, indicators, client_order_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                "confidence, indicators, client_order_id, version) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
     "veto": "INSERT INTO vetoes (ts, strategy, symbol, target, reason) VALUES (?,?,?,?,?)",
-    "intent": "INSERT OR IGNORE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "intent": "INSERT OR IGNORE INTO intents (client_order_id, ts, strategy, symbol, side, "
+              "qty, ref_price, reduce_only, reason, created_ns, take_profit, stop_loss, "
+              "parent, leg) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "order": "INSERT INTO order_events (client_order_id, state, detail, ts_ns) VALUES (?,?,?,?)",
     "fill": "INSERT OR IGNORE INTO fills VALUES (?,?,?,?,?,?,?,?,?)",
     "trade": "INSERT INTO trades (strategy, symbol, direction, qty, entry_ts, entry_price, "
              "exit_ts, exit_price, pnl) VALUES (?,?,?,?,?,?,?,?,?)",
+    "equity": "INSERT INTO equity (ts_ns, equity, drawdown) VALUES (?,?,?)",
     "snapshot": "INSERT INTO snapshots (created_ns, fill_seq, state) VALUES (?,?,?)",
+    "control": "INSERT INTO control (ts_ns, action, params, actor, result) VALUES (?,?,?,?,?)",
     "kv": "INSERT INTO kv (key, value, updated_ns) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE "
           "SET value = excluded.value, updated_ns = excluded.updated_ns",
 }
 _KEEP_SNAPSHOTS = 50
+# Columns added to intents after the first release: (name, type), added where missing.
+_INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "TEXT"),
+                   ("leg", "TEXT"))
+_INTENT_FIELDS = ("client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
+                  "reason, take_profit, stop_loss, parent, leg")
+
+
+def _intent(r: tuple[Any, ...]) -> OrderIntent:
+    """An intent from the first 13 columns of a row read with ``_INTENT_FIELDS``."""
+    return OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8],
+                       r[9], r[10], r[11] or "", r[12] or "")
 
 
 class JournalOwnerError(Exception):
@@ -85,6 +107,12 @@ class Journal:
         # FULL: a committed batch survives a power cut, not only a crash of the daemon.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(intents)")}
+        for name, kind in _INTENT_COLUMNS:  # a ledger written before these columns existed
+            if name not in have:
+                self._db.execute(f"ALTER TABLE intents ADD COLUMN {name} {kind}")
+        if "version" not in {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}:
+            self._db.execute("ALTER TABLE decisions ADD COLUMN version TEXT")
         try:
             self._check_owner(bot, executor)
         except JournalOwnerError:
@@ -110,10 +138,11 @@ class Journal:
     # -- queued writes (the hot path: an append each) ------------------------------------
     def decision(self, ts: int, strategy: str, symbol: str, target: int, outcome: str,
                  reason: str, confidence: float, indicators: dict[str, float] | None,
-                 client_order_id: str | None) -> None:
+                 client_order_id: str | None, version: str | None = None) -> None:
         self._queue.append(("decision", (
             ts, strategy, symbol, target, outcome, reason, confidence,
-            orjson.dumps(indicators).decode() if indicators else None, client_order_id)))
+            orjson.dumps(indicators).decode() if indicators else None, client_order_id,
+            version or None)))
 
     def veto(self, ts: int, strategy: str, symbol: str, target: int, reason: str) -> None:
         self._queue.append(("veto", (ts, strategy, symbol, target, reason)))
@@ -121,7 +150,8 @@ class Journal:
     def intent(self, i: OrderIntent) -> None:
         self._queue.append(("intent", (
             i.client_order_id, i.ts, i.strategy, i.symbol, i.side.value, i.qty, i.ref_price,
-            int(i.reduce_only), i.reason, time.time_ns())))
+            int(i.reduce_only), i.reason, time.time_ns(), i.take_profit, i.stop_loss,
+            i.parent or None, i.leg or None)))
 
     def order_state(self, client_order_id: str, state: OrderState, detail: str = "") -> None:
         self._queue.append(("order", (client_order_id, state.value, detail, time.time_ns())))
@@ -136,6 +166,15 @@ class Journal:
     def snapshot(self, state: dict[str, Any]) -> None:
         self._queue.append(("snapshot", (time.time_ns(), state["portfolio"]["fill_seq"],
                                          orjson.dumps(state).decode())))
+
+    def control(self, action: str, params: dict[str, Any], actor: str, result: str) -> None:
+        """An operator's control action (halt, resume, ...) and what came of it."""
+        self._queue.append(("control", (time.time_ns(), action, orjson.dumps(params).decode(),
+                                        actor, result)))
+
+    def equity_point(self, equity: float, drawdown: float) -> None:
+        """One point of the equity curve (kept whole, unlike the snapshots)."""
+        self._queue.append(("equity", (time.time_ns(), equity, drawdown)))
 
     def set(self, key: str, value: Any) -> None:
         self._queue.append(("kv", (key, orjson.dumps(value).decode(), time.time_ns())))
@@ -201,6 +240,16 @@ class Journal:
         return {s: int(t) for s, t in self._db.execute(
             "SELECT symbol, max(ts) FROM decisions GROUP BY symbol")}
 
+    def trade_returns(self) -> list[float]:
+        """Every closed trade's return on its entry notional, oldest first."""
+        return [p / abs(q * e) if q and e else 0.0 for q, e, p in self._db.execute(
+            "SELECT qty, entry_price, pnl FROM trades ORDER BY id")]
+
+    def recent_trade_pnls(self, limit: int) -> list[float]:
+        """The P&L of the last ``limit`` closed trades, newest first."""
+        return [float(r[0]) for r in self._db.execute(
+            "SELECT pnl FROM trades ORDER BY id DESC LIMIT ?", (limit,))]
+
     def max_fill_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM fills").fetchone()[0])
 
@@ -212,26 +261,22 @@ class Journal:
         and its average price."""
         final = tuple(s.value for s in OrderState if s.final)
         rows = self._db.execute(
-            f"SELECT client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
-            f"reason, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE f.client_order_id = "
-            f"o.client_order_id), (SELECT coalesce(sum(qty * price) / sum(qty), 0) FROM fills f "
-            f"WHERE f.client_order_id = o.client_order_id) FROM orders o "
-            f"WHERE state NOT IN ({','.join('?' * len(final))})", final)
-        return [(OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8]),
-                 float(r[9]), float(r[10] or 0)) for r in rows]
+            f"SELECT {_INTENT_FIELDS}, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE "
+            f"f.client_order_id = o.client_order_id), (SELECT coalesce(sum(qty * price) / "
+            f"sum(qty), 0) FROM fills f WHERE f.client_order_id = o.client_order_id) FROM "
+            f"orders o WHERE state NOT IN ({','.join('?' * len(final))})", final)
+        return [(_intent(r), float(r[13]), float(r[14] or 0)) for r in rows]
 
     def unfinished_intents(self) -> list[OrderIntent]:
         """Intents journaled without any order event (the daemon stopped in between)."""
         rows = self._db.execute(
-            "SELECT client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
-            "reason FROM intents i WHERE NOT EXISTS (SELECT 1 FROM order_events e WHERE "
-            "e.client_order_id = i.client_order_id)")
-        return [OrderIntent(r[0], r[2], r[3], Side(r[4]), r[5], r[1], r[6], bool(r[7]), r[8])
-                for r in rows]
+            f"SELECT {_INTENT_FIELDS} FROM intents i WHERE NOT EXISTS (SELECT 1 FROM "
+            f"order_events e WHERE e.client_order_id = i.client_order_id)")
+        return [_intent(r) for r in rows]
 
     def count(self, table: str) -> int:
         if table not in {"decisions", "vetoes", "intents", "order_events", "fills", "trades",
-                         "snapshots"}:
+                         "snapshots", "control", "equity"}:
             raise ValueError(table)
         return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 

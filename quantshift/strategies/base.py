@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from quantshift.domain import Bar, Signal
 
+DEFAULT_VERSION = "v1"  # a strategy configured without versions runs as its v1
+
 
 class Params(BaseModel):
     """Base for a strategy's parameters: typed, validated, unknown names refused."""
@@ -39,6 +41,8 @@ class StrategyBase:
         # This strategy's own holding in its symbol (signed), kept current by the engine
         # on every fill: a strategy in a position does not enter again, and can exit.
         self.position = 0.0
+        # Which of the strategy's versions this instance runs (journaled with each decision).
+        self.version = DEFAULT_VERSION
 
 
 _REGISTRY: dict[str, type[StrategyBase]] = {}
@@ -74,8 +78,15 @@ def validate_spec(name: str, params: dict[str, Any]) -> None:
     parse_params(name, params)
 
 
-def factory(name: str, id: str, params: dict[str, Any]) -> Callable[[str], StrategyBase]:
-    """A maker of per-symbol instances of one configured strategy."""
+def factory(name: str, id: str, params: dict[str, Any],
+            version: str = DEFAULT_VERSION) -> Callable[[str], StrategyBase]:
+    """A maker of per-symbol instances of one configured strategy (one of its versions)."""
     cls = _REGISTRY[name]
     parsed = parse_params(name, params)
-    return lambda symbol: cls(id, symbol, parsed)
+
+    def make(symbol: str) -> StrategyBase:
+        inst = cls(id, symbol, parsed)
+        inst.version = version
+        return inst
+
+    return make

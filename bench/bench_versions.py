@@ -1,0 +1,171 @@
+"""Strategy versions: ten shadows beside the active version, and rollback to first decision.
+
+1. Ten shadow versions beside one active, 100 symbols: the real book's decision latency
+   (the active version's path; the version books run after it on the same bar), p50/p99,
+   against the same run with no shadows. Target: active p99 <= 1 ms. The whole bar
+   (real book plus ten books) is reported too.
+2. Rollback (and promotion) in a running daemon through its HTTP control API: from the
+   request to the first decision journaled by the version made active, and to its first
+   bar. Target: <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _common import percentile, save
+
+from quantshift.app import build_engine, open_journal
+from quantshift.daemon import Daemon
+from quantshift.feeds.sim import SimFeed
+from quantshift.settings import Settings
+from quantshift.shadow.runtime import VersionControl
+
+TARGET_ACTIVE_P99_MS = 1.0
+TARGET_ROLLBACK_S = 1.0
+TOKEN = "bench-token-0123456789abcdef"
+BASE = {"ma": "ema", "fast": 5, "slow": 20, "mode": "long_short"}
+
+
+def strategies(shadows: int) -> list[dict[str, Any]]:
+    versions = [{"version": "v1", "status": "active"}] + [
+        {"version": f"v{i + 2}", "status": "shadow",
+         "params": {"fast": 3 + i % 5, "slow": 12 + 2 * i}} for i in range(shadows)]
+    return [{"name": "ma_cross", "params": BASE, "versions": versions}]
+
+
+def settings_for(root: Path, shadows: int, symbols: int) -> Settings:
+    return Settings(state_dir=root / f"var-{shadows}", sizing="fixed:10",
+                    symbols=[f"S{i:03d}" for i in range(symbols)],
+                    strategies=strategies(shadows), risk_max_trades_per_day=0,
+                    risk_max_daily_loss=0, risk_max_drawdown=0, risk_max_open_positions=0,
+                    risk_max_exposure=0, http_port=0)
+
+
+async def shadow_run(root: Path, shadows: int, seconds: float) -> dict[str, Any]:
+    s = settings_for(root, shadows, 100)
+    journal = open_journal(s)
+    engine = build_engine(s, journal, log_decisions=False)
+    vc = VersionControl(s, engine, journal)
+    books, engine.books = engine.books, None  # timed apart: the real book first, as in on_bar
+    active: list[int] = []
+    whole: list[int] = []
+
+    def on_bar(bar: Any) -> None:
+        t0 = time.perf_counter_ns()
+        engine.on_bar(bar)
+        t1 = time.perf_counter_ns()
+        if books is not None:
+            books.on_bar(bar)
+        active.append(t1 - t0)
+        whole.append(time.perf_counter_ns() - t0)
+
+    feed = SimFeed(s.symbols, 0.05, seed=5)
+    task = asyncio.create_task(feed.run(on_bar))
+    await asyncio.sleep(seconds)
+    feed.stop()
+    await task
+    if vc.books is not None:
+        vc.books.close()
+    journal.close()
+    ms = lambda xs, p: round(percentile([x / 1e6 for x in xs], p), 4)  # noqa: E731
+    return {"shadows": shadows, "bars": len(active), "signals": engine.counts["signals"],
+            "active_p50_ms": ms(active, 50), "active_p99_ms": ms(active, 99),
+            "whole_bar_p50_ms": ms(whole, 50), "whole_bar_p99_ms": ms(whole, 99)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def rollback_run(root: Path, rounds: int) -> dict[str, Any]:
+    s = settings_for(root, 1, 20).model_copy(update={
+        "http_port": free_port(), "api_token": TOKEN, "sim_interval": 0.05,
+        "warmup_bars": 0, "trigger_interval": 0.0,
+        "strategies": [{"name": "ma_cross", "params": {"fast": 2, "slow": 5,
+                                                       "mode": "long_short"},
+                        "versions": [{"version": "v1", "status": "active"},
+                                     {"version": "v2", "status": "shadow",
+                                      "params": {"fast": 3, "slow": 6}}]}]})
+    s = Settings.model_validate(s.model_dump())
+    d = Daemon(s)
+    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
+    await d.startup()
+    engine = d.engine
+    assert engine is not None and d.http is not None
+    seen: dict[str, float] = {}
+    journal_decision = engine.journal.decision
+
+    def decision(*args: Any) -> None:  # the version is the last argument
+        seen.setdefault(str(args[-1]), time.perf_counter())
+        journal_decision(*args)
+
+    engine.journal.decision = decision  # type: ignore[method-assign]
+    to_decision, to_bar, command = [], [], []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(d.http.url, headers=headers) as client:
+        while engine.bars < 200:
+            await asyncio.sleep(0.05)
+        for i in range(rounds):
+            path, body = (("/promote", {"strategy": "ma_cross", "version": "v2", "force": True})
+                          if i % 2 == 0 else ("/rollback", {"strategy": "ma_cross"}))
+            target = "v2" if i % 2 == 0 else "v1"
+            seen.clear()
+            bars = engine.bars
+            t0 = time.perf_counter()
+            async with client.post(path, json=body) as r:
+                assert r.status == 200, await r.text()
+            command.append(time.perf_counter() - t0)
+            while engine.bars == bars:
+                await asyncio.sleep(0.001)
+            to_bar.append(time.perf_counter() - t0)
+            deadline = t0 + 10
+            while target not in seen and time.perf_counter() < deadline:
+                await asyncio.sleep(0.002)
+            to_decision.append(seen.get(target, deadline) - t0)
+    d.handle_exit(signal.SIGTERM)
+    await d.shutdown()
+    stat = lambda xs, p: round(percentile(xs, p), 4)  # noqa: E731
+    return {"rounds": rounds, "command_s": {"p50": stat(command, 50), "p99": stat(command, 99)},
+            "to_first_bar_s": {"p50": stat(to_bar, 50), "p99": stat(to_bar, 99)},
+            "to_first_decision_s": {"p50": stat(to_decision, 50),
+                                    "p99": stat(to_decision, 99)},
+            "meets_target": max(to_decision) <= TARGET_ROLLBACK_S}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    os.environ.setdefault("QUANTSHIFT_CONFIG_DIR", "/nonexistent")
+    from loguru import logger
+
+    logger.remove()  # the figures, not the daemon's log lines
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = asyncio.run(shadow_run(root, 0, args.seconds))
+        ten = asyncio.run(shadow_run(root, 10, args.seconds))
+        rollback = asyncio.run(rollback_run(root, args.rounds))
+    figures = {
+        "no_shadows": base, "ten_shadows": ten,
+        "target_active_p99_ms": TARGET_ACTIVE_P99_MS,
+        "active_p99_meets_target": ten["active_p99_ms"] <= TARGET_ACTIVE_P99_MS,
+        "rollback": rollback, "target_rollback_s": TARGET_ROLLBACK_S,
+    }
+    save("versions", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The control API's requests: what each action accepts, checked strictly.
+
+A body is optional (empty means every default); when present it must be a JSON object
+whose fields have the right types and names, or the request is refused with a message.
+Free text (a reason) goes to the log and the journal, so it is kept to one short line.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+__all__ = ["ACTIONS", "BadRequest", "ControlRefused", "parse_body"]
+
+# One printable line: a reason lands in log lines and the journal as it is.
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
+                                          pattern=r"^[^\x00-\x1f\x7f]*$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class _Body(BaseModel):
+    # strict: "true" is not a boolean, 1 is not a string; forbid: a typo is not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    bot: Name | None = None  # when given, the daemon must be this bot (a wrong port is caught)
+
+
+class HaltBody(_Body):
+    reason: Reason = "halted by the operator"
+    flatten: bool = False
+
+
+class ResumeBody(_Body):
+    pass
+
+
+class FlattenBody(_Body):
+    reason: Reason = "flattened by the operator"
+
+
+class ReduceBody(_Body):
+    reason: Reason = "reduce-only by the operator"
+
+
+class PromoteBody(_Body):
+    strategy: Name
+    version: Name
+    force: bool = False
+    reason: Reason | None = None  # why, for the history
+
+
+class RollbackBody(_Body):
+    strategy: Name
+    reason: Reason | None = None
+
+
+ACTIONS: dict[str, type[_Body]] = {
+    "halt": HaltBody, "resume": ResumeBody, "flatten": FlattenBody, "reduce": ReduceBody,
+    "promote": PromoteBody, "rollback": RollbackBody,
+}
+
+
+class BadRequest(Exception):
+    """The request cannot be understood (HTTP 400); the message says why."""
+
+
+class ControlRefused(Exception):
+    """The request is understood but cannot be done now (HTTP 409 unless told otherwise)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def parse_body(action: str, raw: bytes) -> Any:
+    """The action's body model from the raw request body; BadRequest with a reason."""
+    model = ACTIONS[action]
+    if raw.strip() == b"":
+        data: Any = {}
+    else:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem in plain words, without echoing the value sent."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown field {field[:64]!r}"
+    if err.get("type") == "missing":
+        return f"field {field!r} is required"
+    return f"field {field[:64]!r}: {err.get('msg', 'invalid value')}"

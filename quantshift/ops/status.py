@@ -1,0 +1,153 @@
+"""What the operator sees: the daemon's status, its readiness, and whether a restart can
+hurt right now. Read on the loop from the daemon's own objects; nothing here writes.
+
+The same status shape comes from the state file when the daemon is down
+(``quantshift.ops.statefile``), so the CLI prints both the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from datetime import time as dtime
+from typing import TYPE_CHECKING, Any
+
+from quantshift import __version__
+
+if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
+    from quantshift.daemon import Daemon
+    from quantshift.settings import Settings
+
+DEFAULT_VERSION = "v1"
+
+
+def strategy_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Each strategy's configured active version (the running daemon's registry says more;
+    this is what the state file can tell when the daemon is down)."""
+    return [{"strategy": spec.key, "name": spec.name, "version": DEFAULT_VERSION,
+             "status": "active", "canary_percent": 0} for spec in settings.strategies]
+
+
+def ready_reasons(d: Daemon) -> list[str]:
+    """Why the daemon is not ready to trade; empty when it is."""
+    engine, feed = d.engine, d.feed
+    if d.should_exit:
+        return ["shutting down"]
+    if engine is None:
+        return ["starting"]
+    reasons: list[str] = []
+    if d.needs_reconcile and not d.reconciled:
+        reasons.append("reconciliation with the broker not done yet")
+    if feed is None:
+        reasons.append("feed not started yet")
+    elif not d.feed_running():
+        reasons.append(f"feed {feed.name} is not running")
+    elif engine.gate.stale_reason is not None:
+        reasons.append(f"feed {feed.name} is stale: {engine.gate.stale_reason}")
+    elif not feed.last_bar_at and not getattr(feed, "idle", False) and feed.bar_seconds > 0:
+        reasons.append(f"feed {feed.name}: no bar yet")
+    if d.demoted:
+        reasons.append(f"demoted: {d.demoted_reason or 'no reason given'}")
+    return reasons
+
+
+def build_status(d: Daemon) -> dict[str, Any]:
+    """The daemon's status as a JSON-ready dict (GET /status)."""
+    s = d.settings
+    engine, feed = d.engine, d.feed
+    now = time.monotonic()
+    not_ready = ready_reasons(d)
+    out: dict[str, Any] = {
+        "source": "daemon", "bot": s.bot, "version": __version__, "phase": s.phase.value,
+        "pid": os.getpid(), "uptime_seconds": round(now - d.started_at, 3),
+        "ready": not not_ready, "not_ready": not_ready,
+        "demoted": d.demoted, "demoted_reason": d.demoted_reason,
+        "last_error": d.last_error.last,
+        "strategies": d.version_control.status() if d.version_control is not None
+        else strategy_versions(s),
+        "guard": d.guard.last_reasons if d.guard is not None else [],
+        "market_hours": s.feed == "alpaca",
+    }
+    if feed is not None:
+        out["feed"] = {
+            "name": feed.name, "running": d.feed_running(),
+            "staleness_seconds": round(now - feed.last_bar_at, 3) if feed.last_bar_at else None,
+            "stale": engine.gate.stale_reason if engine is not None else None,
+            "idle": bool(getattr(feed, "idle", False)),
+        }
+    else:
+        out["feed"] = {"name": s.feed, "running": False, "staleness_seconds": None,
+                       "stale": None, "idle": False}
+    if engine is None:
+        return out
+    executor = engine.executor
+    gate, pf = engine.gate, engine.portfolio
+    out["executor"] = {"kind": executor.kind.value if executor else None,
+                       "description": executor.description if executor else ""}
+    out["trading"] = {"state": gate.state, "reason": gate.halt_reason}
+    out["bars"] = engine.bars
+    out["portfolio"] = {
+        "cash": pf.cash, "equity": pf.equity, "day_pnl": pf.day_pnl,
+        "realized_pnl": pf.realized_pnl, "unrealized_pnl": pf.unrealized_pnl(),
+        "drawdown": pf.drawdown, "max_drawdown": pf.max_drawdown, "exposure": pf.exposure(),
+    }
+    out["positions"] = positions(pf.positions.values(), pf.marks)
+    out["orders"] = {"open": len(engine.open_orders()), "in_flight": engine.in_flight()}
+    out["risk"] = gate.status()
+    return out
+
+
+def positions(held: Any, marks: dict[str, float]) -> list[dict[str, Any]]:
+    """Open positions with their marks and unrealized P&L, from Position-like objects."""
+    rows = []
+    for p in held:
+        if not p.qty:
+            continue
+        mark = marks.get(p.symbol, p.avg_price)
+        rows.append({"strategy": p.strategy, "symbol": p.symbol, "qty": p.qty,
+                     "avg_price": p.avg_price, "mark": mark,
+                     "unrealized": p.qty * (mark - p.avg_price)})
+    return sorted(rows, key=lambda r: (r["symbol"], r["strategy"]))
+
+
+# -- restarts -------------------------------------------------------------------------
+def parse_window(window: str) -> tuple[dtime, dtime]:
+    start, _, end = window.partition("-")
+    return dtime.fromisoformat(start), dtime.fromisoformat(end)
+
+
+def in_quiet_window(window: str | None, now: datetime) -> bool:
+    """Whether ``now`` (UTC) lies in the HH:MM-HH:MM window; it may wrap past midnight."""
+    if not window:
+        return False
+    start, end = parse_window(window)
+    t = now.astimezone(UTC).time().replace(tzinfo=None)
+    return start <= t < end if start < end else (t >= start or t < end)
+
+
+def restart_blockers(status: dict[str, Any], quiet_window: str | None,
+                     now: datetime | None = None) -> list[str]:
+    """What makes a restart harmful now; empty when it cannot hurt.
+
+    Orders a restart would interrupt always count. For equities a running daemon also
+    needs the market closed (or the quiet window), since a restart in session misses
+    bars; a stopped daemon has no session to interrupt.
+    """
+    now = now or datetime.now(UTC)
+    orders = status.get("orders") or {}
+    reasons: list[str] = []
+    if orders.get("open"):
+        reasons.append(f"{orders['open']} open order(s)")
+    if orders.get("in_flight"):
+        reasons.append(f"{orders['in_flight']} intent(s) in flight (not acknowledged yet)")
+    if status.get("source") == "daemon" and status.get("market_hours") \
+            and not in_quiet_window(quiet_window, now):
+        market_open = (status.get("risk") or {}).get("market_open")
+        if market_open is not False:
+            where = "the market is open" if market_open else \
+                "the market may be open (the venue's clock is not known yet)"
+            window = f"outside the quiet window {quiet_window} UTC" if quiet_window else \
+                "and no QUANTSHIFT_QUIET_WINDOW is set"
+            reasons.append(f"{where}, {window}")
+    return reasons

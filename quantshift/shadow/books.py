@@ -1,0 +1,163 @@
+"""Version books: every version of a strategy sees every bar, in a paper book of its own.
+
+For each strategy with more than one version, each version that is not retired runs in
+its own small engine: the same strategy code with the version's parameters, a RiskGate
+with the phase's limits (so its decisions are the "would" decisions of that version), a
+Paper executor, and a journal file of its own under
+``<state_dir>/<bot>-<executor>.versions/<strategy>@<version>.sqlite``. Its P&L, win
+rate and drawdown are therefore measurable on the same bars as every other version's,
+whatever the phase, and nothing a book does can reach the real executor: a book's
+executor is always Paper, built here, and never the daemon's.
+
+The books also keep every version's strategy instances warm, so promoting a version in
+the running daemon starts it with indicators that have seen every bar.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from quantshift.app import build_engine
+from quantshift.domain import Bar, ExecutorKind, OrderIntent
+from quantshift.engine import Engine
+from quantshift.execution.paper import PaperExecutor
+from quantshift.settings import Settings, StrategySpec
+from quantshift.shadow.versions import VersionRegistry, VersionSpec, VersionStatus
+from quantshift.state.journal import Journal
+from quantshift.strategies.base import StrategyBase, factory
+
+
+class _ShadowPaper(PaperExecutor):
+    """Paper fills, plus one "would" line per order in the shadow log."""
+
+    def __init__(self, inner: PaperExecutor, log: Any) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._shadow_log = log
+
+    def submit(self, intent: OrderIntent) -> None:
+        self._shadow_log.info("would {} {:g} {} @ ~{:g} ({})", intent.side.value, intent.qty,
+                              intent.symbol, intent.ref_price, intent.reason)
+        super().submit(intent)
+
+
+@dataclass
+class VersionBook:
+    strategy: str
+    version: str
+    journal: Journal
+    engine: Engine
+
+    def instance(self, symbol: str) -> StrategyBase | None:
+        return self.engine._instances.get((self.strategy, symbol))
+
+
+def books_dir(settings: Settings) -> Path:
+    return settings.state_dir / f"{settings.bot}-{settings.executor.value}.versions"
+
+
+def book_path(settings: Settings, strategy: str, version: str) -> Path:
+    return books_dir(settings) / f"{strategy}@{version}.sqlite"
+
+
+class VersionBooks:
+    """The paper books of every version of every multi-version strategy."""
+
+    def __init__(self, settings: Settings, registry: VersionRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.books: dict[tuple[str, str], VersionBook] = {}
+        for strategy in registry.strategies():
+            versions = registry.versions(strategy)
+            if len(versions) < 2:
+                continue  # one version: the real book is its record
+            for v in versions:
+                if v.status is VersionStatus.RETIRED:
+                    continue
+                path = book_path(settings, strategy, v.version)
+                journal = Journal(path, bot=settings.bot, executor=ExecutorKind.PAPER.value,
+                                  durable=False)
+                engine = build_engine(settings, journal, executor=ExecutorKind.PAPER,
+                                      strategies=[_spec(strategy, v)], log_decisions=False)
+                # The version's own maker, so its instances and decisions carry the version.
+                engine.makers = [factory(v.name or strategy, strategy, v.params, v.version)]
+                assert isinstance(engine.executor, PaperExecutor)
+                engine.executor = _ShadowPaper(engine.executor, logger.bind(
+                    shadow=True, shadow_only=True, version=f"{strategy}@{v.version}"))
+                self.books[(strategy, v.version)] = VersionBook(strategy, v.version, journal,
+                                                                engine)
+        self._all = list(self.books.values())
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def get(self, strategy: str, version: str) -> VersionBook | None:
+        return self.books.get((strategy, version))
+
+    # -- bars -------------------------------------------------------------------------
+    def on_bar(self, bar: Bar) -> None:
+        for book in self._all:
+            book.engine.on_bar(bar)
+
+    def warm_up(self, bar: Bar) -> None:
+        for book in self._all:
+            book.engine.warm_up(bar)
+
+    # -- what promotion needs -----------------------------------------------------------
+    def warm_instance(self, strategy: str, version: str, symbol: str) -> StrategyBase | None:
+        """A copy of the version's instance for ``symbol``, indicators warm, position
+        zero (the caller sets the real one)."""
+        book = self.books.get((strategy, version))
+        inst = book.instance(symbol) if book is not None else None
+        if inst is None:
+            return None
+        clone = copy.deepcopy(inst)
+        clone.position = 0.0
+        return clone
+
+    # -- persistence --------------------------------------------------------------------
+    def restore(self) -> None:
+        for book in self._all:
+            book.engine.restore()
+
+    def snapshot(self) -> None:
+        for book in self._all:
+            book.engine.snapshot()
+
+    def flush(self) -> int:
+        return sum(book.journal.flush() for book in self._all)
+
+    def close(self) -> None:
+        for book in self._all:
+            book.journal.close()
+
+    def summary(self) -> list[dict[str, Any]]:
+        out = []
+        for book in self._all:
+            pf = book.engine.portfolio
+            out.append({"strategy": book.strategy, "version": book.version,
+                        "status": self.registry.status(book.strategy, book.version).value,
+                        "equity": round(pf.equity, 2), "realized_pnl": round(pf.realized_pnl, 2),
+                        "drawdown": round(pf.drawdown, 4), **book.engine.counts})
+        return out
+
+
+def _spec(strategy: str, v: VersionSpec) -> StrategySpec:
+    return StrategySpec(name=v.name or strategy, id=strategy, params=v.params, exits=v.exits)
+
+
+def open_books(settings: Settings, registry: VersionRegistry) -> VersionBooks | None:
+    books = VersionBooks(settings, registry)
+    if not len(books):
+        return None
+    books.restore()
+    return books
+
+
+def version_paths(settings: Settings, pairs: Iterable[tuple[str, str]]) -> dict[str, Path]:
+    return {f"{s}@{v}": book_path(settings, s, v) for s, v in pairs}

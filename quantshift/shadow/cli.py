@@ -1,0 +1,252 @@
+"""Command line for strategy versions: promote, rollback, history, compare.
+
+``promote`` and ``rollback`` act on the running daemon through its control API (the
+same path as ``halt``); ``history`` and ``compare`` only read files, so they work whether
+the daemon runs or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+VERSION_ACTIONS = ("promote", "rollback", "demote", "canary")
+
+
+def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> None:
+    promote = sub.add_parser("promote", help="make a strategy version active in the running "
+                             "daemon (refused unless the statistics approve it, or --force)")
+    promote.add_argument("strategy")
+    promote.add_argument("version")
+    promote.add_argument("--force", action="store_true",
+                         help="promote even when the comparison does not approve it")
+    promote.add_argument("--reason", help="why, for the history")
+    promote.add_argument("--bot")
+    promote.set_defaults(func=control)
+
+    rollback = sub.add_parser("rollback", help="make the previous active version of a "
+                              "strategy active again, in the running daemon")
+    rollback.add_argument("strategy")
+    rollback.add_argument("--reason", help="why, for the history")
+    rollback.add_argument("--bot")
+    rollback.set_defaults(func=control)
+
+    history = sub.add_parser("history", help="promotions, rollbacks and demotions, newest "
+                             "last, with who and why")
+    history.add_argument("--bot")
+    history.add_argument("--strategy")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    compare = sub.add_parser("compare", help="every version of the multi-version strategies "
+                             "side by side, with the champion/challenger verdict")
+    compare.add_argument("--bot")
+    compare.add_argument("--strategy")
+    compare.add_argument("--since", help="only bars from this UTC date on (YYYY-MM-DD)")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
+    phase = sub.add_parser("phase", help="phase transitions")
+    phase_sub = phase.add_subparsers(dest="phase_command", required=True)
+    check = phase_sub.add_parser("check", help="the checklist for the next phase (exit 0 "
+                                 "only when every automated line passes)")
+    check.add_argument("--bot")
+    check.add_argument("--target", help="the phase to check for (default: the next one)")
+    check.add_argument("--explained", help="why a non-positive P&L is acceptable")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_phase)
+
+    report = sub.add_parser("report", help="the daily shadow report (Markdown and a PNG "
+                            "equity chart)")
+    report.add_argument("--bot")
+    report.add_argument("--date", help="the UTC day (YYYY-MM-DD; default yesterday)")
+    report.add_argument("--out", help="directory (default ./reports)")
+    report.set_defaults(func=cmd_report)
+
+
+def describe_change(bot: str, answer: dict[str, Any]) -> str:
+    change = answer["change"]
+    line = (f"{bot}: {change['strategy']} {change['action']}: {change['active']} is active "
+            f"(was {change['previous_active']})")
+    verdict = answer.get("verdict")
+    if verdict:
+        line += f"; comparison {verdict['decision']}, score {verdict['score']:.1f}"
+    if answer.get("forced"):
+        line += "; FORCED"
+    return line
+
+
+def read_history(path: Any, strategy: str | None = None) -> list[dict[str, Any]]:
+    """The version and demotion actions of a ledger, oldest first."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT ts_ns, action, params, actor, result FROM control WHERE "
+                          f"action IN ({','.join('?' * len(VERSION_ACTIONS))}) ORDER BY id",
+                          VERSION_ACTIONS).fetchall()
+    except sqlite3.OperationalError:  # a ledger from before the control table
+        rows = []
+    finally:
+        db.close()
+    out = []
+    for ts_ns, action, params, actor, result in rows:
+        p = orjson.loads(params) if params else {}
+        if strategy is not None and p.get("strategy") not in (None, strategy):
+            continue
+        r = orjson.loads(result) if result else {}
+        out.append({"at": datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(
+            timespec="seconds"), "action": action, "params": p, "actor": actor,
+            "result": r})
+    return out
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from quantshift.settings import load_settings
+
+    settings = load_settings(bot=args.bot)
+    path = settings.ledger_path()
+    if not path.is_file():
+        print(f"quantshift: no ledger at {path}", file=sys.stderr)
+        return 1
+    rows = read_history(path, args.strategy)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
+        return 0
+    if not rows:
+        print(f"{settings.bot}: no promotions, rollbacks or demotions yet")
+    for row in rows:
+        p, r = row["params"], row["result"]
+        status = r.get("status", 200)
+        what = r.get("error") if status != 200 else (
+            f"{r['change']['active']} active (was {r['change']['previous_active']})"
+            if "change" in r else r.get("detail", "done"))
+        why = f" — {p['reason']}" if p.get("reason") else ""
+        target = " ".join(str(p[k]) for k in ("strategy", "version") if p.get(k))
+        forced = " --force" if p.get("force") else ""
+        print(f"{row['at']}  {row['action']:<8} {target}{forced}  by {row['actor']}: "
+              f"{'' if status == 200 else f'refused ({status}): '}{what}{why}")
+    return 0
+
+
+def load_registry(settings: Any) -> Any:
+    """The versions as the daemon runs them: the config, then what the ledger persisted
+    (promotions and rollbacks survive in it)."""
+    from quantshift.shadow.versions import VersionRegistry
+
+    registry = VersionRegistry.from_config(settings.strategies)
+    ledger = settings.ledger_path()
+    if ledger.is_file():
+        db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM kv WHERE key = 'strategy_versions'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        finally:
+            db.close()
+        if row:
+            registry.restore(orjson.loads(row[0]))
+    return registry
+
+
+def cmd_phase(args: argparse.Namespace) -> int:
+    from quantshift.domain import Phase
+    from quantshift.settings import load_settings
+    from quantshift.shadow.phase import checklist
+
+    settings = load_settings(bot=args.bot)
+    target = None
+    if args.target:
+        try:
+            target = Phase(args.target)
+        except ValueError:
+            print(f"quantshift: --target {args.target!r}: expected one of "
+                  f"{', '.join(p.value for p in Phase)}", file=sys.stderr)
+            return 2
+    target, lines = checklist(settings, target, args.explained)
+    if args.json:
+        sys.stdout.write(orjson.dumps({"phase": settings.phase.value, "target": target,
+                                       "lines": [x.to_dict() for x in lines]}).decode() + "\n")
+    else:
+        print(f"{settings.bot}: {settings.phase.value} -> "
+              f"{target.value if target else '(last phase)'}")
+        for x in lines:
+            mark = "[ ]" if x.passed is None else "PASS" if x.passed else "FAIL"
+            print(f"  {mark:<4}  {x.name:<40} {x.value}  (needs {x.threshold})")
+    automated = [x for x in lines if x.passed is not None]
+    return 0 if all(x.passed for x in automated) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from quantshift.settings import load_settings
+    from quantshift.shadow.report import write_report, yesterday
+
+    settings = load_settings(bot=args.bot)
+    try:
+        day = datetime.strptime(args.date, "%Y-%m-%d").date() if args.date else yesterday()
+    except ValueError:
+        print(f"quantshift: --date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return 2
+    md, png = write_report(settings, load_registry(settings), day,
+                           Path(args.out) if args.out else Path("reports"))
+    print(f"{settings.bot}: report {md}, chart {png}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from quantshift.settings import load_settings
+    from quantshift.shadow.compare import compare
+
+    settings = load_settings(bot=args.bot)
+    since = None
+    if args.since:
+        try:
+            day = datetime.strptime(args.since, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            print(f"quantshift: --since {args.since!r}: expected YYYY-MM-DD", file=sys.stderr)
+            return 2
+        since = int(day.timestamp()) * 1_000_000_000
+    figures = compare(settings, load_registry(settings), args.strategy, since)
+    if not figures:
+        print(f"{settings.bot}: no strategy with more than one version"
+              + (f" named {args.strategy!r}" if args.strategy else ""), file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps([f.to_dict() for f in figures], default=str,
+                                      option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        return 0
+    table = Table(title=f"{settings.bot}: strategy versions" + (f" since {args.since}"
+                                                                 if args.since else ""))
+    for col in ("strategy", "version", "status", "bars", "signals", "approved", "vetoes",
+                "trades", "P&L", "win rate", "Sharpe", "max DD", "divergence", "verdict"):
+        table.add_column(col, justify="left" if col in ("strategy", "version", "status",
+                                                        "vetoes", "verdict") else "right")
+    for f in figures:
+        vetoes = ", ".join(f"{k} {n}" for k, n in f.vetoes.most_common(3)) or "-"
+        verdict = "-" if f.verdict is None else \
+            f"{f.verdict['decision']} ({f.verdict['score']:.0f})"
+        table.add_row(f.strategy, f.version, f.status, str(f.bars), str(f.signals),
+                      str(f.approved), vetoes, str(f.trades), f"{f.pnl:.2f}",
+                      _pct(f.win_rate), "-" if f.sharpe is None else f"{f.sharpe:.3f}",
+                      f"{f.max_drawdown:.2f}", _pct(f.divergence), verdict)
+    Console().print(table)
+    for f in figures:
+        if f.verdict is None:
+            continue
+        print(f"{f.strategy} {f.version} vs active: {f.verdict['decision']}")
+        for c in f.verdict["criteria"]:
+            print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']:<13} {c['detail']}")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
