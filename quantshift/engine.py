@@ -80,12 +80,11 @@ class Engine:
         self.final_counts: defaultdict[str, int] = defaultdict(int)  # orders by final state
         # With /metrics on (Metrics sets it), each bar's on_bar time goes into a fixed-bucket
         # histogram: two clock reads a bar, which backtests and version books need not pay.
-        self.timed = False
+        self._timed = False
         self.latency_counts = [0] * (len(LATENCY_BOUNDS_NS) + 1)
         self.latency_sum_ns = 0
-        # The strategies' version books (shadow/books.py): every version sees every bar,
-        # after the real book has decided on it.
-        self.books: Any = None
+        self._books: Any = None
+        self._rewire()
 
     @property
     def executor(self) -> Executor | None:
@@ -99,8 +98,48 @@ class Engine:
             if getattr(executor, "supports_brackets", False) else None
 
     # -- the hot path ------------------------------------------------------------------
+    # ``on_bar`` is the bare trip of one bar (a backtest's path), or, when the decision
+    # latency is timed (/metrics) or version books run beside the real one, a wrapper
+    # around it: the choice is made when either changes, not on every bar.
+    @property
+    def timed(self) -> bool:
+        return self._timed
+
+    @timed.setter
+    def timed(self, on: bool) -> None:
+        self._timed = on
+        self._rewire()
+
+    @property
+    def books(self) -> Any:
+        """The strategies' version books (shadow/books.py): every version sees every bar,
+        after the real book has decided on it."""
+        return self._books
+
+    @books.setter
+    def books(self, books: Any) -> None:
+        self._books = books
+        self._rewire()
+
+    def _rewire(self) -> None:
+        watched = self._timed or self._books is not None
+        self.on_bar = self._on_bar_watched if watched else self._on_bar  # type: ignore[method-assign]
+
+    def _on_bar_watched(self, bar: Bar) -> None:
+        t0 = perf_counter_ns()
+        self._on_bar(bar)
+        if self._timed:
+            took = perf_counter_ns() - t0
+            self.latency_sum_ns += took
+            # Most bars take under 10 µs: the first bucket without a search.
+            self.latency_counts[0 if took <= 10_000 else bisect_left(LATENCY_BOUNDS_NS, took)] += 1
+        if self._books is not None:
+            self._books.on_bar(bar)
+
     def on_bar(self, bar: Bar) -> None:
-        t0 = perf_counter_ns() if self.timed else 0
+        self._on_bar(bar)  # replaced per instance by _rewire; kept for the type checker
+
+    def _on_bar(self, bar: Bar) -> None:
         self.bars += 1
         symbol = bar.symbol
         gate = self.gate
@@ -133,13 +172,6 @@ class Engine:
                     self.counts["warmup_signals"] += 1
         if live:
             self.last_ts[symbol] = bar.ts
-        if t0:
-            took = perf_counter_ns() - t0
-            self.latency_sum_ns += took
-            # Most bars take under 10 µs: the first bucket without a search.
-            self.latency_counts[0 if took <= 10_000 else bisect_left(LATENCY_BOUNDS_NS, took)] += 1
-        if self.books is not None:
-            self.books.on_bar(bar)
 
     def warm_up(self, bar: Bar) -> None:
         """Feed a history bar to the strategies (and the gate's market state, ATR, regime)
