@@ -19,6 +19,9 @@ class Portfolio:
         self.cash = cash
         self.positions: dict[tuple[str, str], Position] = {}
         self.net: dict[str, float] = {}  # symbol -> net quantity over all strategies
+        # The symbols whose net quantity is not zero: the book keeps every symbol it ever
+        # traded in ``net``, the exposure limits only need these.
+        self.open_net: dict[str, float] = {}
         self.marks: dict[str, float] = {}
         self.realized_pnl = 0.0
         self.commission = 0.0
@@ -118,7 +121,11 @@ class Portfolio:
         mark = self.marks.get(symbol)
         if mark is None:
             mark = self.marks[symbol] = price
-        self.net[symbol] = self.net.get(symbol, 0.0) + d
+        now = self.net[symbol] = self.net.get(symbol, 0.0) + d
+        if now > _EPS or now < -_EPS:
+            self.open_net[symbol] = now
+        else:
+            self.open_net.pop(symbol, None)
         self._mtm += d * mark
 
         self._track_equity()
@@ -199,6 +206,7 @@ class Portfolio:
             pf.positions[(strategy, symbol)] = Position(
                 strategy, symbol, qty, avg, realized, entry_ts, trade_pnl, max_qty)
             pf.net[symbol] = pf.net.get(symbol, 0.0) + qty
+        pf.open_net = {s: q for s, q in pf.net.items() if q > _EPS or q < -_EPS}
         pf._mtm = sum(q * pf.marks.get(s, 0.0) for s, q in pf.net.items())
         equity = pf._last_equity = pf.equity
         pf.drawdown = (pf.peak_equity - equity) / pf.peak_equity if pf.peak_equity > 0 else 0.0

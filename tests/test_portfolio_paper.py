@@ -425,3 +425,19 @@ def test_next_open_resting_orders_count_against_the_exposure_limit(make_engine) 
     # another 1000 would make 2000 > 1500 once both fill on the next bars
     assert engine.decide(signal("Y", T0, Direction.LONG), 100.0) == []
     assert engine.counts["vetoed"] == 1
+
+
+def test_open_net_holds_exactly_the_symbols_with_a_position() -> None:
+    """The exposure limits read ``open_net``: it must follow every fill and a restore."""
+    import random
+
+    rnd = random.Random(5)
+    pf = Portfolio(100_000)
+    for seq in range(1, 400):
+        symbol = rnd.choice(["A", "B", "C", "D"])
+        side = rnd.choice([Side.BUY, Side.SELL])
+        pf.apply_fill(Fill(seq, f"c{seq}", rnd.choice(["s1", "s2"]), symbol, side,
+                           rnd.choice([1, 2, 5]), 100.0 + rnd.random(), 0.0, T0 + seq))
+        assert pf.open_net == {s: q for s, q in pf.net.items() if abs(q) > 1e-9}
+    back = Portfolio.restore(pf.snapshot())
+    assert back.open_net == pf.open_net

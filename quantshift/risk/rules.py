@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from itertools import compress
+from itertools import repeat
 from math import floor
+from operator import mul
 
 from loguru import logger
 
@@ -283,17 +284,12 @@ class EntryRules:
         opens = lim.max_open_positions and -EPS < after_exit < EPS and abs(new_net) > EPS
         if not (cap or opens):
             return None
-        # Every symbol with a net position, then corrected for this symbol and for pending
-        # orders (counted as filled). The book keeps every symbol it ever traded, mostly at
-        # 0: compress skips those in C.
+        # Every symbol with a net position (summed in C: no Python loop per position),
+        # then corrected for this symbol and for pending orders (counted as filled).
         mark = pf.marks.get
-        gross = 0.0
-        others = 0
-        for s in compress(net, net.values()):
-            q = net[s]
-            if q > EPS or q < -EPS:
-                others += 1
-                gross += (q if q > 0 else -q) * mark(s, price)
+        held = pf.open_net
+        others = len(held)
+        gross = sum(map(mul, map(abs, held.values()), map(mark, held, repeat(price))))
         own = net.get(symbol, 0.0)
         if own > EPS or own < -EPS:
             others -= 1
