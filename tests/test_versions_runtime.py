@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from quantshift.execution.log_only import LogOnlyExecutor
 from quantshift.execution.paper import PaperExecutor
@@ -217,3 +218,21 @@ async def test_the_adaptive_canary_moves_once_a_day_and_journals_the_posterior(
     rows = [h for h in read_history(settings.ledger_path()) if h["action"] == "canary"]
     assert len(rows) == 1 and rows[0]["result"]["new_percent"] == new
     assert "p_canary_better" in rows[0]["result"]
+
+
+@pytest.mark.parametrize("executor", ["log_only", "paper"])
+async def test_shadow_versions_stay_in_their_books_under_every_executor(
+        clean: Path, executor: str) -> None:
+    """The active version is silent; the shadow trades in its own book only. (The live
+    executor against the broker emulator is the test above.)"""
+    settings = make_settings(clean, shadow_mode=executor, strategies=[
+        {"name": "ma_cross", "params": QUIET, "versions": [
+            {"version": "v1", "status": "active"},
+            {"version": "v2", "status": "shadow", "params": FAST}]}])
+    async with running(settings) as (d, _):
+        book = d.version_control.books.get("ma_cross", "v2")  # type: ignore[union-attr]
+        assert book is not None and book.engine.executor is not d.engine.executor  # type: ignore[union-attr]
+        await wait_until(lambda: book.engine.counts["fills"] >= 4)
+        assert d.engine.counts["orders"] == 0  # type: ignore[union-attr]
+        assert d.engine.executor.kind.value == executor  # type: ignore[union-attr]
+    assert "v2" not in decisions_by_version(settings.ledger_path())
