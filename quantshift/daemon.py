@@ -29,18 +29,17 @@ from quantshift.engine import Engine
 from quantshift.errors import EX_SOFTWARE, ConfigError
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.feeds.base import Feed
-from quantshift.ops.control import ControlRefused
+from quantshift.ops.actions import apply_control
 from quantshift.ops.http import Heartbeat, HttpServer
 from quantshift.ops.logging import LastError
 from quantshift.ops.metrics import Metrics
 from quantshift.ops.notify import TelegramAlerter, build_alerter
 from quantshift.ops.systemd import Notifier
-from quantshift.risk.gate import ACTIVE, REDUCING
 from quantshift.settings import Settings
 from quantshift.shadow.guard import KV_KEY as DEMOTION_KEY
 from quantshift.shadow.guard import Guard
-from quantshift.shadow.runtime import NotApproved, VersionControl
-from quantshift.shadow.versions import VersionError, VersionRegistry
+from quantshift.shadow.runtime import VersionControl
+from quantshift.shadow.versions import VersionRegistry
 from quantshift.state.journal import Journal
 
 
@@ -419,9 +418,7 @@ class Daemon:
     async def _flush(self) -> None:
         journal, engine = self.journal, self.engine
         assert journal is not None and engine is not None
-        books = self.version_control.books if self.version_control else None
-        if books is not None:  # the version books are a record, not the write-ahead
-            await asyncio.get_running_loop().run_in_executor(self._db_thread, books.flush)
+        await self.flush_books()  # the version books are a record, not the write-ahead
         if not journal.pending:
             return
         try:
@@ -431,6 +428,12 @@ class Daemon:
             logger.error("journal write failed ({}); rows kept in memory", exc)
             if engine.gate.state != "halted":
                 engine.halt(f"journal write failed: {exc}")
+
+    async def flush_books(self) -> None:
+        """Write the version books' queued rows (off the loop, on the journal's thread)."""
+        books = self.version_control.books if self.version_control else None
+        if books is not None:
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, books.flush)
 
     async def _commit(self) -> None:
         """Make everything journaled so far durable (the write-ahead before an order)."""
@@ -517,82 +520,11 @@ class Daemon:
                 f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
                 f"{pf.open_symbols()}")
 
-    # -- operator control (the HTTP API calls these on the loop, between bars) -----------
-    def apply_control(self, action: str, body: Any) -> dict[str, Any]:
-        """Do one operator action; return what came of it, or raise ControlRefused.
-        Trading-state changes persist: the journal's trading state and a fresh snapshot
-        both carry them, so a restart comes back the way the operator left it."""
-        engine = self.engine
-        if engine is None or self.should_exit:
-            raise ControlRefused("the daemon is starting or stopping; try again later", 503)
-        if body.bot is not None and body.bot != self.settings.bot:
-            raise ControlRefused(f"this daemon runs bot {self.settings.bot!r}, "
-                                 f"not {body.bot!r}")
-        if action in ("promote", "rollback"):
-            return self.change_strategy_version(action, body.strategy,
-                                                getattr(body, "version", None),
-                                                getattr(body, "force", False))
-        gate = engine.gate
-        was = gate.state
-        out: dict[str, Any] = {}
-        if action == "halt":
-            engine.halt(body.reason)
-            if body.flatten:
-                out["flatten_orders"] = engine.flatten(body.reason)
-        elif action == "resume":
-            if self.guard is not None and self.guard.lift():
-                out["demotion_lifted"] = True
-            gate.resume()
-            engine.journal.set("trading_state", {"state": ACTIVE, "reason": ""})
-            logger.warning("trading resumed by the operator (was {})", was)
-        elif action == "reduce":
-            gate.reduce(body.reason)
-            engine.journal.set("trading_state", {"state": REDUCING, "reason": body.reason})
-            logger.warning("trading reduce-only: {}", body.reason)
-        elif action == "flatten":
-            out["orders"] = engine.flatten(body.reason)
-            logger.warning("flatten by the operator: {} orders sent", out["orders"])
-        else:
-            raise ControlRefused(f"unknown action {action!r}", 404)
-        engine.snapshot()
-        return {"was": was, "state": gate.state, "reason": gate.halt_reason, **out}
-
-    def change_strategy_version(self, action: str, strategy: str, version: str | None,
-                                force: bool = False) -> Any:
-        """Promote a strategy version (a coroutine: the statistics run off the loop) or
-        roll back to the previous active one (at once, between two bars)."""
-        vc = self.version_control
-        known = [spec.key for spec in self.settings.strategies]
-        if vc is None or strategy not in known:
-            raise ControlRefused(f"no strategy {strategy!r}; running: {', '.join(known)}",
-                                 404)
-        if len(vc.registry.versions(strategy)) < 2:
-            raise ControlRefused(f"strategy {strategy!r} has one version: there is nothing "
-                                 f"to {action}")
-        try:
-            if action == "rollback":
-                return self._version_changed(vc.rollback(strategy))
-        except VersionError as exc:
-            raise ControlRefused(str(exc)) from None
-        return self._promote(vc, strategy, version or "", force)
-
-    async def _promote(self, vc: VersionControl, strategy: str, version: str,
-                       force: bool) -> dict[str, Any]:
-        async def flush() -> None:
-            if vc.books is not None:
-                await asyncio.get_running_loop().run_in_executor(self._db_thread,
-                                                                 vc.books.flush)
-        try:
-            return self._version_changed(await vc.promote(strategy, version, force, flush))
-        except NotApproved as exc:
-            raise ControlRefused(str(exc)) from None
-        except VersionError as exc:
-            raise ControlRefused(str(exc)) from None
-
-    def _version_changed(self, result: dict[str, Any]) -> dict[str, Any]:
-        assert self.engine is not None
-        self.engine.snapshot()
-        return result
+    # -- operator control (the HTTP API calls this on the loop, between bars) ------------
+    def apply_control(self, action: str, body: Any) -> Any:
+        """Do one operator action (ops/actions.py): what came of it, a coroutine for a
+        promotion, or ControlRefused."""
+        return apply_control(self, action, body)
 
     async def make_durable(self) -> bool:
         """Commit what is journaled so far; False when the journal cannot be written."""
