@@ -432,3 +432,27 @@ def test_the_exchange_venue_has_no_brackets(clean: Path) -> None:
     assert not executor.supports_brackets
     entry = OrderIntent("x", "t", "BTC/USDT", Side.BUY, 1.0, 0, 100.0)
     assert executor.bracket_tick(entry, 103.0) is None
+
+
+async def test_status_shows_the_legs_protecting_positions(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_http_api import call, make_settings, running, wait_until
+
+    monkeypatch.chdir(tmp_path)
+    emu = AlpacaEmulator(["AAA", "BBB"], interval=0.1)
+    await emu.start()
+    try:
+        settings = make_settings(
+            tmp_path, feed="alpaca", shadow_mode="sandbox", apca_api_key_id="emulator-key",
+            apca_api_secret_key="emulator-secret", apca_api_base_url=emu.base_url,
+            apca_api_data_url=emu.base_url, apca_api_stream_url=emu.data_stream_url,
+            market_hours_only=False, bar_seconds=1, sizing="fixed:10",
+            strategies=[{"name": "ma_cross", "params": {"fast": 2, "slow": 5},
+                         "exits": {"stop_loss": "5%", "take_profit": "5%"}}])
+        async with running(settings) as (d, client):
+            await wait_until(lambda: d.engine.counts["fills"] >= 1, timeout=30)  # type: ignore[union-attr]
+            await wait_until(lambda: len(d.engine.executor.open_legs()) >= 2)  # type: ignore[union-attr]
+            code, st = await call(client, "GET", "/status")
+            assert code == 200 and st["orders"]["protective_legs"] >= 2
+    finally:
+        await emu.stop()

@@ -161,7 +161,7 @@ async def test_status_has_the_whole_picture(clean: Path) -> None:
         pos = st_["positions"][0]
         assert {"symbol", "qty", "avg_price", "mark", "unrealized"} <= set(pos)
         assert pos["unrealized"] == pytest.approx(pos["qty"] * (pos["mark"] - pos["avg_price"]))
-        assert st_["orders"] == {"open": 0, "in_flight": 0}  # paper fills at the close
+        assert st_["orders"] == {"open": 0, "in_flight": 0, "protective_legs": 0}  # paper
         assert set(st_["risk"]) == set(engine.gate.status())
         assert st_["strategies"] == [{"strategy": "ma_cross", "name": "ma_cross",
                                       "version": "v1", "status": "active", "canary": None,

@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 
 from quantshift import clients as vc
+from quantshift.backoff import Backoff
 from quantshift.domain import NS_PER_SECOND, Bar
 from quantshift.emulators.alpaca import AlpacaEmulator
 from quantshift.emulators.exchange import ExchangeEmulator
 from quantshift.feeds.alpaca import AlpacaFeed
-from quantshift.feeds.backoff import Backoff
 from quantshift.feeds.ccxt import CcxtFeed
 
 STOCKS = ["AAPL", "MSFT"]

@@ -26,9 +26,9 @@ from alpaca.data.requests import StockBarsRequest
 from loguru import logger
 
 from quantshift import clients as vc
+from quantshift.backoff import Backoff, until_stopped
+from quantshift.backoff import Stopped as _Stopped
 from quantshift.domain import NS_PER_SECOND, Bar
-from quantshift.feeds.backoff import Backoff, until_stopped
-from quantshift.feeds.backoff import Stopped as _Stopped
 from quantshift.feeds.base import BarValidator
 
 T = TypeVar("T")

@@ -24,9 +24,9 @@ import ccxt.async_support as ccxt_async
 from loguru import logger
 
 from quantshift import clients as vc
+from quantshift.backoff import Backoff, until_stopped
+from quantshift.backoff import Stopped as _Stopped
 from quantshift.domain import Bar
-from quantshift.feeds.backoff import Backoff, until_stopped
-from quantshift.feeds.backoff import Stopped as _Stopped
 from quantshift.feeds.base import BarValidator
 from quantshift.feeds.ccxt_stream import CandleStream
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import ccxt.async_support as ccxt_async
 from loguru import logger
 
+from quantshift.backoff import Backoff, until_stopped
 from quantshift.domain import Bar
-from quantshift.feeds.backoff import Backoff, until_stopped
 
 _RECHECK = 0.02  # seconds between looks at ccxt's candle cache while a bar is due
 

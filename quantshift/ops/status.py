@@ -93,7 +93,12 @@ def build_status(d: Daemon) -> dict[str, Any]:
         "drawdown": pf.drawdown, "max_drawdown": pf.max_drawdown, "exposure": pf.exposure(),
     }
     out["positions"] = positions(pf.positions.values(), pf.marks)
-    out["orders"] = {"open": len(engine.open_orders()), "in_flight": engine.in_flight()}
+    broker = d.real_executor or engine.executor
+    legs = getattr(broker, "open_legs", None)
+    # A bracket's legs rest at the venue on purpose (they protect a position): shown, but
+    # not an order in the way of a restart.
+    out["orders"] = {"open": len(engine.open_orders()), "in_flight": engine.in_flight(),
+                     "protective_legs": len(legs()) if legs is not None else 0}
     out["risk"] = gate.status()
     return out
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
+from quantshift.backoff import Backoff
 from quantshift.clients import ccxt_exchange, ccxt_streams
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
 from quantshift.errors import ConfigError
@@ -25,7 +26,6 @@ from quantshift.execution.venues.base import (
     VenueUnavailable,
 )
 from quantshift.execution.venues.common import stream_and_poll
-from quantshift.feeds.backoff import Backoff
 
 _STATES = {"open": OrderState.SUBMITTED, "closed": OrderState.FILLED,
            "canceled": OrderState.CANCELLED, "cancelled": OrderState.CANCELLED,
