@@ -280,3 +280,20 @@ def test_the_daemon_alerts_start_fills_and_stop(daemon) -> None:
         assert TOKEN not in d.log()
     finally:
         api.close()
+
+
+@pytest.mark.process
+def test_the_daemon_trades_and_stops_on_time_with_telegram_down(daemon) -> None:
+    import socket
+
+    with socket.socket() as s:  # nothing listens here: every alert fails to connect
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = daemon(TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_CHAT_ID="42",
+               TELEGRAM_API_URL=f"http://127.0.0.1:{port}").start()
+    d.wait_for(r"\| fill (buy|sell) ", count=10)
+    d.wait_for(r"telegram: \w+ alert not delivered")
+    code, _ = d.stop()
+    assert code == 0  # 1 would mean the shutdown overran its bound waiting for Telegram
+    log = d.log()
+    assert "shutdown complete" in log and TOKEN not in log
