@@ -97,7 +97,9 @@ def build_status(d: Daemon) -> dict[str, Any]:
     legs = getattr(broker, "open_legs", None)
     # A bracket's legs rest at the venue on purpose (they protect a position): shown, but
     # not an order in the way of a restart.
-    out["orders"] = {"open": len(engine.open_orders()), "in_flight": engine.in_flight(),
+    # While demoted the engine's executor is log-only; the broker's orders still count.
+    out["orders"] = {"open": len(broker.open_orders()) if broker is not None else 0,
+                     "in_flight": engine.in_flight(),
                      "protective_legs": len(legs()) if legs is not None else 0}
     out["risk"] = gate.status()
     return out
