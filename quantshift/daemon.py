@@ -355,7 +355,7 @@ class Daemon:
         try:
             n = guard.limits.min_samples
             pnls = await asyncio.get_running_loop().run_in_executor(
-                self._db_thread, journal.recent_trade_pnls, 5 * n) \
+                self._db_thread, guard.version_trades, 5 * n) \
                 if guard.limits.win_rate_drop else None
             guard.check(pnls)
         except Exception as exc:

@@ -28,7 +28,8 @@ def test_a_healthy_reading_fires_nothing() -> None:
     (DRY, Health(crashed="feed"), "component crashed: feed"),
     (DRY, Health(bars=1000, errors=11), "error rate 1.1% over 1.0%"),
     (MICRO, Health(drawdown=0.16), "drawdown 16.0% over 15.0%"),
-    (DRY, Health(win_rate=0.39, baseline_win_rate=0.5, trades=40), "win rate 39.0% is 11.0%"),
+    (DRY, Health(win_rate=0.39, baseline_win_rate=0.5, trades=40, win_rate_of="ma@v2"),
+     "win rate of ma@v2 39.0% is 11.0%"),
 ])
 def test_each_trigger_fires_with_its_reason(limits: TriggerLimits, health: Health,
                                             words: str) -> None:

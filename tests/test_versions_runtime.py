@@ -236,3 +236,24 @@ async def test_shadow_versions_stay_in_their_books_under_every_executor(
         assert d.engine.counts["orders"] == 0  # type: ignore[union-attr]
         assert d.engine.executor.kind.value == executor  # type: ignore[union-attr]
     assert "v2" not in decisions_by_version(settings.ledger_path())
+
+
+async def test_the_win_rate_trigger_reads_each_active_version_apart(clean: Path) -> None:
+    settings = make_settings(clean, symbols=SYMBOLS, strategies=versioned(),
+                             trigger_interval=0)
+    async with running(settings) as (d, _):
+        guard = d.guard
+        assert guard is not None
+        await wait_until(lambda: d.engine.counts["trades"] >= 3)  # type: ignore[union-attr]
+        await d._flush()
+        trades = guard.version_trades(100)
+        assert set(trades) == {"ma_cross@v1"}  # the active version's own book
+        book = d.version_control.books.get("ma_cross", "v1")  # type: ignore[union-attr]
+        assert trades["ma_cross@v1"] == book.journal.recent_trade_pnls(100)
+        # 20 recent trades with 5 wins against a baseline of 20 with 15 wins.
+        recent = [1.0] * 5 + [-1.0] * 15
+        baseline = [1.0] * 15 + [-1.0] * 5
+        h = guard.health({"ma_cross@v1": recent + baseline, "other@v1": [1.0] * 40})
+        assert (h.win_rate, h.baseline_win_rate, h.win_rate_of) == (0.25, 0.75, "ma_cross@v1")
+        assert guard.check({"ma_cross@v1": recent + baseline})
+        assert d.demoted and "win rate of ma_cross@v1 25.0%" in d.demoted_reason

@@ -82,7 +82,25 @@ class Guard:
         return _Tally(engine.bars, errors, getattr(executor, "calls", 0),
                       getattr(executor, "errors", 0), tuple(engine.latency_counts))
 
-    def health(self, pnls: list[float] | None = None) -> Health:
+    def version_trades(self, limit: int) -> dict[str, list[float]]:
+        """Per strategy, the P&L of its active version's last closed trades, newest first:
+        from the version's own book when the strategy has several versions, else from the
+        real book. Reads SQLite: call it off the loop."""
+        d = self.daemon
+        engine = d.engine
+        assert engine is not None
+        vc = d.version_control
+        out: dict[str, list[float]] = {}
+        for spec in d.settings.strategies:
+            key = spec.key
+            book = vc.books.get(key, vc.registry.active(key)) \
+                if vc is not None and vc.books is not None else None
+            journal = book.journal if book is not None else engine.journal
+            out[f"{key}@{vc.registry.active(key)}" if vc is not None else key] = \
+                journal.recent_trade_pnls(limit, None if book is not None else key)
+        return out
+
+    def health(self, pnls: dict[str, list[float]] | None = None) -> Health:
         d = self.daemon
         engine = d.engine
         assert engine is not None
@@ -97,16 +115,22 @@ class Guard:
                    position_mismatch=self.mismatch, latency_p99_ms=p99_ms(latency),
                    latency_samples=sum(latency), bars=now.bars - old.bars,
                    errors=now.errors - old.errors, crashed=self.crashed)
-        if pnls:  # newest first: the recent window against the trades before it
-            n = self.limits.min_samples
-            recent, before = pnls[:n], pnls[n:]
-            if len(recent) >= n and len(before) >= n:
-                h.trades = len(recent)
-                h.win_rate = sum(p > 0 for p in recent) / len(recent)
-                h.baseline_win_rate = sum(p > 0 for p in before) / len(before)
+        n = self.limits.min_samples
+        worst = 0.0
+        for version, trades in (pnls or {}).items():
+            # Newest first: the version's recent window against its trades before it.
+            recent, before = trades[:n], trades[n:]
+            if len(recent) < n or len(before) < n:
+                continue
+            rate = sum(p > 0 for p in recent) / len(recent)
+            base = sum(p > 0 for p in before) / len(before)
+            if h.win_rate is None or base - rate > worst:
+                worst = base - rate
+                h.trades, h.win_rate, h.baseline_win_rate = len(recent), rate, base
+                h.win_rate_of = version
         return h
 
-    def check(self, pnls: list[float] | None = None) -> list[str]:
+    def check(self, pnls: dict[str, list[float]] | None = None) -> list[str]:
         """Take a reading; demote when a trigger fires. Returns the reasons (may be [])."""
         if self.daemon.demoted:
             return []

@@ -71,6 +71,7 @@ class Health:
     win_rate: float | None = None  # the active versions' recent closed trades
     baseline_win_rate: float | None = None  # their trailing baseline
     trades: int = 0  # closed trades behind win_rate
+    win_rate_of: str = ""  # the strategy version the win rate belongs to
 
 
 def check(limits: TriggerLimits, h: Health) -> list[str]:
@@ -103,7 +104,8 @@ def check(limits: TriggerLimits, h: Health) -> list[str]:
                    f"{limits.latency_p99_ms:g} ms")
     if (limits.win_rate_drop and h.win_rate is not None and h.baseline_win_rate is not None
             and h.trades >= n and h.win_rate < h.baseline_win_rate - limits.win_rate_drop):
-        out.append(f"win rate {h.win_rate:.1%} is {h.baseline_win_rate - h.win_rate:.1%} "
-                   f"below the baseline {h.baseline_win_rate:.1%} (limit "
+        of = f" of {h.win_rate_of}" if h.win_rate_of else ""
+        out.append(f"win rate{of} {h.win_rate:.1%} is {h.baseline_win_rate - h.win_rate:.1%} "
+                   f"below its baseline {h.baseline_win_rate:.1%} (limit "
                    f"{limits.win_rate_drop:.0%})")
     return out

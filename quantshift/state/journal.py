@@ -245,10 +245,15 @@ class Journal:
         return [p / abs(q * e) if q and e else 0.0 for q, e, p in self._db.execute(
             "SELECT qty, entry_price, pnl FROM trades ORDER BY id")]
 
-    def recent_trade_pnls(self, limit: int) -> list[float]:
-        """The P&L of the last ``limit`` closed trades, newest first."""
-        return [float(r[0]) for r in self._db.execute(
-            "SELECT pnl FROM trades ORDER BY id DESC LIMIT ?", (limit,))]
+    def recent_trade_pnls(self, limit: int, strategy: str | None = None) -> list[float]:
+        """The P&L of the last ``limit`` closed trades (of one strategy), newest first."""
+        if strategy is None:
+            rows = self._db.execute("SELECT pnl FROM trades ORDER BY id DESC LIMIT ?",
+                                    (limit,))
+        else:
+            rows = self._db.execute("SELECT pnl FROM trades WHERE strategy = ? ORDER BY id "
+                                    "DESC LIMIT ?", (strategy, limit))
+        return [float(r[0]) for r in rows]
 
     def max_fill_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM fills").fetchone()[0])
