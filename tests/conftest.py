@@ -127,6 +127,18 @@ class DaemonProcess:
             self.proc.wait(10)
 
 
+@pytest.fixture
+def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An in-process daemon's world: the working directory is tmp_path and no QuantShift,
+    broker or systemd setting leaks in from the environment."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_", "NOTIFY_",
+                           "TELEGRAM_")):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _no_default_http_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process daemons serve HTTP only on a port a test chose: the default one may

@@ -7,7 +7,6 @@ daemon-managed exits. (The emulator's brackets: test_brackets_emulator.py.)"""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -91,14 +90,6 @@ async def stop_rig(rig: Rig) -> None:
     await rig.executor.close()
     rig.journal.close()
 
-
-@pytest.fixture
-def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_")):
-            monkeypatch.delenv(key)
-    return tmp_path
 
 
 @pytest.fixture

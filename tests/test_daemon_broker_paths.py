@@ -5,27 +5,15 @@ bars come back."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
-import pytest
-
 from quantshift.daemon import Daemon
 from quantshift.domain import Bar, Direction, Signal
 from quantshift.emulators.alpaca import AlpacaEmulator
 from quantshift.settings import Settings
-
-
-@pytest.fixture
-def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_", "NOTIFY_")):
-            monkeypatch.delenv(key)
-    return tmp_path
 
 
 async def wait_until(cond, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]

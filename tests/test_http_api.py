@@ -50,14 +50,6 @@ def make_settings(root: Path, **kw: Any) -> Settings:
     return Settings(**{**base, **kw})
 
 
-@pytest.fixture
-def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith(("QUANTSHIFT_", "SHADOW_MODE", "APCA_", "CCXT_", "NOTIFY_")):
-            monkeypatch.delenv(key)
-    return tmp_path
-
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:

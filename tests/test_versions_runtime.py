@@ -17,9 +17,7 @@ from quantshift.execution.paper import PaperExecutor
 from quantshift.shadow.books import book_path
 from quantshift.shadow.cli import read_history
 from quantshift.shadow.routing import routes_to_canary
-from tests.test_http_api import AUTH, call, clean, make_settings, running, wait_until
-
-__all__ = ["clean"]  # the fixture, imported for pytest
+from tests.test_http_api import AUTH, call, make_settings, running, wait_until
 
 SYMBOLS = [f"S{i:02d}" for i in range(12)]
 FAST = {"ma": "sma", "fast": 2, "slow": 5, "mode": "long_short"}
