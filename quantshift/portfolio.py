@@ -27,6 +27,10 @@ class Portfolio:
         self.commission = 0.0
         self.fill_seq = 0  # the last fill applied
         self._mtm = 0.0
+        # Gross notional of the open positions at their marks, kept like _mtm: a term per
+        # mark of a held symbol and per fill. The exposure limit reads it instead of
+        # summing every position on every decision (and sums exactly near its cap).
+        self.gross = 0.0
         self.peak_equity = cash
         self.drawdown = 0.0
         self.max_drawdown = 0.0
@@ -78,6 +82,7 @@ class Portfolio:
         self.return_n += 1
         if q and old is not None and price != old:
             self._mtm += q * (price - old)
+            self.gross += (q if q > 0 else -q) * (price - old)
             self._track_equity()
 
     def _roll_day(self, ts: int) -> None:
@@ -121,7 +126,9 @@ class Portfolio:
         mark = self.marks.get(symbol)
         if mark is None:
             mark = self.marks[symbol] = price
-        now = self.net[symbol] = self.net.get(symbol, 0.0) + d
+        was = self.net.get(symbol, 0.0)
+        now = self.net[symbol] = was + d
+        self.gross += (abs(now) - abs(was)) * mark
         if now > _EPS or now < -_EPS:
             self.open_net[symbol] = now
         else:
@@ -208,6 +215,7 @@ class Portfolio:
             pf.net[symbol] = pf.net.get(symbol, 0.0) + qty
         pf.open_net = {s: q for s, q in pf.net.items() if q > _EPS or q < -_EPS}
         pf._mtm = sum(q * pf.marks.get(s, 0.0) for s, q in pf.net.items())
+        pf.gross = pf.exposure()
         equity = pf._last_equity = pf.equity
         pf.drawdown = (pf.peak_equity - equity) / pf.peak_equity if pf.peak_equity > 0 else 0.0
         return pf

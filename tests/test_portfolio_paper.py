@@ -427,8 +427,9 @@ def test_next_open_resting_orders_count_against_the_exposure_limit(make_engine) 
     assert engine.counts["vetoed"] == 1
 
 
-def test_open_net_holds_exactly_the_symbols_with_a_position() -> None:
-    """The exposure limits read ``open_net``: it must follow every fill and a restore."""
+def test_open_net_and_gross_follow_every_fill_and_mark() -> None:
+    """The exposure limits read ``open_net`` and ``gross``: both must follow every fill,
+    every mark and a restore."""
     import random
 
     rnd = random.Random(5)
@@ -439,5 +440,9 @@ def test_open_net_holds_exactly_the_symbols_with_a_position() -> None:
         pf.apply_fill(Fill(seq, f"c{seq}", rnd.choice(["s1", "s2"]), symbol, side,
                            rnd.choice([1, 2, 5]), 100.0 + rnd.random(), 0.0, T0 + seq))
         assert pf.open_net == {s: q for s, q in pf.net.items() if abs(q) > 1e-9}
+        pf.mark(rnd.choice(["A", "B", "C", "D"]), 100.0 + 5 * rnd.random(), T0 + seq)
+        # The running gross notional is the exposure, summed afresh, to rounding.
+        assert pf.gross == pytest.approx(pf.exposure(), rel=1e-12, abs=1e-9)
     back = Portfolio.restore(pf.snapshot())
     assert back.open_net == pf.open_net
+    assert back.gross == pytest.approx(pf.gross, rel=1e-12)

@@ -25,6 +25,8 @@ from quantshift.risk.sizing import FRACTION_STEP, KellyStats, Sizing
 HOUR_NS = 3600 * NS_PER_SECOND
 EPS = 1e-9
 REDUCING = "reducing"
+# Within this share of the exposure cap the gross notional is summed exactly.
+_NEAR_CAP = 0.999
 # A tripped breaker is also an alert (ops/notify.py copies it to Telegram).
 _ALERT_BREAKER = logger.bind(alert="breaker")
 
@@ -284,12 +286,15 @@ class EntryRules:
         opens = lim.max_open_positions and -EPS < after_exit < EPS and abs(new_net) > EPS
         if not (cap or opens):
             return None
-        # Every symbol with a net position (summed in C: no Python loop per position),
-        # then corrected for this symbol and for pending orders (counted as filled).
+        # Every symbol with a net position, then corrected for this symbol and for pending
+        # orders (counted as filled). The book keeps the gross notional as it goes; near
+        # the cap it is summed exactly, so rounding can never let a breach through.
         mark = pf.marks.get
         held = pf.open_net
         others = len(held)
-        gross = sum(map(mul, map(abs, held.values()), map(mark, held, repeat(price))))
+        gross = pf.gross
+        if cap and gross + abs(new_net) * price > cap * _NEAR_CAP:
+            gross = sum(map(mul, map(abs, held.values()), map(mark, held, repeat(price))))
         own = net.get(symbol, 0.0)
         if own > EPS or own < -EPS:
             others -= 1
