@@ -1,5 +1,7 @@
 """RiskGate.evaluate per signal with every rule on, 100 symbols (target p99 <= 20 us).
 
+Three passes by default; the figure is the median of their p99s.
+
 The state is a day of trading in production: 100 symbols marked and warmed through
 ``gate.on_bar`` (ATR, average volume, the 5x higher timeframe, the regime of the reference
 symbol), every symbol traded once already (the book's net map holds all 100), 8 positions
@@ -37,6 +39,7 @@ from quantshift.domain import (
 )
 from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import RiskGate
+from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import limits_for
 from quantshift.risk.sizing import Sizing
 
@@ -85,7 +88,9 @@ def build(symbols: int, seed: int) -> tuple[RiskGate, Portfolio, dict, list[str]
     for s in names[90:95]:  # losing exits cooling five symbols down
         gate.on_trade(Trade("s2", s, Direction.LONG, 5, ts - 2 * MIN, 100.0, ts - MIN, 99.0,
                             -5.0))
-    pending = {("s1", names[10]): 7.0, ("s2", names[11]): -3.0}
+    pending = Pending()  # as the engine keeps it
+    pending.add("s1", names[10], 7.0)
+    pending.add("s2", names[11], -3.0)
     return gate, pf, pending, names, prices
 
 
@@ -159,8 +164,17 @@ def main() -> None:
     ap.add_argument("--evaluations", type=int, default=200_000)
     ap.add_argument("--symbols", type=int, default=100)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--runs", type=int, default=3,
+                    help="passes over the same plan; the headline is their median p99")
     args = ap.parse_args()
-    save("risk_gate", run(args.evaluations, args.symbols, args.seed))
+    # A shared VM's speed drifts from minute to minute: several passes, each its own p99,
+    # and the median of those as the figure (as the replay benchmark does with rates).
+    runs = [run(args.evaluations, args.symbols, args.seed) for _ in range(args.runs)]
+    p99s = sorted(r["evaluate_us"]["p99"] for r in runs)
+    median = p99s[len(p99s) // 2]
+    first = runs[0]
+    save("risk_gate", {**first, "evaluate_us_runs": [r["evaluate_us"] for r in runs],
+                       "p99_us_median": median, "meets_target": median <= TARGET_P99_US})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from quantshift.execution.base import Executor
 from quantshift.exits import ExitManager
 from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import HALTED, RiskGate
+from quantshift.risk.pending import Pending
 from quantshift.state.journal import Journal
 from quantshift.strategies.base import StrategyBase
 
@@ -71,7 +72,7 @@ class Engine:
         self._known_ids: set[str] = set()
         self._orders: dict[str, Order] = {}
         # Signed quantity sent but not yet filled, per (strategy, symbol), for the gate.
-        self._pending: dict[tuple[str, str], float] = {}
+        self._pending = Pending()
         self._fill_seq = 0
         # Read by /metrics at scrape time: plain counters, the cheapest a bar can keep
         # (a defaultdict's += costs half a Counter's).
@@ -258,12 +259,7 @@ class Engine:
     def _add_pending(self, intent: OrderIntent, qty: float) -> None:
         if intent.parent:
             return  # a bracket's leg waits on a price: nothing the gate counts as sent
-        key = (intent.strategy, intent.symbol)
-        left = self._pending.get(key, 0.0) + qty
-        if abs(left) < _EPS:
-            self._pending.pop(key, None)
-        else:
-            self._pending[key] = left
+        self._pending.add(intent.strategy, intent.symbol, qty)
 
     # -- what the executor reports (ExecutionSink) -------------------------------------
     def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None:

@@ -406,3 +406,23 @@ def test_client_order_ids() -> None:
     assert all(len(c) <= 36 for c in others)
     long_id = client_order_id("b" * 32, "s" * 64, "S" * 32, 2**62, Side.SELL, True)
     assert len(long_id) <= 36
+
+
+def test_pending_keeps_its_per_symbol_view_in_step() -> None:
+    """The exposure limits read ``Pending.by_symbol``: it must equal the per-symbol sums
+    of the (strategy, symbol) entries after any sequence of orders sent and filled."""
+    import random
+
+    from quantshift.risk.pending import Pending
+
+    rnd = random.Random(3)
+    pending = Pending()
+    for _ in range(2_000):
+        pending.add(rnd.choice(["s1", "s2"]), rnd.choice(["A", "B", "C"]),
+                    rnd.choice([-5.0, -2.5, 1.0, 2.5, 5.0]))
+        sums: dict[str, float] = {}
+        for (_, symbol), q in pending.items():
+            sums[symbol] = sums.get(symbol, 0.0) + q
+        assert set(pending.by_symbol) <= set(sums)
+        for symbol, q in sums.items():
+            assert pending.by_symbol.get(symbol, 0.0) == pytest.approx(q, abs=1e-9)

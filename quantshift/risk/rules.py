@@ -273,8 +273,11 @@ class EntryRules:
             return (f"max position notional: {notional:.2f} > "
                     f"{lim.max_position_notional:g}")
         net = pf.net
-        by_symbol: dict[str, float] = {}
-        if pending:
+        # The engine's Pending keeps this view as orders come and go; a plain mapping
+        # (tests, tools) is summed here.
+        by_symbol: dict[str, float] | None = getattr(pending, "by_symbol", None)
+        if by_symbol is None:
+            by_symbol = {}
             for (_, s), q in pending.items():
                 by_symbol[s] = by_symbol.get(s, 0.0) + q
         before = net.get(symbol, 0.0) + by_symbol.get(symbol, 0.0)
