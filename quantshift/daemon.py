@@ -432,7 +432,7 @@ class Daemon:
     async def flush_books(self) -> None:
         """Write the version books' queued rows (off the loop, on the journal's thread)."""
         books = self.version_control.books if self.version_control else None
-        if books is not None:
+        if books is not None and books.pending:  # no thread hop for an idle tick
             await asyncio.get_running_loop().run_in_executor(self._db_thread, books.flush)
 
     async def _commit(self) -> None:

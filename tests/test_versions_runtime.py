@@ -255,3 +255,27 @@ async def test_the_win_rate_trigger_reads_each_active_version_apart(clean: Path)
         assert (h.win_rate, h.baseline_win_rate, h.win_rate_of) == (0.25, 0.75, "ma_cross@v1")
         assert guard.check({"ma_cross@v1": recent + baseline})
         assert d.demoted and "win rate of ma_cross@v1 25.0%" in d.demoted_reason
+
+
+def test_a_books_figures_are_worked_out_from_its_trades(tmp_path: Path) -> None:
+    from quantshift.domain import Direction, Trade
+    from quantshift.shadow.compare import read_book
+    from quantshift.state.journal import Journal
+
+    path = tmp_path / "book.sqlite"
+    journal = Journal(path, bot="equity", executor="paper", durable=False)
+    for i, pnl in enumerate([10.0, -30.0, 5.0, -5.0, 40.0]):  # entry notional 1,000 each
+        journal.trade(Trade("ma", "AAA", Direction.LONG, 10, i, 100.0, i + 1, 100.0, pnl))
+    journal.flush()
+    journal.close()
+    fig = read_book(path, "ma", "v2", "shadow")
+    assert fig.trades == 5 and fig.pnl == 20.0 and fig.win_rate == 0.6
+    assert fig.max_drawdown == 30.0  # the running P&L goes from +10 down to -20
+    returns = [0.01, -0.03, 0.005, -0.005, 0.04]
+    mean = sum(returns) / 5
+    std = (sum((r - mean) ** 2 for r in returns) / 4) ** 0.5
+    assert fig.sharpe == round(mean / std, 4)
+    empty = Journal(tmp_path / "none.sqlite", bot="equity", executor="paper", durable=False)
+    empty.close()
+    bare = read_book(tmp_path / "none.sqlite", "ma", "v3", "shadow")
+    assert bare.trades == 0 and bare.sharpe is None and bare.max_drawdown == 0.0

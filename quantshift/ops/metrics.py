@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from quantshift.domain import Phase
 from quantshift.engine import LATENCY_BOUNDS_NS
+from quantshift.strategies.base import DEFAULT_VERSION
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
     from quantshift.daemon import Daemon
@@ -41,7 +42,6 @@ __all__ = ["CONTENT_TYPE", "Metrics", "veto_label"]
 # The classic text format: every name here is a legacy one, and every Prometheus reads it.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 TRADING_STATES = ("active", "reducing", "halted")
-DEFAULT_VERSION = "v1"  # a strategy configured without versions runs as its v1
 _BUCKET_LABELS = tuple(repr(b / 1e9) for b in LATENCY_BOUNDS_NS)
 # A veto's text up to its first ':' still names a symbol in a few rules ("cooldown after a
 # losing exit in X", "no ATR yet for X") or carries the sizing rule ("size rounds to zero
@@ -290,6 +290,10 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE
+
+    def errors_total(self) -> int:
+        """ERROR (and worse) log records since this Metrics began counting."""
+        return sum(self._errors.counts.values())
 
     def close(self) -> None:
         """Stop counting error records (the loguru sink is process-wide)."""

@@ -135,10 +135,9 @@ class TelegramAlerter:
             self.stats.dropped += left
             logger.warning("telegram: {} alerts not sent before the stop", left)
         if final is not None and (self.kinds is None or final[0] in self.kinds):
-            self._next_send = 0.0  # the last word goes out now
-            self.retries = 0
+            self._next_send = 0.0  # the last word goes out now, in one try
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deliver(*final), timeout / 2)
+                await asyncio.wait_for(self._deliver(*final, retries=0), timeout / 2)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -147,10 +146,11 @@ class TelegramAlerter:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    async def _deliver(self, kind: str, text: str) -> None:
+    async def _deliver(self, kind: str, text: str, retries: int | None = None) -> None:
         body = {"chat_id": self.chat_id, "text": f"{self.prefix} {kind}: {text}"[:_MAX_TEXT],
                 "disable_web_page_preview": True}
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             wait = self._next_send - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -160,7 +160,7 @@ class TelegramAlerter:
                 self.stats.sent += 1
                 self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
                 return
-            if outcome == "refused" or attempt == self.retries:
+            if outcome == "refused" or attempt == retries:
                 break
             await asyncio.sleep(delay if delay is not None else self.retry_base * 2 ** attempt)
         self.stats.failed += 1

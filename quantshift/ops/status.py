@@ -14,12 +14,12 @@ from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
 from quantshift import __version__
+from quantshift.strategies.base import DEFAULT_VERSION
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
     from quantshift.daemon import Daemon
     from quantshift.settings import Settings
 
-DEFAULT_VERSION = "v1"
 
 
 def strategy_versions(settings: Settings) -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ the running daemon starts it with indicators that have seen every bar.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,9 @@ from quantshift.strategies.base import StrategyBase, factory
 class _ShadowPaper(PaperExecutor):
     """Paper fills, plus one "would" line per order in the shadow log."""
 
-    def __init__(self, inner: PaperExecutor, log: Any) -> None:
-        self.__dict__.update(inner.__dict__)
+    def __init__(self, settings: Settings, sink: Engine, log: Any) -> None:
+        super().__init__(sink, settings.paper_fill, settings.paper_slippage_bps,
+                         settings.paper_commission_bps)
         self._shadow_log = log
 
     def submit(self, intent: OrderIntent) -> None:
@@ -86,8 +86,7 @@ class VersionBooks:
                                       strategies=[_spec(strategy, v)], log_decisions=False)
                 # The version's own maker, so its instances and decisions carry the version.
                 engine.makers = [factory(v.name or strategy, strategy, v.params, v.version)]
-                assert isinstance(engine.executor, PaperExecutor)
-                engine.executor = _ShadowPaper(engine.executor, logger.bind(
+                engine.executor = _ShadowPaper(settings, engine, logger.bind(
                     shadow=True, shadow_only=True, version=f"{strategy}@{v.version}"))
                 self.books[(strategy, v.version)] = VersionBook(strategy, v.version, journal,
                                                                 engine)
@@ -129,22 +128,16 @@ class VersionBooks:
         for book in self._all:
             book.engine.snapshot()
 
+    @property
+    def pending(self) -> int:
+        return sum(book.journal.pending for book in self._all)
+
     def flush(self) -> int:
         return sum(book.journal.flush() for book in self._all)
 
     def close(self) -> None:
         for book in self._all:
             book.journal.close()
-
-    def summary(self) -> list[dict[str, Any]]:
-        out = []
-        for book in self._all:
-            pf = book.engine.portfolio
-            out.append({"strategy": book.strategy, "version": book.version,
-                        "status": self.registry.status(book.strategy, book.version).value,
-                        "equity": round(pf.equity, 2), "realized_pnl": round(pf.realized_pnl, 2),
-                        "drawdown": round(pf.drawdown, 4), **book.engine.counts})
-        return out
 
 
 def _spec(strategy: str, v: VersionSpec) -> StrategySpec:
@@ -157,7 +150,3 @@ def open_books(settings: Settings, registry: VersionRegistry) -> VersionBooks | 
         return None
     books.restore()
     return books
-
-
-def version_paths(settings: Settings, pairs: Iterable[tuple[str, str]]) -> dict[str, Path]:
-    return {f"{s}@{v}": book_path(settings, s, v) for s, v in pairs}

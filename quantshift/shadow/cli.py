@@ -136,6 +136,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def load_registry(settings: Any) -> Any:
     """The versions as the daemon runs them: the config, then what the ledger persisted
     (promotions and rollbacks survive in it)."""
+    from quantshift.shadow.runtime import KV_KEY
     from quantshift.shadow.versions import VersionRegistry
 
     registry = VersionRegistry.from_config(settings.strategies)
@@ -143,7 +144,7 @@ def load_registry(settings: Any) -> Any:
     if ledger.is_file():
         db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT value FROM kv WHERE key = 'strategy_versions'").fetchone()
+            row = db.execute("SELECT value FROM kv WHERE key = ?", (KV_KEY,)).fetchone()
         except sqlite3.OperationalError:
             row = None
         finally:

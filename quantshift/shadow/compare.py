@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from quantshift.settings import Settings
 from quantshift.shadow.books import book_path
+from quantshift.shadow.promotion import compare_versions, max_drawdown, sharpe
 from quantshift.shadow.versions import VersionRegistry, VersionStatus
 
 
@@ -85,16 +87,11 @@ def read_book(path: Path, strategy: str, version: str, status: str,
     fig.returns = [p / abs(q * e) if q and e else 0.0 for q, e, p in rows]
     if pnls:
         fig.win_rate = sum(1 for p in pnls if p > 0) / len(pnls)
-        peak = curve = 0.0
-        for p in pnls:
-            curve += p
-            peak = max(peak, curve)
-            fig.max_drawdown = max(fig.max_drawdown, peak - curve)
-        fig.max_drawdown = round(fig.max_drawdown, 2)
-    if len(fig.returns) >= 2:
-        mean = sum(fig.returns) / len(fig.returns)
-        var = sum((r - mean) ** 2 for r in fig.returns) / (len(fig.returns) - 1)
-        fig.sharpe = round(mean / math.sqrt(var), 4) if var > 0 else None
+        # The same measures as the promotion statistics: the drawdown on the P&L curve.
+        fig.max_drawdown = round(max_drawdown(np.asarray(pnls)), 2)
+    ratio = sharpe(np.asarray(fig.returns))
+    # No Sharpe from fewer than two trades, or from returns that never vary.
+    fig.sharpe = round(ratio, 4) if math.isfinite(ratio) and np.std(fig.returns) > 0 else None
     return fig
 
 
@@ -111,8 +108,6 @@ def divergence(a: VersionFigures, b: VersionFigures) -> float | None:
 def compare(settings: Settings, registry: VersionRegistry, strategy: str | None = None,
             since_ns: int | None = None, *, verdicts: bool = True) -> list[VersionFigures]:
     """Every version of every (or one) multi-version strategy, active first."""
-    from quantshift.shadow.promotion import compare_versions  # numpy/scipy only when asked
-
     out: list[VersionFigures] = []
     for name in registry.strategies():
         if strategy is not None and name != strategy:

@@ -78,7 +78,7 @@ class Guard:
         engine = d.engine
         assert engine is not None
         executor = d.real_executor or engine.executor
-        errors = sum(d.metrics._errors.counts.values()) if d.metrics is not None else 0
+        errors = d.metrics.errors_total() if d.metrics is not None else 0
         return _Tally(engine.bars, errors, getattr(executor, "calls", 0),
                       getattr(executor, "errors", 0), tuple(engine.latency_counts))
 

@@ -27,6 +27,7 @@ not demoted                     no automatic rollback trigger holds the bot
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import orjson
 
 from quantshift.domain import Phase
 from quantshift.settings import Settings
+from quantshift.shadow.guard import KV_KEY as DEMOTION_KEY
 from quantshift.shadow.guard import p99_ms
 
 MIN_HOURS = {Phase.OBSERVATION: 24.0, Phase.DRY_RUN: 168.0, Phase.MICRO_CAPITAL: 336.0,
@@ -70,15 +72,20 @@ def next_phase(phase: Phase) -> Phase | None:
     return _ORDER[i + 1] if i + 1 < len(_ORDER) else None
 
 
-def count_error_lines(log_dir: Path, bot: str) -> int:
-    """ERROR and CRITICAL lines in the bot's log file and its rotated copies."""
-    n = 0
+def log_lines(log_dir: Path, bot: str) -> Iterator[str]:
+    """Every line of the bot's log file and its rotated copies."""
     for path in sorted(log_dir.glob(f"quantshift-{bot}.log*")):
         with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if "| ERROR " in line or "| CRITICAL" in line or '"level":"ERROR"' in line:
-                    n += 1
-    return n
+            yield from fh
+
+
+def is_error_line(line: str) -> bool:
+    """An ERROR or CRITICAL record, in the text or the JSON log format."""
+    return "| ERROR " in line or "| CRITICAL" in line or '"level":"ERROR"' in line
+
+
+def count_error_lines(log_dir: Path, bot: str) -> int:
+    return sum(1 for line in log_lines(log_dir, bot) if is_error_line(line))
 
 
 def checklist(settings: Settings, target: Phase | None = None,
@@ -86,7 +93,7 @@ def checklist(settings: Settings, target: Phase | None = None,
     phase = settings.phase
     target = target or next_phase(phase)
     path = settings.ledger_path()
-    facts = _facts(path)
+    facts = ledger_facts(path)
     lines: list[Line] = []
     want = MIN_HOURS[phase]
     lines.append(Line("hours healthy", facts["hours"] >= want and not facts["demoted"],
@@ -121,7 +128,8 @@ def checklist(settings: Settings, target: Phase | None = None,
     return target, lines
 
 
-def _facts(path: Path) -> dict[str, Any]:
+def ledger_facts(path: Path) -> dict[str, Any]:
+    """What the checklist (and the daily report) read from a ledger, read-only."""
     facts: dict[str, Any] = {"hours": 0.0, "signals": 0, "vetoes": 0, "max_drawdown": 0.0,
                              "latency_p99_ms": None, "pnl": 0.0, "orders": 0, "rejected": 0,
                              "unfinished": 0, "mismatches": [], "reconciled": False,
@@ -147,8 +155,8 @@ def _facts(path: Path) -> dict[str, Any]:
             "SELECT count(*) FROM orders WHERE state IN ('new', 'submitted', "
             "'partially_filled') AND updated_ns < ?", (cutoff,)).fetchone()[0]
         snap = one("SELECT state FROM snapshots ORDER BY id DESC LIMIT 1")
-        kv = dict(db.execute("SELECT key, value FROM kv WHERE key IN "
-                             "('reconcile_last', 'demotion')").fetchall())
+        kv = dict(db.execute("SELECT key, value FROM kv WHERE key IN ('reconcile_last', ?)",
+                             (DEMOTION_KEY,)).fetchall())
     finally:
         db.close()
     if snap is not None:
@@ -162,6 +170,6 @@ def _facts(path: Path) -> dict[str, Any]:
     if "reconcile_last" in kv:
         facts["reconciled"] = True
         facts["mismatches"] = sorted(orjson.loads(kv["reconcile_last"]).get("mismatches", {}))
-    demotion = orjson.loads(kv["demotion"]) if "demotion" in kv else None
+    demotion = orjson.loads(kv[DEMOTION_KEY]) if DEMOTION_KEY in kv else None
     facts["demoted"] = demotion.get("reason", "yes") if demotion else ""
     return facts

@@ -18,6 +18,7 @@ from typing import Any
 from quantshift.settings import Settings
 from quantshift.shadow.books import book_path
 from quantshift.shadow.compare import VersionFigures, compare
+from quantshift.shadow.phase import count_error_lines, is_error_line, ledger_facts, log_lines
 from quantshift.shadow.versions import VersionRegistry
 
 NS = 1_000_000_000
@@ -58,12 +59,8 @@ def _book_day(path: Path, lo: int, hi: int) -> dict[str, Any]:
 
 def _anomalies(settings: Settings, day: date) -> list[str]:
     stamp = day.isoformat()
-    found: list[str] = []
-    for path in sorted(settings.log_dir.glob(f"quantshift-{settings.bot}.log*")):
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            found.extend(line.rstrip() for line in fh
-                         if line.startswith(stamp) and _ANOMALY.search(line))
-    return found
+    return [line.rstrip() for line in log_lines(settings.log_dir, settings.bot)
+            if line.startswith(stamp) and _ANOMALY.search(line)]
 
 
 def _chart(curves: dict[str, list[tuple[int, float]]], out: Path, title: str) -> bool:
@@ -115,13 +112,12 @@ def recommend(figures: list[VersionFigures], demoted: str, errors: int) -> str:
 
 def write_report(settings: Settings, registry: VersionRegistry, day: date,
                  out_dir: Path) -> tuple[Path, Path]:
-    from quantshift.shadow.phase import _facts, count_error_lines
 
     lo, hi = _day_bounds(day)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / f"report-{settings.bot}-{day.isoformat()}.md"
     png_path = out_dir / f"equity-{settings.bot}-{day.isoformat()}.png"
-    facts = _facts(settings.ledger_path())
+    facts = ledger_facts(settings.ledger_path())
     books = {"real book": _book_day(settings.ledger_path(), lo, hi)}
     for strategy in registry.strategies():
         versions = registry.versions(strategy)
@@ -131,7 +127,7 @@ def write_report(settings: Settings, registry: VersionRegistry, day: date,
                     book_path(settings, strategy, v.version), lo, hi)
     figures = compare(settings, registry)
     anomalies = _anomalies(settings, day)
-    errors = sum(1 for a in anomalies if "| ERROR " in a or "| CRITICAL" in a)
+    errors = sum(1 for a in anomalies if is_error_line(a))
     charted = _chart({k: b["curve"] for k, b in books.items()}, png_path,
                      f"{settings.bot} equity, {day.isoformat()} (UTC)")
     p99 = facts["latency_p99_ms"]

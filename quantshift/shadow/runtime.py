@@ -77,11 +77,6 @@ class VersionControl:
         self.books: VersionBooks | None = open_books(settings, self.registry)
         engine.books = self.books
 
-    @property
-    def multi(self) -> bool:
-        """Whether any strategy runs more than one version."""
-        return self.books is not None
-
     # -- what /status shows -------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
         out = []
