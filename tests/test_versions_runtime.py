@@ -279,3 +279,16 @@ def test_a_books_figures_are_worked_out_from_its_trades(tmp_path: Path) -> None:
     empty.close()
     bare = read_book(tmp_path / "none.sqlite", "ma", "v3", "shadow")
     assert bare.trades == 0 and bare.sharpe is None and bare.max_drawdown == 0.0
+
+
+def test_a_report_that_cannot_be_written_ends_in_one_line(
+        clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from quantshift import cli
+
+    blocker = clean / "not-a-dir"
+    blocker.write_text("a file where the report's directory should be")
+    code = cli.main(["report", "--date", "2026-11-20", "--out", str(blocker / "reports")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("quantshift: report: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

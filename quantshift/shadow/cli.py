@@ -19,6 +19,20 @@ import orjson
 VERSION_ACTIONS = ("promote", "rollback", "demote", "canary")
 
 
+def _reads_files(command: Callable[[argparse.Namespace], int]) \
+        -> Callable[[argparse.Namespace], int]:
+    """The file-reading commands end with one line, not a traceback, when a ledger or a
+    log cannot be read or the output cannot be written."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"quantshift: {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> None:
     promote = sub.add_parser("promote", help="make a strategy version active in the running "
                              "daemon (refused unless the statistics approve it, or --force)")
@@ -42,7 +56,7 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     history.add_argument("--bot")
     history.add_argument("--strategy")
     history.add_argument("--json", action="store_true")
-    history.set_defaults(func=cmd_history)
+    history.set_defaults(func=_reads_files(cmd_history))
 
     compare = sub.add_parser("compare", help="every version of the multi-version strategies "
                              "side by side, with the champion/challenger verdict")
@@ -50,7 +64,7 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     compare.add_argument("--strategy")
     compare.add_argument("--since", help="only bars from this UTC date on (YYYY-MM-DD)")
     compare.add_argument("--json", action="store_true")
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=_reads_files(cmd_compare))
 
     phase = sub.add_parser("phase", help="phase transitions")
     phase_sub = phase.add_subparsers(dest="phase_command", required=True)
@@ -60,14 +74,14 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     check.add_argument("--target", help="the phase to check for (default: the next one)")
     check.add_argument("--explained", help="why a non-positive P&L is acceptable")
     check.add_argument("--json", action="store_true")
-    check.set_defaults(func=cmd_phase)
+    check.set_defaults(func=_reads_files(cmd_phase))
 
     report = sub.add_parser("report", help="the daily shadow report (Markdown and a PNG "
                             "equity chart)")
     report.add_argument("--bot")
     report.add_argument("--date", help="the UTC day (YYYY-MM-DD; default yesterday)")
     report.add_argument("--out", help="directory (default ./reports)")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=_reads_files(cmd_report))
 
 
 def describe_change(bot: str, answer: dict[str, Any]) -> str:
