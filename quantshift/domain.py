@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
@@ -203,6 +204,8 @@ class Instrument:
 
     def floor_qty(self, qty: float) -> float:
         step = self.qty_step
+        if step == 1.0:  # whole units (most equities): no rounding of the product needed
+            return float(math.floor(qty + 1e-6))
         if step <= 0:
             return qty
         # Tolerate binary noise of up to a millionth of a step (2.0 / 1e-9 is 1999999999.9…).
@@ -233,6 +236,17 @@ class Trade:
     pnl: float
 
 
+@lru_cache(maxsize=8192)
+def _id_hasher(bot: str, strategy: str, symbol: str) -> Any:
+    """The id's hash primed with the parts that repeat on every bar of one strategy and
+    symbol: each id then hashes only its time, side and leg (a copy of this one)."""
+    return blake2b(f"{bot}|{strategy}|{symbol}|".encode(), digest_size=14)
+
+
+_ID_TAIL = {(Side.BUY, False): b"|buy|e", (Side.BUY, True): b"|buy|x",
+            (Side.SELL, False): b"|sell|e", (Side.SELL, True): b"|sell|x"}
+
+
 def client_order_id(bot: str, strategy: str, symbol: str, ts: int, side: Side,
                     reduce_only: bool = False) -> str:
     """The deterministic id of the order one strategy sends for one bar.
@@ -240,8 +254,9 @@ def client_order_id(bot: str, strategy: str, symbol: str, ts: int, side: Side,
     The same decision after a restart gets the same id, so a venue (or the journal)
     recognises it instead of taking a second order. The exit leg of a reversal has the
     same side as its entry leg, so whether an order only reduces is part of the key.
-    31 characters fit every venue's limit (Binance allows 36, Alpaca 48).
+    The key is ``bot|strategy|symbol|ts|side|leg`` (leg ``e`` entry, ``x`` reduce-only),
+    hashed to 31 characters, which fit every venue's limit (Binance allows 36, Alpaca 48).
     """
-    leg = "x" if reduce_only else "e"
-    key = f"{bot}|{strategy}|{symbol}|{ts}|{side.value}|{leg}".encode()
-    return "qs-" + blake2b(key, digest_size=14).hexdigest()
+    h = _id_hasher(bot, strategy, symbol).copy()
+    h.update(b"%d%s" % (ts, _ID_TAIL[side, bool(reduce_only)]))
+    return "qs-" + h.hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hashlib import blake2b
+
 import pytest
 
 from quantshift.domain import (
@@ -9,6 +11,7 @@ from quantshift.domain import (
     NS_PER_SECOND,
     Direction,
     Fill,
+    Instrument,
     OrderIntent,
     Phase,
     Side,
@@ -406,6 +409,36 @@ def test_client_order_ids() -> None:
     assert all(len(c) <= 36 for c in others)
     long_id = client_order_id("b" * 32, "s" * 64, "S" * 32, 2**62, Side.SELL, True)
     assert len(long_id) <= 36
+
+
+def test_client_order_ids_keep_their_documented_key() -> None:
+    # A restart after an upgrade must recompute the ids the journal holds for the same
+    # bar: the id is the 14-byte blake2b of "bot|strategy|symbol|ts|side|leg", whatever
+    # the code that computes it caches along the way.
+    for bot, strategy, symbol in (("equity", "ma_cross", "AAPL"), ("crypto", "rsi", "BTC/USDT")):
+        for ts in (T0, T0 + 1):
+            for side in Side:
+                for reduce_only, leg in ((False, "e"), (True, "x")):
+                    key = f"{bot}|{strategy}|{symbol}|{ts}|{side.value}|{leg}".encode()
+                    want = "qs-" + blake2b(key, digest_size=14).hexdigest()
+                    assert client_order_id(bot, strategy, symbol, ts, side, reduce_only) == want
+    # Pinned, so a change of the key's layout cannot pass by changing both sides.
+    assert client_order_id("equity", "ma_cross", "AAPL", 1_704_207_600_000_000_000,
+                           Side.BUY) == "qs-" + blake2b(
+        b"equity|ma_cross|AAPL|1704207600000000000|buy|e", digest_size=14).hexdigest()
+
+
+def test_instrument_floor_qty_on_whole_and_fractional_steps() -> None:
+    whole = Instrument("X", qty_step=1.0)
+    assert whole.floor_qty(7.9) == 7.0
+    assert whole.floor_qty(2.9999999999) == 3.0  # binary noise just under a unit
+    assert whole.floor_qty(0.4) == 0.0
+    assert isinstance(whole.floor_qty(5), float)
+    tenth = Instrument("X", qty_step=0.1)
+    assert tenth.floor_qty(0.29) == pytest.approx(0.2)
+    assert tenth.floor_qty(0.3) == pytest.approx(0.3)  # 0.3 / 0.1 is 2.9999999999999996
+    assert Instrument("X", qty_step=0.001).floor_qty(1.23456) == 1.234
+    assert Instrument("X", qty_step=0.0).floor_qty(1.23456) == 1.23456  # no step: as is
 
 
 def test_pending_keeps_its_per_symbol_view_in_step() -> None:

@@ -208,6 +208,22 @@ def test_kelly_stats_edge_cases() -> None:
                                                                                       0.1]
 
 
+def test_kelly_fraction_follows_every_trade_and_a_restore() -> None:
+    # The gate reads the fraction kept on the statistics: it must move with each trade
+    # and come back with the counters after a restart.
+    g, book = gate(sizing="kelly:0.5:4:0.5,fixed:7"), Book()
+    for pnl in (20, 20, 20, -10):
+        g.on_trade(trade(pnl))
+    assert g.kelly["s1"].f == pytest.approx(0.625)
+    g.on_trade(trade(-10))  # W 0.6, R 2: f* 0.4
+    assert g.kelly["s1"].f == pytest.approx(g.kelly["s1"].kelly()) == pytest.approx(0.4)
+    assert entry_qty(g, book) == 200  # 0.5 * 0.4 of 100000 at 100
+    again = gate(sizing="kelly:0.5:4:0.5,fixed:7")
+    again.restore_counters(g.counters())
+    assert again.kelly["s1"].f == pytest.approx(0.4)
+    assert entry_qty(again, book) == 200
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("atr:0.01:2", Sizing(kind="atr", value=0.01, multiplier=2, period=14)),
     ("atr:0.02:1.5:20", Sizing(kind="atr", value=0.02, multiplier=1.5, period=20)),

@@ -236,9 +236,11 @@ class RiskGate(EntryRules):
             if self.phase_start_day < 0 and self.limits.ramp_start > 0:
                 self.phase_start_day = day  # the phase's first decision: day 1 of the ramp
 
-        current = portfolio.position_qty(signal.strategy, signal.symbol)
+        key = (signal.strategy, signal.symbol)
+        pos = portfolio.positions.get(key)  # Portfolio.position_qty, inline: the hot path
+        current = pos.qty if pos is not None else 0.0
         if pending:
-            current += pending.get((signal.strategy, signal.symbol), 0.0)
+            current += pending.get(key, 0.0)
         want = signal.target
         flat = -EPS < current < EPS
         state = self.state

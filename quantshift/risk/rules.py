@@ -91,6 +91,7 @@ class EntryRules:
         """The unsigned entry quantity, or why there is none. ``exiting`` is the signed
         quantity the reversal's exit leg takes off the symbol (0 from flat)."""
         lim = self.limits
+        equity = pf.equity
         if self.state == REDUCING:
             return f"reducing: {self.halt_reason}; only exposure-reducing orders pass"
         if self.stale_reason is not None:
@@ -99,7 +100,7 @@ class EntryRules:
             return "market closed: entries wait for the venue's market hours"
         if lim.max_daily_loss:
             base = self.day_equity
-            day_pnl = pf.equity - base if base is not None else pf.day_pnl
+            day_pnl = equity - (base if base is not None else pf.day_start_equity)
             if self.loss_halt_day == day or day_pnl <= -lim.max_daily_loss:
                 reason = (f"daily loss limit: day P&L {day_pnl:.2f} <= "
                           f"-{lim.max_daily_loss:g}; entries halted for the day")
@@ -108,9 +109,9 @@ class EntryRules:
                 self.loss_halt_day = day
                 return reason
         if lim.max_drawdown:
-            dd = self._drawdown(pf)
+            dd = self._drawdown(pf, equity)
             if dd >= lim.max_drawdown:
-                reason = (f"max drawdown: equity {pf.equity:.2f} is {dd:.2f} below its peak "
+                reason = (f"max drawdown: equity {equity:.2f} is {dd:.2f} below its peak "
                           f"{self.hwm:.2f} (limit {lim.max_drawdown:g}); entries halted "
                           "until resumed")
                 self.reduce(reason)
@@ -160,15 +161,14 @@ class EntryRules:
                 return (f"higher timeframe disagrees: {side} but the {lim.htf_factor}x close "
                         f"{st.htf_last:g} is {where} its {lim.htf_sma}-bar SMA {mean:g}")
         share = self.ramp_share(day)
-        qty = self._size(signal, price, pf, pending, exiting, st, share)
+        qty = self._size(signal, price, pf, pending, exiting, st, equity * share)
         if isinstance(qty, str):
             return qty
         return self._book_limits(symbol, qty * int(signal.target), price, pf, pending,
                                  exiting, share) or qty
 
-    def _drawdown(self, pf: Portfolio) -> float:
-        """Equity below its high-water mark (since the last resume)."""
-        eq = pf.equity
+    def _drawdown(self, pf: Portfolio, eq: float) -> float:
+        """Equity ``eq`` below its high-water mark (since the last resume)."""
         peak = pf.peak_equity
         hwm = self.hwm
         if hwm is None:
@@ -187,20 +187,19 @@ class EntryRules:
 
     def _size(self, signal: Signal, price: float, pf: Portfolio,
               pending: Mapping[tuple[str, str], float], exiting: float,
-              st: SymbolState | None, share: float) -> float | str:
+              st: SymbolState | None, equity: float) -> float | str:
         """The entry's unsigned quantity after the sizing rule, the regime, the caps and the
-        rounding; or the veto."""
+        rounding; or the veto. ``equity`` is the capital allowed now (the ramp's share)."""
         if price <= 0:
             return f"size rounds to zero ({self.sizing_rule} at {price:g})"
         sizing = self.sizing_rule
-        equity = pf.equity * share
         kind = sizing.kind
         raw = 0.0
         capped = False
         if kind == "kelly":
             stats = self.kelly.get(signal.strategy)
             if stats is not None and stats.n >= sizing.min_trades:
-                f = stats.kelly()
+                f = stats.f
                 if f <= 0:
                     return (f"kelly: no edge for {signal.strategy} (f* {f:.3f} over "
                             f"{stats.n} trades)")

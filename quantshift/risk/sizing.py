@@ -123,13 +123,17 @@ class Sizing(BaseModel):
 
 
 class KellyStats:
-    """Sufficient statistics of one strategy's closed trades for the Kelly fraction."""
+    """Sufficient statistics of one strategy's closed trades for the Kelly fraction.
 
-    __slots__ = ("loss_sum", "n", "win_sum", "wins")
+    ``f`` is kept up to date as trades arrive: the gate reads it on every entry, and
+    trades are far rarer than decisions."""
+
+    __slots__ = ("f", "loss_sum", "n", "win_sum", "wins")
 
     def __init__(self, n: int = 0, wins: int = 0, win_sum: float = 0.0,
                  loss_sum: float = 0.0) -> None:
         self.n, self.wins, self.win_sum, self.loss_sum = n, wins, win_sum, loss_sum
+        self.f = self.kelly()
 
     def add(self, ret: float) -> None:
         self.n += 1
@@ -138,6 +142,7 @@ class KellyStats:
             self.win_sum += ret
         else:
             self.loss_sum -= ret
+        self.f = self.kelly()
 
     def kelly(self) -> float:
         """f* = W - (1 - W) / R; R = mean win / mean loss (returns on notional)."""
