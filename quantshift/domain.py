@@ -236,6 +236,13 @@ class Trade:
     pnl: float
 
 
+def trade_return(qty: float, entry_price: float, pnl: float) -> float | None:
+    """A round trip's return: its P&L over its entry notional (None when it had none).
+    The one definition for Kelly sizing, the promotion statistics and the reports."""
+    notional = abs(qty * entry_price)
+    return pnl / notional if notional > 0 else None
+
+
 @lru_cache(maxsize=8192)
 def _id_hasher(bot: str, strategy: str, symbol: str) -> Any:
     """The id's hash primed with the parts that repeat on every bar of one strategy and

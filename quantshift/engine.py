@@ -306,12 +306,11 @@ class Engine:
             instance.position = self.portfolio.position_qty(intent.strategy, intent.symbol)
         if intent.client_order_id in self._orders:
             self._add_pending(intent, -fill.signed_qty)
-        self.journal.fill(fill)
+        self.journal.fill(fill, trade)
         self.counts["fills"] += 1
         if trade is not None:
             self.gate.on_trade(trade)
             self.counts["trades"] += 1
-            self.journal.trade(trade)
             if self.trades is not None:
                 self.trades.append(trade)
         order = self._orders.get(intent.client_order_id)
@@ -408,9 +407,16 @@ class Engine:
             if self.exits is not None:
                 self.exits.restore(snap.get("exits", {}))
             self.last_ts = dict(self._resume_after)
+        # What happened after the snapshot (a crash skips the one at shutdown): its fills
+        # into the book, its round trips and orders into the risk counters, so a restart
+        # resets no cap, cooldown or Kelly statistic.
         for fill in journal.fills_after(self.portfolio.fill_seq):
-            self.portfolio.apply_fill(fill)
+            trade = self.portfolio.apply_fill(fill)
+            if trade is not None:
+                self.gate.on_trade(trade)
             replayed += 1
+        for ts in journal.order_times_after(journal.latest_snapshot_ns() if snap else 0):
+            self.gate.count_order(ts, self.portfolio)
         # Bars up to the last decision on disk were handled: later snapshots or not, they
         # only warm the strategies up again (their fills are booked above).
         for symbol, ts in journal.last_decision_ts().items():
@@ -424,6 +430,11 @@ class Engine:
             self.gate.halt(trading.get("reason", "halted before the restart"))
         unsent = [(i, 0.0, 0.0) for i in journal.unfinished_intents()]
         resting = journal.open_intents()
+        done = [o for o in resting if o[1] >= o[0].qty - _EPS]
+        for intent, _, _ in done:  # filled before the stop; its last event missed the disk
+            self.on_order_state(intent, OrderState.FILLED, "filled before the restart")
+        if done:
+            resting = [o for o in resting if o[1] < o[0].qty - _EPS]
         for group, sent in ((resting, True), (unsent, False)):
             if self.executor is None or not group:
                 continue

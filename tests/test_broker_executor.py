@@ -261,6 +261,29 @@ async def test_reconcile_applies_fills_made_while_down(rig: Rig, tmp_path: Path)
     assert_consistent(again)
 
 
+async def test_a_crash_between_a_fill_and_its_order_event_books_the_fill_once(
+        rig: Rig, tmp_path: Path) -> None:
+    (intent,) = signal(rig, rig.symbols[0], Direction.LONG)
+    await settle(rig)
+    coid = intent.client_order_id
+    # The fill's group commit reached the disk, the one with the order's 'filled' event
+    # did not: the daemon died in between (no snapshot at shutdown either).
+    rig.journal._db.execute("DELETE FROM order_events WHERE client_order_id = ?", (coid,))
+    await rig.executor.close()
+    rig.journal.close()
+    kind = "alpaca" if rig.kind == "alpaca" else "ccxt"
+    again = await start_rig(kind, rig.emu, tmp_path / "var")
+    rig.engine, rig.journal = again.engine, again.journal
+    report = await again.executor.reconcile(lambda: dict(again.engine.portfolio.net),
+                                            again.engine.known_ids())
+    assert report.clean and report.fills_applied == 0
+    await settle(again)
+    assert last_state(again, coid) == "filled"
+    assert journal_rows(again, f"SELECT count(*) FROM fills WHERE client_order_id = '{coid}'"
+                        ) == [(1,)]
+    assert_consistent(again)
+
+
 async def test_reconcile_flags_unknown_orders_and_halts_on_a_hand_made_position(
         rig: Rig) -> None:
     venue = rig.emu.engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,60 @@ def test_strategies_know_their_own_position(make_settings) -> None:
                 assert instance.position == again.portfolio.position_qty(strategy, symbol)
     finally:
         again.journal.close()
+
+
+def test_a_crash_after_the_last_snapshot_resets_no_risk_counter(make_settings) -> None:
+    """The daemon dies (no snapshot at shutdown) after orders and round trips the last
+    snapshot does not hold: the restored gate counts them all the same."""
+    settings = make_settings()
+    rng, px, feed = random.Random(5), {"AAA": 100.0, "BBB": 40.0}, []
+    for k in range(200):  # a random walk: round trips won and lost
+        for sym in px:
+            o = px[sym]
+            c = px[sym] = o * math.exp(rng.gauss(0, 0.01))
+            feed.append(Bar(sym, T0 + k * MIN, o, max(o, c) * 1.001, min(o, c) * 0.999, c, 1e3))
+    e1 = run_first(settings, feed, snapshot_after=len(feed) // 3)
+    g1 = e1.gate
+    assert g1.trades_today >= 20 and g1.kelly["ma_cross"].n >= 10
+    assert len(g1.loss_exits) == 2 and 0 < g1.kelly["ma_cross"].wins < g1.kelly["ma_cross"].n
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        g2 = e2.gate
+        assert (g2.day, g2.trades_today) == (g1.day, g1.trades_today)
+        assert list(g2.hour_ts) == list(g1.hour_ts)
+        assert g2.loss_exits == g1.loss_exits
+        assert g2.kelly["ma_cross"].to_list() == pytest.approx(g1.kelly["ma_cross"].to_list())
+        assert g2.kelly["ma_cross"].f == pytest.approx(g1.kelly["ma_cross"].f)
+    finally:
+        e2.journal.close()
+
+
+def test_a_fill_on_disk_without_its_order_event_closes_the_order_once(make_settings) -> None:
+    """The fill reached the disk in one group commit and the order's 'filled' event was
+    due in the next when the daemon died: the order is filled, not cancelled and not
+    filled again."""
+    settings = make_settings()
+    e1 = engine_on(settings)
+    e1.on_bar(Bar("AAA", T0, 100, 101, 99, 100, 1e3))
+    (intent,) = e1.decide(Signal("ma_cross", "AAA", T0, Direction.LONG, "a"), 100.0)
+    e1.journal.flush()
+    coid = intent.client_order_id
+    e1.journal._db.execute("DELETE FROM order_events WHERE client_order_id = ?", (coid,))
+    e1.journal.close()
+    e2 = engine_on(settings)
+    try:
+        assert e2.journal.unfinished_intents() == []
+        assert [(i.client_order_id, q) for i, q, _ in e2.journal.open_intents()] == [(coid, 10)]
+        e2.restore()
+        assert e2.executor.open_orders() == []
+        assert e2._pending == {} and e2._pending.by_symbol == {}
+        e2.journal.flush()
+        assert e2.journal.open_intents() == []
+        (state,) = e2.journal._db.execute("SELECT state FROM orders WHERE client_order_id = ?",
+                                          (coid,)).fetchone()
+        assert state == "filled"
+        assert e2.journal.count("fills") == 1
+        assert e2.portfolio.position_qty("ma_cross", "AAA") == 10
+    finally:
+        e2.journal.close()

@@ -147,6 +147,21 @@ def test_failed_flush_when_a_table_is_dropped_elsewhere(journal: Journal) -> Non
     assert journal.client_order_ids() == {i.client_order_id}
 
 
+def test_a_fill_and_the_trade_it_closed_commit_together(journal: Journal) -> None:
+    # The flush runs in another thread than the one queueing: a fill and its round trip
+    # are one item of the queue, so no flush can take one and leave the other.
+    i = intent()
+    t = Trade("s1", "X", Direction.LONG, 10, T0 - MIN, 99.0, T0, 100.0, 10.0)
+    journal.fill(fill(1, i), t)
+    assert journal.pending == 1
+    journal.flush()
+    assert journal.fills_after(0) == [fill(1, i)]
+    assert journal.trades() == [("s1", "X", 1, 10.0, T0 - MIN, 99.0, T0, 100.0, 10.0)]
+    journal.fill(fill(2, i))  # no round trip closed: the fill alone
+    journal.flush()
+    assert count(journal.path, "fills") == 2 and count(journal.path, "trades") == 1
+
+
 def test_queue_order_survives_a_failed_flush(journal: Journal,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(3):

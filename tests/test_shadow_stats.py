@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from quantshift.domain import NS_PER_SECOND, Direction, Trade
+from quantshift.domain import NS_PER_SECOND, Direction, Trade, trade_return
 from quantshift.shadow.adaptive import AdaptiveCanary, Outcomes, utc_day
 from quantshift.shadow.promotion import (
     Decision,
@@ -159,6 +159,9 @@ def test_trade_returns_are_pnl_over_entry_notional() -> None:
     trades = [Trade("s", "X", Direction.LONG, 10, 0, 50.0, 1, 55.0, 50.0),
               Trade("s", "X", Direction.SHORT, 4, 2, 25.0, 3, 26.0, -4.0)]
     np.testing.assert_allclose(trade_returns(trades), [0.1, -0.04])
+    nothing = Trade("s", "X", Direction.LONG, 0, 4, 25.0, 5, 26.0, 0.0)  # no notional: skipped
+    np.testing.assert_allclose(trade_returns([*trades, nothing]), [0.1, -0.04])
+    assert trade_return(4, 25.0, -4.0) == -0.04 and trade_return(0, 25.0, 1.0) is None
 
 
 def test_bad_inputs_are_refused() -> None:

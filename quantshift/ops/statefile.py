@@ -14,12 +14,11 @@ from typing import Any
 
 import orjson
 
-from quantshift.domain import OrderState, Position
+from quantshift.domain import Position
 from quantshift.ops.status import positions
+from quantshift.state.journal import count_orders
 
 __all__ = ["StateFileError", "read_state"]
-
-_FINAL = tuple(s.value for s in OrderState if s.final)
 
 
 class StateFileError(Exception):
@@ -55,12 +54,7 @@ def _read(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
     row = db.execute("SELECT created_ns, state FROM snapshots ORDER BY id DESC "
                      "LIMIT 1").fetchone()
     snap: dict[str, Any] = orjson.loads(row[1]) if row else {}
-    open_orders = db.execute(
-        f"SELECT count(*) FROM orders WHERE state NOT IN ({','.join('?' * len(_FINAL))})",
-        _FINAL).fetchone()[0]
-    unsent = db.execute("SELECT count(*) FROM intents i WHERE NOT EXISTS (SELECT 1 FROM "
-                        "order_events e WHERE e.client_order_id = i.client_order_id)"
-                        ).fetchone()[0]
+    open_orders, unsent = count_orders(db)
     # The way a restart sees it: a halt in the journal's trading state wins.
     state = snap.get("trading_state", "active")
     reason = snap.get("halt_reason", "")

@@ -41,6 +41,7 @@ from quantshift.domain import (
     Signal,
     Trade,
     client_order_id,
+    trade_return,
 )
 from quantshift.portfolio import Portfolio
 from quantshift.risk.market import SymbolState
@@ -134,12 +135,12 @@ class RiskGate(EntryRules):
 
     def on_trade(self, trade: Trade) -> None:
         """Every closed round trip (per-strategy and per-symbol trade history)."""
-        notional = trade.entry_price * trade.qty
-        if notional > 0:
+        ret = trade_return(trade.qty, trade.entry_price, trade.pnl)
+        if ret is not None:
             stats = self.kelly.get(trade.strategy)
             if stats is None:
                 stats = self.kelly[trade.strategy] = KellyStats()
-            stats.add(trade.pnl / notional)
+            stats.add(ret)
         if trade.pnl < 0:
             last = self.loss_exits.get(trade.symbol, -1)
             if trade.exit_ts > last:
@@ -230,11 +231,7 @@ class RiskGate(EntryRules):
         orders already sent, per (strategy, symbol): limits count them as if filled."""
         day = signal.ts // NS_PER_DAY
         if day != self.day:
-            self.day, self.trades_today = day, 0
-            self.day_equity = portfolio.day_start_equity if portfolio.day == day \
-                else portfolio.equity
-            if self.phase_start_day < 0 and self.limits.ramp_start > 0:
-                self.phase_start_day = day  # the phase's first decision: day 1 of the ramp
+            self._new_day(day, portfolio)
 
         key = (signal.strategy, signal.symbol)
         pos = portfolio.positions.get(key)  # Portfolio.position_qty, inline: the hot path
@@ -266,6 +263,30 @@ class RiskGate(EntryRules):
             return Decision(exit_leg, qty, regime)
         return Decision((*exit_leg, self._intent(signal, qty * int(want), price, False)), None,
                         regime)
+
+    def _new_day(self, day: int, portfolio: Portfolio) -> None:
+        self.day, self.trades_today = day, 0
+        self.day_equity = portfolio.day_start_equity if portfolio.day == day \
+            else portfolio.equity
+        if self.phase_start_day < 0 and self.limits.ramp_start > 0:
+            self.phase_start_day = day  # the phase's first decision: day 1 of the ramp
+
+    def count_order(self, ts: int, portfolio: Portfolio) -> None:
+        """An order decided at bar time ``ts`` that the restored counters do not hold (the
+        daemon stopped before its next snapshot): counted as a decision counts it."""
+        day = ts // NS_PER_DAY
+        if day < self.day:
+            return  # an earlier day's order: that day's count is over
+        if day > self.day:
+            self._new_day(day, portfolio)
+        self.trades_today += 1
+        hour = self.hour_ts
+        if hour and hour[-1] > ts:  # orders of several symbols: bar times need not rise
+            hour = self.hour_ts = deque(sorted((*hour, ts)))
+        else:
+            hour.append(ts)
+        while hour[0] <= hour[-1] - HOUR_NS:  # as a decision trims it
+            hour.popleft()
 
     def _held_exit(self, symbol: str, delta: float, pf: Portfolio,
                    pending: Mapping[tuple[str, str], float]) -> str | None:

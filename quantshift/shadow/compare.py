@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from quantshift.domain import trade_return
 from quantshift.settings import Settings
 from quantshift.shadow.books import book_path
 from quantshift.shadow.promotion import compare_versions, max_drawdown, sharpe
@@ -84,7 +85,7 @@ def read_book(path: Path, strategy: str, version: str, status: str,
     pnls = [float(p) for _, _, p in rows]
     fig.trades = len(pnls)
     fig.pnl = round(sum(pnls), 2)
-    fig.returns = [p / abs(q * e) if q and e else 0.0 for q, e, p in rows]
+    fig.returns = [r for r in (trade_return(q, e, p) for q, e, p in rows) if r is not None]
     if pnls:
         fig.win_rate = sum(1 for p in pnls if p > 0) / len(pnls)
         # The same measures as the promotion statistics: the drawdown on the P&L curve.

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from quantshift.domain import Trade
+from quantshift.domain import Trade, trade_return
 
 DEFAULT_N_BOOTSTRAP = 10_000  # SHADOW_N_BOOTSTRAP
 DEFAULT_ALPHA = 0.05  # SHADOW_ALPHA
@@ -103,8 +103,8 @@ class PromotionResult:
 
 def trade_returns(trades: Iterable[Trade]) -> np.ndarray:
     """Per-trade returns: P&L over the entry notional (trades with no notional skipped)."""
-    out = [t.pnl / (t.entry_price * t.qty) for t in trades if t.entry_price * t.qty > 0]
-    return np.asarray(out, dtype=np.float64)
+    out = (trade_return(t.qty, t.entry_price, t.pnl) for t in trades)
+    return np.asarray([r for r in out if r is not None], dtype=np.float64)
 
 
 def sharpe(returns: np.ndarray) -> float:

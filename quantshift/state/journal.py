@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from quantshift.domain import Fill, OrderIntent, OrderState, Side, Trade
+from quantshift.domain import Fill, OrderIntent, OrderState, Side, Trade, trade_return
 
 SCHEMA_VERSION = 1
 
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS fills (
   seq INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, strategy TEXT NOT NULL,
   symbol TEXT NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL, price REAL NOT NULL,
   commission REAL NOT NULL, ts INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS fills_coid ON fills (client_order_id);
 CREATE TABLE IF NOT EXISTS trades (
   id INTEGER PRIMARY KEY, strategy TEXT NOT NULL, symbol TEXT NOT NULL, direction INTEGER,
   qty REAL, entry_ts INTEGER, entry_price REAL, exit_ts INTEGER, exit_price REAL, pnl REAL);
@@ -81,11 +82,41 @@ _INSERT = {
           "SET value = excluded.value, updated_ns = excluded.updated_ns",
 }
 _KEEP_SNAPSHOTS = 50
+_GROUP = "group"  # a queue item of several rows, committed together or not at all
 # Columns added to intents after the first release: (name, type), added where missing.
 _INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "TEXT"),
                    ("leg", "TEXT"))
 _INTENT_FIELDS = ("client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
                   "reason, take_profit, stop_loss, parent, leg")
+_FINAL = tuple(s.value for s in OrderState if s.final)
+# Every intent with what the disk says of it: the quantity filled, its average price and
+# the last order event's state (NULL: none).
+_INTENT_STATUS = (
+    f"SELECT {_INTENT_FIELDS}, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE "
+    f"f.client_order_id = i.client_order_id) AS filled, (SELECT coalesce(sum(qty * price) / "
+    f"sum(qty), 0) FROM fills f WHERE f.client_order_id = i.client_order_id), (SELECT state "
+    f"FROM order_events e WHERE e.client_order_id = i.client_order_id ORDER BY id DESC "
+    f"LIMIT 1) AS state FROM intents i")
+# Open: reached the venue and not final. The fills count as much as the order events: a
+# fill can be on disk while the order event after it is not (the daemon died between two
+# group commits), and such an order did reach the venue. Takes the ``_FINAL`` states.
+_OPEN = f"(state IS NULL AND filled > 0) OR state NOT IN ({','.join('?' * len(_FINAL))})"
+# Unsent: journaled with no word from the venue on disk; the venue may or may not have it.
+_UNSENT = "state IS NULL AND filled = 0"
+
+
+def count_orders(db: sqlite3.Connection) -> tuple[int, int]:
+    """How many intents of a ledger are open and how many unsent, as a restart sees them
+    (any connection: the status command reads a ledger read-only)."""
+    open_ = db.execute(f"SELECT count(*) FROM ({_INTENT_STATUS}) WHERE {_OPEN}", _FINAL)
+    n_open = int(open_.fetchone()[0])
+    unsent = db.execute(f"SELECT count(*) FROM ({_INTENT_STATUS}) WHERE {_UNSENT}")
+    return n_open, int(unsent.fetchone()[0])
+
+
+def _trade_row(t: Trade) -> tuple[Any, ...]:
+    return (t.strategy, t.symbol, int(t.direction), t.qty, t.entry_ts, t.entry_price, t.exit_ts,
+            t.exit_price, t.pnl)
 
 
 def _intent(r: tuple[Any, ...]) -> OrderIntent:
@@ -156,12 +187,16 @@ class Journal:
     def order_state(self, client_order_id: str, state: OrderState, detail: str = "") -> None:
         self._queue.append(("order", (client_order_id, state.value, detail, time.time_ns())))
 
-    def fill(self, f: Fill) -> None:
-        self._queue.append(("fill", f.to_row()))
+    def fill(self, f: Fill, trade: Trade | None = None) -> None:
+        """A fill, and the round trip it closed if any. The two are one item of the queue:
+        a flush (in another thread) commits both or neither."""
+        if trade is None:
+            self._queue.append(("fill", f.to_row()))
+        else:
+            self._queue.append((_GROUP, (("fill", f.to_row()), ("trade", _trade_row(trade)))))
 
     def trade(self, t: Trade) -> None:
-        self._queue.append(("trade", (t.strategy, t.symbol, int(t.direction), t.qty, t.entry_ts,
-                                      t.entry_price, t.exit_ts, t.exit_price, t.pnl)))
+        self._queue.append(("trade", _trade_row(t)))
 
     def snapshot(self, state: dict[str, Any]) -> None:
         self._queue.append(("snapshot", (time.time_ns(), state["portfolio"]["fill_seq"],
@@ -199,7 +234,8 @@ class Journal:
             batch = [q.popleft() for _ in range(n)]
             groups: dict[str, list[tuple[Any, ...]]] = {}
             for kind, row in batch:
-                groups.setdefault(kind, []).append(row)
+                for k, r in (row if kind == _GROUP else ((kind, row),)):
+                    groups.setdefault(k, []).append(r)
             try:
                 self._db.execute("BEGIN")
                 for kind, rows in groups.items():
@@ -231,6 +267,20 @@ class Journal:
         row = self._db.execute("SELECT state FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
         return orjson.loads(row[0]) if row else None
 
+    def latest_snapshot_ns(self) -> int:
+        """When the last snapshot was taken (0 if there is none)."""
+        row = self._db.execute("SELECT created_ns FROM snapshots ORDER BY id DESC LIMIT 1"
+                               ).fetchone()
+        return int(row[0]) if row else 0
+
+    def order_times_after(self, created_ns: int) -> list[int]:
+        """The bar times of the orders the daemon decided (not a bracket's legs, which the
+        venue makes) journaled after ``created_ns``, oldest first: the risk counters of a
+        snapshot taken at that time do not hold them yet."""
+        return [int(r[0]) for r in self._db.execute(
+            "SELECT ts FROM intents WHERE created_ns > ? AND parent IS NULL "
+            "ORDER BY created_ns", (created_ns,))]
+
     def fills_after(self, seq: int) -> list[Fill]:
         rows = self._db.execute("SELECT * FROM fills WHERE seq > ? ORDER BY seq", (seq,))
         return [Fill(r[0], r[1], r[2], r[3], Side(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
@@ -242,8 +292,8 @@ class Journal:
 
     def trade_returns(self) -> list[float]:
         """Every closed trade's return on its entry notional, oldest first."""
-        return [p / abs(q * e) if q and e else 0.0 for q, e, p in self._db.execute(
-            "SELECT qty, entry_price, pnl FROM trades ORDER BY id")]
+        rows = self._db.execute("SELECT qty, entry_price, pnl FROM trades ORDER BY id")
+        return [r for r in (trade_return(q, e, p) for q, e, p in rows) if r is not None]
 
     def recent_trade_pnls(self, limit: int, strategy: str | None = None) -> list[float]:
         """The P&L of the last ``limit`` closed trades (of one strategy), newest first."""
@@ -262,22 +312,15 @@ class Journal:
         return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
 
     def open_intents(self) -> list[tuple[OrderIntent, float, float]]:
-        """Intents whose last known state is not final, with the quantity already filled
-        and its average price."""
-        final = tuple(s.value for s in OrderState if s.final)
-        rows = self._db.execute(
-            f"SELECT {_INTENT_FIELDS}, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE "
-            f"f.client_order_id = o.client_order_id), (SELECT coalesce(sum(qty * price) / "
-            f"sum(qty), 0) FROM fills f WHERE f.client_order_id = o.client_order_id) FROM "
-            f"orders o WHERE state NOT IN ({','.join('?' * len(final))})", final)
+        """Intents that reached the venue and are not final, with the quantity already
+        filled and its average price (see ``_OPEN``)."""
+        rows = self._db.execute(f"SELECT * FROM ({_INTENT_STATUS}) WHERE {_OPEN}", _FINAL)
         return [(_intent(r), float(r[13]), float(r[14] or 0)) for r in rows]
 
     def unfinished_intents(self) -> list[OrderIntent]:
-        """Intents journaled without any order event (the daemon stopped in between)."""
-        rows = self._db.execute(
-            f"SELECT {_INTENT_FIELDS} FROM intents i WHERE NOT EXISTS (SELECT 1 FROM "
-            f"order_events e WHERE e.client_order_id = i.client_order_id)")
-        return [_intent(r) for r in rows]
+        """Intents with no word from the venue on disk (see ``_UNSENT``)."""
+        return [_intent(r) for r in self._db.execute(
+            f"SELECT * FROM ({_INTENT_STATUS}) WHERE {_UNSENT}")]
 
     def count(self, table: str) -> int:
         if table not in {"decisions", "vetoes", "intents", "order_events", "fills", "trades",
