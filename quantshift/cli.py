@@ -39,7 +39,7 @@ def _check_dirs(settings: Any) -> None:
     """The state and log directories must be writable before anything starts."""
     import tempfile
 
-    from quantshift.settings import env_name
+    from quantshift.config import env_name
 
     for field in ("state_dir", "log_dir"):
         path = Path(getattr(settings, field))
@@ -53,10 +53,10 @@ def _check_dirs(settings: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from quantshift.config import check_startup, load_settings
     from quantshift.daemon import Daemon
     from quantshift.execution.venues.base import VenueError
     from quantshift.ops.logging import setup_logging
-    from quantshift.settings import check_startup, load_settings
     from quantshift.state.journal import JournalOwnerError
 
     try:
@@ -79,10 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from quantshift.config import load_settings
     from quantshift.feeds.replay import ReplayFormatError
     from quantshift.ops.logging import setup_logging
     from quantshift.replay import print_summary, run_replay, write_trades
-    from quantshift.settings import StrategySpec, load_settings
+    from quantshift.settings import StrategySpec
     from quantshift.strategies import validate_spec
 
     try:
@@ -137,7 +138,7 @@ def _show(value: Any) -> str:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from quantshift.app import risk_limits
-    from quantshift.settings import check_startup, env_name, load_with_sources
+    from quantshift.config import check_startup, env_name, load_with_sources
 
     try:
         settings, sources = load_with_sources(bot=args.bot)
@@ -198,8 +199,8 @@ def _fetch_status(settings: Any) -> tuple[dict[str, Any] | None, str]:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from quantshift.config import load_settings
     from quantshift.ops.console import render_status
-    from quantshift.settings import load_settings
 
     settings = load_settings(bot=args.bot)
     status, note = _fetch_status(settings)
@@ -215,8 +216,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    from quantshift.config import env_name, load_settings
     from quantshift.ops.client import ApiError, DaemonApi, DaemonDown
-    from quantshift.settings import env_name, load_settings
 
     settings = load_settings(bot=args.bot)
     if not settings.http_port:
@@ -272,10 +273,10 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_safe_to_restart(args: argparse.Namespace) -> int:
+    from quantshift.config import load_settings
     from quantshift.ops.client import ApiError, DaemonApi, DaemonDown
     from quantshift.ops.statefile import StateFileError, read_state
     from quantshift.ops.status import restart_blockers
-    from quantshift.settings import load_settings
 
     settings = load_settings(bot=args.bot)
     status: dict[str, Any] | None = None

@@ -3,11 +3,11 @@
 Every setting is read from the environment as ``QUANTSHIFT_<NAME>`` unless it has a
 name of its own (``SHADOW_MODE``, the brokers' credential names). In the TOML file the
 same settings are written by their short lower-case names (``phase = "dry_run"``).
+Loading them (and the start-up checks) lives in ``quantshift/config.py``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from contextvars import ContextVar
@@ -19,13 +19,11 @@ from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
 )
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -65,8 +63,8 @@ def _env(name: str, *more: str) -> Any:
     return Field(None, validation_alias=AliasChoices(name, *more))
 
 
-_toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
-_dotenv_file: ContextVar[Path | None] = ContextVar("_dotenv_file", default=None)
+TOML_FILE: ContextVar[Path | None] = ContextVar("toml_file", default=None)
+DOTENV_FILE: ContextVar[Path | None] = ContextVar("dotenv_file", default=None)
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -76,7 +74,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         raise NotImplementedError  # __call__ does the work
 
     def __call__(self) -> dict[str, Any]:
-        path = _toml_file.get()
+        path = TOML_FILE.get()
         return read_toml(path) if path is not None else {}
 
 
@@ -235,7 +233,7 @@ class Settings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        dotenv = DotEnvSettingsSource(settings_cls, env_file=_dotenv_file.get())
+        dotenv = DotEnvSettingsSource(settings_cls, env_file=DOTENV_FILE.get())
         return init_settings, env_settings, dotenv, _TomlSource(settings_cls)
 
     # -- field parsing -------------------------------------------------------------------
@@ -390,156 +388,3 @@ class Settings(BaseSettings):
             self.apca_api_key_id, self.apca_api_secret_key, self.ccxt_api_key, self.ccxt_secret,
             self.ccxt_password, self.telegram_bot_token, self.api_token)
             if s is not None and s.get_secret_value()]
-
-
-def env_name(field: str) -> str:
-    """How the operator spells a setting in the environment."""
-    info = Settings.model_fields.get(field)
-    if info is not None and isinstance(info.validation_alias, AliasChoices):
-        return str(info.validation_alias.choices[0])
-    return ENV_PREFIX + field.upper()
-
-
-def _field_of(key: str) -> str | None:
-    for name, info in Settings.model_fields.items():
-        if key == name:
-            return name
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices) and key in alias.choices:
-            return name
-    return None
-
-
-def _config_error(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    loc = err.get("loc", ())
-    field = _field_of(str(loc[0])) if loc else None
-    setting = env_name(field) if field else ".".join(str(p) for p in loc) or "settings"
-    if field == "strategies" and len(loc) > 1:
-        setting += "[" + "].".join(str(p) for p in loc[1:]) if len(loc) > 2 else f"[{loc[1]}]"
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    value = err.get("input")
-    secret = field is not None and Settings.model_fields[field].annotation in (
-        SecretStr, SecretStr | None)
-    if value is not None and not isinstance(value, dict | list) and not secret:
-        shown = str(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ConfigError(setting, f"{msg} (got {shown!r})")
-    return ConfigError(setting, msg)
-
-
-def _preselect_bot(bot: str | None, dotenv: dict[str, str]) -> str:
-    if bot:
-        return bot
-    return os.environ.get("QUANTSHIFT_BOT") or dotenv.get("QUANTSHIFT_BOT") or "equity"
-
-
-def _dotenv_path() -> Path:
-    return Path(os.environ.get("QUANTSHIFT_ENV_FILE", ".env"))
-
-
-def load_settings(bot: str | None = None, **overrides: Any) -> Settings:
-    """Read the settings of one bot; raise ConfigError naming the first bad setting."""
-    settings, _ = load_with_sources(bot, **overrides)
-    return settings
-
-
-def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Settings, dict[str, str]]:
-    """Settings plus, for each setting, where its value came from."""
-    dotenv_path = _dotenv_path()
-    dotenv_raw = DotEnvSettingsSource(Settings, env_file=dotenv_path)() if dotenv_path.is_file() \
-        else {}
-    dotenv_upper = {k.upper(): str(v) for k, v in dotenv_raw.items()}
-    name = _preselect_bot(bot, dotenv_upper)
-    if bot:
-        overrides["bot"] = bot
-    config_dir = Path(overrides.get("config_dir") or os.environ.get("QUANTSHIFT_CONFIG_DIR")
-                      or dotenv_upper.get("QUANTSHIFT_CONFIG_DIR") or "config")
-    toml_path = config_dir / f"{name}.toml"
-    t1, t2 = _toml_file.set(toml_path), _dotenv_file.set(dotenv_path if dotenv_path.is_file()
-                                                          else None)
-    try:
-        try:
-            settings = Settings(**overrides)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-        layers = [
-            ("environment", EnvSettingsSource(Settings)()),
-            (str(dotenv_path), dotenv_raw),
-            (str(toml_path), read_toml(toml_path)),
-        ]
-    finally:
-        _toml_file.reset(t1)
-        _dotenv_file.reset(t2)
-    sources: dict[str, str] = {}
-    for field in Settings.model_fields:
-        sources[field] = "default"
-        if field in overrides:
-            sources[field] = "command line"
-            continue
-        for label, data in layers:
-            if any(_field_of(k) == field for k in data):
-                sources[field] = label
-                break
-    _check_strategies(settings)
-    return settings, sources
-
-
-def _check_strategies(settings: Settings) -> None:
-    from quantshift.exits import ExitRule  # settings sit above the strategies and exits
-    from quantshift.strategies import validate_spec
-
-    keys = [spec.key for spec in settings.strategies]
-    if not keys:
-        raise ConfigError(env_name("strategies"), "at least one strategy is needed")
-    if len(set(keys)) != len(keys):
-        raise ConfigError(env_name("strategies"), "two strategies share an id; give each an id")
-    for i, spec in enumerate(settings.strategies):
-        try:
-            for version in spec.effective_versions():
-                validate_spec(version.name or spec.name, version.params)
-                if version.exits is not None:
-                    ExitRule(**version.exits)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            message = str(exc).splitlines()
-            raise ConfigError(f"{env_name('strategies')}[{i}] ({spec.key})",
-                              "; ".join(m.strip() for m in message[:3])) from None
-
-
-def check_startup(settings: Settings) -> None:
-    """Refuse what cannot run yet, and live trading without its confirmation."""
-    kind = settings.executor
-    if kind is ExecutorKind.LIVE and settings.live_confirm != settings.bot:
-        source = "SHADOW_MODE=live" if settings.shadow_mode else f"phase {settings.phase.value}"
-        raise ConfigError(
-            env_name("live_confirm"),
-            f"{source} selects the live executor; set it to the bot's name "
-            f"({settings.bot!r}) to confirm real orders, or choose SHADOW_MODE=paper")
-    if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) and settings.broker is None:
-        source = env_name("shadow_mode") if settings.shadow_mode else env_name("phase")
-        raise ConfigError(source, f"the {kind.value} executor needs a broker: no broker "
-                                  "configured (set QUANTSHIFT_FEED=alpaca or ccxt with its "
-                                  "credentials, or use log_only or paper)")
-    uses_alpaca = settings.feed == "alpaca" or (
-        settings.broker == "alpaca" and kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE))
-    uses_ccxt = settings.feed == "ccxt" or (
-        settings.broker == "ccxt" and kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE))
-    if uses_alpaca:
-        for field in ("apca_api_key_id", "apca_api_secret_key"):
-            value = getattr(settings, field)
-            if value is None or not value.get_secret_value():
-                raise ConfigError(env_name(field), "Alpaca needs this credential")
-    if uses_ccxt and not settings.ccxt_exchange:
-        raise ConfigError(env_name("ccxt_exchange"), "the ccxt exchange id is needed "
-                                                     "(e.g. binance)")
-    token, chat = settings.telegram_bot_token, settings.telegram_chat_id
-    if (token is not None and token.get_secret_value()) and not chat:
-        raise ConfigError(env_name("telegram_chat_id"), "TELEGRAM_BOT_TOKEN is set, so alerts "
-                                                        "need the chat to send them to")
-    if chat and (token is None or not token.get_secret_value()):
-        raise ConfigError(env_name("telegram_bot_token"), "TELEGRAM_CHAT_ID is set, so alerts "
-                                                          "need the bot's token")
-    if settings.feed == "replay" and settings.replay_file is None:
-        raise ConfigError(env_name("replay_file"), "QUANTSHIFT_FEED=replay needs a CSV file")
-    if settings.feed == "replay" and not settings.replay_file.is_file():  # type: ignore[union-attr]
-        raise ConfigError(env_name("replay_file"), f"no such file: {settings.replay_file}")

@@ -15,10 +15,11 @@ from loguru import logger
 from pydantic import SecretStr
 
 from quantshift.app import build_engine, open_journal
+from quantshift.config import check_startup
 from quantshift.errors import ConfigError
 from quantshift.feeds.sim import SimFeed
 from quantshift.ops.notify import TelegramAlerter, build_alerter
-from quantshift.settings import Settings, check_startup
+from quantshift.settings import Settings
 
 TOKEN = "123456:test-token-not-real"
 
@@ -218,7 +219,7 @@ def test_settings_need_both_token_and_chat(tmp_path: Path) -> None:
 
 
 def test_unknown_alert_kind_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantshift.settings import load_settings
+    from quantshift.config import load_settings
 
     monkeypatch.setenv("QUANTSHIFT_ALERTS", "fills")
     with pytest.raises(ConfigError) as err:

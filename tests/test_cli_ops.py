@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from quantshift import cli
+from quantshift.config import load_settings
 from quantshift.daemon import Daemon
 from quantshift.domain import Direction, OrderIntent, OrderState, Side, Signal
 from quantshift.ops.status import in_quiet_window, restart_blockers
-from quantshift.settings import load_settings
 from quantshift.state.journal import Journal
 from tests.conftest import quantshift_bin
 

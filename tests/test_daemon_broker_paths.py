@@ -13,6 +13,7 @@ from pathlib import Path
 from quantshift.daemon import Daemon
 from quantshift.domain import Bar, Direction, Signal
 from quantshift.emulators.alpaca import AlpacaEmulator
+from quantshift.ops import periodic
 from quantshift.settings import Settings
 
 
@@ -66,7 +67,7 @@ async def test_a_silent_feed_goes_stale_and_recovers(clean: Path) -> None:
     await wait_until(lambda: engine.bars > 3)
     feed.stop()  # the source goes quiet
     await wait_until(lambda: engine.gate.stale_reason is not None, timeout=5)
-    assert "STALE" in d._status_text()
+    assert "STALE" in periodic.status_text(d)
     ts = time.time_ns()
     entry = engine.decide(Signal("s", "AAA", ts, Direction.LONG, "t"), 100.0)
     assert entry == []

@@ -27,6 +27,7 @@ from loguru import logger
 
 from quantshift.daemon import Daemon
 from quantshift.errors import ConfigError
+from quantshift.ops import periodic
 from quantshift.settings import Settings
 from tests.conftest import latest_snapshot, read_db
 
@@ -103,7 +104,7 @@ async def test_readyz_follows_the_feed_going_stale_and_coming_back(clean: Path) 
         feed, engine = d.feed, d.engine
         assert feed is not None and engine is not None
         feed.last_bar_at -= 4 * 3600  # four bar lengths without a bar
-        await d._watch_feed()  # the daemon's own staleness check
+        await periodic.watch_feed(d)  # the daemon's own staleness check
         code, body = await call(client, "GET", "/readyz")
         assert code == 503 and body["ready"] is False
         assert len(body["reasons"]) == 1 and "feed sim is stale" in body["reasons"][0]

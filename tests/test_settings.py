@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from quantshift.config import check_startup, load_settings, load_with_sources
 from quantshift.domain import ExecutorKind, Phase
 from quantshift.errors import ConfigError
-from quantshift.settings import check_startup, load_settings, load_with_sources
 from tests.conftest import clean_env, quantshift_bin
 
 

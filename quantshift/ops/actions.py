@@ -7,11 +7,13 @@ carry them, so a restart comes back the way the operator left it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from quantshift.ops.control import ControlRefused
+from quantshift.ops.periodic import flush_books
 from quantshift.risk.gate import ACTIVE, REDUCING
 from quantshift.shadow.runtime import NotApproved, VersionControl
 from quantshift.shadow.versions import VersionError
@@ -81,7 +83,8 @@ def change_strategy_version(d: Daemon, action: str, strategy: str, version: str 
 async def _promote(d: Daemon, vc: VersionControl, strategy: str, version: str,
                    force: bool) -> dict[str, Any]:
     try:
-        return _version_changed(d, await vc.promote(strategy, version, force, d.flush_books))
+        return _version_changed(d, await vc.promote(strategy, version, force,
+                                                    partial(flush_books, d)))
     except (NotApproved, VersionError) as exc:
         raise ControlRefused(str(exc)) from None
 

@@ -1,5 +1,6 @@
-"""What the operator sees: the daemon's status, its readiness, and whether a restart can
-hurt right now. Read on the loop from the daemon's own objects; nothing here writes.
+"""What the operator sees: the daemon's status, its readiness, its start-up report in the
+log, and whether a restart can hurt right now. Read on the loop from the daemon's own
+objects; nothing here writes.
 
 The same status shape comes from the state file when the daemon is down
 (``quantshift.ops.statefile``), so the CLI prints both the same way.
@@ -13,11 +14,14 @@ from datetime import UTC, datetime
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any
 
+from loguru import logger
+
 from quantshift import __version__
 from quantshift.strategies.base import DEFAULT_VERSION
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
     from quantshift.daemon import Daemon
+    from quantshift.risk.profiles import RiskLimits
     from quantshift.settings import Settings
 
 
@@ -116,6 +120,55 @@ def positions(held: Any, marks: dict[str, float]) -> list[dict[str, Any]]:
                      "avg_price": p.avg_price, "mark": mark,
                      "unrealized": p.qty * (mark - p.avg_price)})
     return sorted(rows, key=lambda r: (r["symbol"], r["strategy"]))
+
+
+# -- the start-up report (the log) ----------------------------------------------------
+def log_starting(d: Daemon, lim: RiskLimits) -> None:
+    """What starts: version, bot, phase and executor, and the risk profile in force."""
+    s, engine = d.settings, d.engine
+    assert engine is not None and engine.executor is not None
+    executor = engine.executor
+    logger.info("quantshift {} starting: bot={} phase={} executor={}: {}", __version__,
+                s.bot, s.phase.value, executor.kind.value, executor.description)
+    logger.info("risk profile {}: position <= {:g}, exposure <= {:g}, open positions <= {}, "
+                "daily loss <= {:g}, trades/day <= {} (0 = no limit); sizing {}",
+                s.phase.value, lim.max_position_notional, lim.max_exposure,
+                lim.max_open_positions, lim.max_daily_loss, lim.max_trades_per_day,
+                s.sizing)
+
+
+def log_restored(d: Daemon, restored: dict[str, Any]) -> None:
+    """What the journal gave back; a halt that outlives the restart is said loudly."""
+    engine, journal = d.engine, d.journal
+    assert engine is not None and journal is not None
+    pf = engine.portfolio
+    logger.info("state {}: {}; cash {:.2f}, equity {:.2f}, realized P&L {:.2f}, "
+                "{} open positions, {} fills replayed after it, {} open orders, trading {}",
+                journal.path, "restored from snapshot" if restored["snapshot"] else "new",
+                pf.cash, pf.equity, pf.realized_pnl, pf.open_symbols(),
+                restored["fills_replayed"], restored["open_orders"], engine.gate.state)
+    if restored["halted"]:
+        logger.warning("trading stays HALTED ({}): no new orders until resumed",
+                       engine.gate.halt_reason)
+
+
+def log_feed(d: Daemon) -> None:
+    s, feed = d.settings, d.feed
+    assert feed is not None
+    where = s.replay_file if s.feed == "replay" else f"bars every {feed.bar_seconds:g}s"
+    logger.info("feed {} ({}), symbols {}, strategies {}", feed.name, where,
+                "from the file" if s.feed == "replay" else ",".join(s.symbols),
+                ",".join(spec.key for spec in s.strategies))
+
+
+def log_started(d: Daemon) -> None:
+    """The start alert: what runs, and a demotion the restart came back with."""
+    s, engine, feed = d.settings, d.engine, d.feed
+    assert engine is not None and engine.executor is not None and feed is not None
+    logger.bind(alert="start").info("started: {} executor ({}), feed {}, {} symbols{}",
+                                    engine.executor.kind.value, s.phase.value, feed.name,
+                                    len(s.symbols),
+                                    "; DEMOTED: " + d.demoted_reason if d.demoted else "")
 
 
 # -- restarts -------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def read_history(path: Any, strategy: str | None = None) -> list[dict[str, Any]]
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from quantshift.settings import load_settings
+    from quantshift.config import load_settings
 
     settings = load_settings(bot=args.bot)
     path = settings.ledger_path()
@@ -169,8 +169,8 @@ def load_registry(settings: Any) -> Any:
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
+    from quantshift.config import load_settings
     from quantshift.domain import Phase
-    from quantshift.settings import load_settings
     from quantshift.shadow.phase import checklist
 
     settings = load_settings(bot=args.bot)
@@ -199,7 +199,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from quantshift.settings import load_settings
+    from quantshift.config import load_settings
     from quantshift.shadow.report import write_report, yesterday
 
     settings = load_settings(bot=args.bot)
@@ -218,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from quantshift.settings import load_settings
+    from quantshift.config import load_settings
     from quantshift.shadow.compare import compare
 
     settings = load_settings(bot=args.bot)

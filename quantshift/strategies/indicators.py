@@ -249,17 +249,21 @@ class ATR:
         return self.value
 
 
-class RollingMax:
-    """The largest of the last ``period`` values, O(1) amortised: a deque of candidates
-    kept in decreasing order (values and their bar numbers in two parallel deques, so an
-    update allocates no tuple). None until ``period`` values were seen."""
+class _RollingExtreme:
+    """The largest of the last ``period`` values of ``sign * x``, O(1) amortised: a deque
+    of candidates kept in decreasing order (values and their bar numbers in two parallel
+    deques, so an update allocates no tuple). None until ``period`` values were seen.
+    With ``sign`` -1 the largest of ``-x`` is the smallest of ``x``: one algorithm for both
+    ends of a channel."""
 
-    __slots__ = ("_i", "_idx", "_val", "period", "value")
+    __slots__ = ("_i", "_idx", "_sign", "_val", "period", "value")
+    _SIGN = 1.0
 
     def __init__(self, period: int) -> None:
         if period < 1:
             raise ValueError(f"period must be >= 1, got {period}")
         self.period = period
+        self._sign = self._SIGN
         self._i = 0
         self._idx: deque[int] = deque()
         self._val: deque[float] = deque()
@@ -268,51 +272,34 @@ class RollingMax:
     def update(self, x: float) -> float | None:
         i = self._i
         self._i = i + 1
+        sign = self._sign
+        y = x * sign
         vals = self._val
         idx = self._idx
-        while vals and vals[-1] <= x:  # dominated: older and not larger
+        while vals and vals[-1] <= y:  # dominated: older and not larger
             vals.pop()
             idx.pop()
-        vals.append(x)
+        vals.append(y)
         idx.append(i)
         if idx[0] <= i - self.period:  # one value leaves the window per update
             idx.popleft()
             vals.popleft()
         if i + 1 >= self.period:
-            self.value = vals[0]
+            self.value = vals[0] * sign
         return self.value
 
 
-class RollingMin:
-    """The smallest of the last ``period`` values; the mirror of :class:`RollingMax`."""
+class RollingMax(_RollingExtreme):
+    """The largest of the last ``period`` values (None until ``period`` were seen)."""
 
-    __slots__ = ("_i", "_idx", "_val", "period", "value")
+    __slots__ = ()
 
-    def __init__(self, period: int) -> None:
-        if period < 1:
-            raise ValueError(f"period must be >= 1, got {period}")
-        self.period = period
-        self._i = 0
-        self._idx: deque[int] = deque()
-        self._val: deque[float] = deque()
-        self.value: float | None = None
 
-    def update(self, x: float) -> float | None:
-        i = self._i
-        self._i = i + 1
-        vals = self._val
-        idx = self._idx
-        while vals and vals[-1] >= x:
-            vals.pop()
-            idx.pop()
-        vals.append(x)
-        idx.append(i)
-        if idx[0] <= i - self.period:
-            idx.popleft()
-            vals.popleft()
-        if i + 1 >= self.period:
-            self.value = vals[0]
-        return self.value
+class RollingMin(_RollingExtreme):
+    """The smallest of the last ``period`` values (None until ``period`` were seen)."""
+
+    __slots__ = ()
+    _SIGN = -1.0
 
 
 class Donchian:
