@@ -1,6 +1,8 @@
 """RiskGate.evaluate per signal with every rule on, 100 symbols (target p99 <= 20 us).
 
-Three passes by default; the figure is the median of their p99s.
+Three passes by default; the figure is the median of their p99s, over all evaluations and
+over the approved entries alone (the whole chain of rules and the sizing); the target holds
+when both readings meet it.
 
 The state is a day of trading in production: 100 symbols marked and warmed through
 ``gate.on_bar`` (ATR, average volume, the 5x higher timeframe, the regime of the reference
@@ -172,9 +174,15 @@ def main() -> None:
     runs = [run(args.evaluations, args.symbols, args.seed) for _ in range(args.runs)]
     p99s = sorted(r["evaluate_us"]["p99"] for r in runs)
     median = p99s[len(p99s) // 2]
+    # The strictest reading as well: only the evaluations that ran every rule and sized an
+    # entry (vetoes and repeated signals return early and pull the overall p99 down).
+    entry_p99s = sorted(r["approved_entry_us"]["p99"] for r in runs)
+    entry_median = entry_p99s[len(entry_p99s) // 2]
     first = runs[0]
     save("risk_gate", {**first, "evaluate_us_runs": [r["evaluate_us"] for r in runs],
-                       "p99_us_median": median, "meets_target": median <= TARGET_P99_US})
+                       "approved_entry_us_runs": [r["approved_entry_us"] for r in runs],
+                       "p99_us_median": median, "approved_entry_p99_us_median": entry_median,
+                       "meets_target": max(median, entry_median) <= TARGET_P99_US})
 
 
 if __name__ == "__main__":
