@@ -257,6 +257,13 @@ def test_version_registry_and_activations(daemons: Any) -> None:
     registry.rollback("ma_cross")
     assert value(scrape(m), "quantshift_version_activations_total", strategy="ma_cross",
                  version="v1") == 2
+    registry.promote("ma_cross", "v2")  # two changes between two scrapes count as two
+    registry.rollback("ma_cross")
+    s = scrape(m)
+    assert value(s, "quantshift_version_activations_total", strategy="ma_cross",
+                 version="v2") == 2
+    assert value(s, "quantshift_version_activations_total", strategy="ma_cross",
+                 version="v1") == 3
 
 
 def test_version_books_count_shadow_decisions(tmp_path: Path) -> None:

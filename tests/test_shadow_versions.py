@@ -272,6 +272,9 @@ def test_restore_keeps_a_promotion_across_a_restart_unless_the_versions_changed(
     assert restarted.restore(saved) == []
     assert (restarted.active("trend"), restarted.previous_active("trend")) == ("v2", "v1")
     assert restarted.canary_percent("trend") == 12
+    # The start state is activated once: the restored v2, not the configured v1.
+    assert +restarted.activations == {("trend", "v2"): 1, ("plain", "v1"): 1}
+    assert running.activations == {("trend", "v1"): 1, ("trend", "v2"): 1, ("plain", "v1"): 1}
 
     edited = three_versions().model_copy(update={"versions": [
         *three_versions().versions, VersionSpec(version="v4", status=S)]})

@@ -87,8 +87,6 @@ class _DaemonCollector(Collector):
     def __init__(self, daemon: Daemon, errors: _ErrorSink) -> None:
         self.daemon = daemon
         self.errors = errors
-        self.activations: Counter[tuple[str, str]] = Counter()
-        self._active: dict[str, str] = {}  # strategy -> the active version last seen
 
     def describe(self) -> list[Metric]:
         return []  # nothing is read at registration: the daemon may not have started yet
@@ -223,12 +221,9 @@ class _DaemonCollector(Collector):
             for spec in self.daemon.settings.strategies:
                 rows.append((spec.key, DEFAULT_VERSION, "active"))
                 canary[spec.key] = 0.0
-        # An activation is counted when a scrape first sees a version active: the one at
-        # start, then every promotion or rollback.
-        for strategy, version, status in rows:
-            if status == "active" and self._active.get(strategy) != version:
-                self._active[strategy] = version
-                self.activations[(strategy, version)] += 1
+        # Counted by the registry as they happen (two changes between scrapes are two).
+        activations = registry.activations if registry is not None else Counter(
+            (strategy, version) for strategy, version, status in rows if status == "active")
         books = getattr(getattr(engine, "books", None), "books", None) or {}
         status_g = GaugeMetricFamily("quantshift_strategy_version", "Strategy versions by "
                                      "status (1 for the current one)",
@@ -248,8 +243,9 @@ class _DaemonCollector(Collector):
         act = CounterMetricFamily("quantshift_version_activations", "Strategy versions made "
                                   "active (at start, by promotion or rollback)",
                                   labels=["strategy", "version"])
-        for (strategy, version), n in sorted(self.activations.items()):
-            act.add_metric([strategy, version], n)
+        for (strategy, version), n in sorted(activations.items()):
+            if n > 0:
+                act.add_metric([strategy, version], n)
         yield from (status_g, shadow, pct, act)
 
     def _feed(self, engine: Any) -> Iterator[Metric]:

@@ -32,6 +32,7 @@ version is active, which was active before it, promotion and rollback.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -191,6 +192,9 @@ class VersionRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._router = CanaryRouter()
+        # (strategy, version) -> times made active: the start state once, then each
+        # promotion or rollback as it happens (the metrics' activation counter).
+        self.activations: Counter[tuple[str, str]] = Counter()
 
     @classmethod
     def from_config(cls, entries: Iterable[StrategyVersions]) -> VersionRegistry:
@@ -216,6 +220,7 @@ class VersionRegistry:
             raise VersionError(f"strategy {strategy!r}: no version {previous_active!r}")
         entry = self._entries[strategy] = _Entry(specs, previous_active, canary_percent)
         entry.refresh()
+        self.activations[(strategy, self.active(strategy))] += 1
 
     # -- queries ----------------------------------------------------------------------------
     def strategies(self) -> list[str]:
@@ -349,9 +354,13 @@ class VersionRegistry:
                 notes.append(f"strategy {key!r}: versions changed in the configuration; the "
                              "configured statuses apply")
                 continue
+            started = self.active(key)
             for version, spec in theirs.specs.items():
                 self._set(key, version, spec.status)
             mine.refresh()
+            if self.active(key) != started:  # the start state is the persisted one
+                self.activations[(key, started)] -= 1
+                self.activations[(key, self.active(key))] += 1
             mine.previous_active = theirs.previous_active
             mine.canary_percent = theirs.canary_percent
         return notes
@@ -380,6 +389,7 @@ class VersionRegistry:
         entry = self._entry(strategy)
         entry.refresh()
         entry.previous_active = old
+        self.activations[(strategy, version)] += 1
         return self._change(strategy, action, before)
 
     def _change(self, strategy: str, action: str, before: dict[str, str]) -> VersionChange:
