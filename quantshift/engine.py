@@ -327,18 +327,24 @@ class Engine:
         self.on_order_state(intent, OrderState.FILLED if done else OrderState.PARTIALLY_FILLED)
 
     # -- halts, shutdown, persistence --------------------------------------------------
-    def halt(self, reason: str) -> None:
-        """Nothing new goes out, open orders are cancelled, and it survives a restart."""
+    def halt(self, reason: str, flatten: bool = False) -> int:
+        """Nothing new goes out, open orders are cancelled, and it survives a restart.
+
+        With ``flatten`` every position then gets its exit (see :meth:`flatten`), and exits
+        already in flight are left to finish rather than cancelled: the flatten counts them
+        as pending, so cancelling them would leave their positions with no exit at all.
+        Returns the number of flatten orders sent."""
         self.gate.halt(reason)
         self.journal.set("trading_state", {"state": HALTED, "reason": reason})
-        cancelled = self.executor.cancel_all(f"halted: {reason}") if self.executor else 0
+        cancelled = self.executor.cancel_all(f"halted: {reason}", keep_exits=flatten) \
+            if self.executor else 0
         _ALERT_HALT.warning("trading halted: {} ({} open orders cancelled)", reason, cancelled)
+        return self.flatten(reason) if flatten else 0
 
     def kill_switch(self, reason: str, flatten: bool = False) -> int:
         """Halt, and optionally send every position to flat: longs sold, shorts bought
         back. Positions close only as the fills come in, i.e. when the venue confirms."""
-        self.halt(f"kill switch: {reason}")
-        return self.flatten(f"kill switch: {reason}") if flatten else 0
+        return self.halt(f"kill switch: {reason}", flatten)
 
     def replace_strategy(self, strategy: str, make: StrategyMaker) -> int:
         """Swap every instance of one strategy for a new one (a promotion or a rollback),
@@ -369,12 +375,19 @@ class Engine:
         return sum(1 for order in self._orders.values() if order.state is OrderState.NEW)
 
     def flatten(self, reason: str) -> int:
-        """Send the orders that take every position to flat (exits pass any entry limit)."""
+        """Send the orders that take every position to flat (exits pass any entry limit).
+
+        Orders in flight count as done (an exit already sent is not sent twice). Each
+        flatten decides at a time of its own, one nanosecond past the symbol's last bar or
+        decision: its client order ids never collide with a strategy's exit on that bar or
+        an earlier flatten's, so a flatten after a refused exit or a rejected flatten still
+        goes out. A restart reads that time back from the journal's decisions."""
         sent = 0
+        latest = max(self.last_ts.values(), default=0)
         for pos in list(self.portfolio.positions.values()):
             if abs(pos.qty) > _EPS:
                 mark = self.portfolio.marks.get(pos.symbol, pos.avg_price)
-                ts = max(self.last_ts.get(pos.symbol, 0), 0)
+                ts = self.last_ts[pos.symbol] = (self.last_ts.get(pos.symbol) or latest) + 1
                 signal = Signal(pos.strategy, pos.symbol, ts, Direction.FLAT, reason)
                 was = self.gate.state
                 self.gate.state = "active"  # flattening is what a halt wants, so it passes

@@ -312,3 +312,24 @@ async def test_cancel_all_cancels_at_the_venue(rig: Rig) -> None:
     venue_order = rig.emu.engine.by_client[intent.client_order_id]
     assert venue_order.status in ("canceled", "cancelled")
     assert_consistent(rig)
+
+
+async def test_halt_with_flatten_leaves_exits_in_flight_and_flattens_the_rest(rig: Rig) -> None:
+    a, b = rig.symbols
+    signal(rig, a, Direction.LONG)
+    signal(rig, b, Direction.LONG)
+    await settle(rig)
+    rig.emu.engine.faults.partial_fill(0.5)
+    (exit_a,) = signal(rig, a, Direction.FLAT)  # half filled, the rest in flight
+    await asyncio.sleep(0.5)
+    assert [i.client_order_id for i in rig.executor.open_orders()] == [exit_a.client_order_id]
+    sent = rig.engine.halt("operator", flatten=True)
+    assert sent == 1  # b's exit; a's exit is already on its way and is not cancelled
+    assert rig.executor.open_orders()[0] == exit_a
+    await asyncio.sleep(0.5)
+    rig.emu.engine.fill_rest()
+    await settle(rig)
+    assert last_state(rig, exit_a.client_order_id) == OrderState.FILLED.value
+    assert rig.engine.portfolio.net.get(a, 0.0) == pytest.approx(0.0, abs=1e-9)
+    assert rig.engine.portfolio.net.get(b, 0.0) == pytest.approx(0.0, abs=1e-9)
+    assert_consistent(rig)

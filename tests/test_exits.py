@@ -132,21 +132,49 @@ def test_kill_switch_halts_cancels_and_flattens_long_and_short(make_engine) -> N
     e.on_bar(bar(1, 101.0))  # the long fills at this open
     e.decide(Signal("s", "Y", T0 + 1, Direction.SHORT, "entry"), 50.0)
     e.on_bar(Bar("Y", T0 + 60 * NS_PER_SECOND, 49.0, 49.0, 49.0, 49.0, 10.0))  # short fills
-    e.decide(Signal("s", "X", T0 + 2, Direction.FLAT, "exit"), 101.0)  # rests, unfilled
-    assert len(e.open_orders()) == 1
+    (exit_x,) = e.decide(Signal("s", "X", T0 + 2, Direction.FLAT, "exit"), 101.0)  # rests
+    (entry_z,) = e.decide(Signal("s", "Z", T0 + 2, Direction.LONG, "entry"), 20.0)  # rests
+    assert len(e.open_orders()) == 2
     sent = e.kill_switch("operator", flatten=True)
     assert e.gate.state == "halted" and "kill switch: operator" in e.gate.halt_reason
-    assert sent == 2
+    # The entry is cancelled; the exit in flight is left to finish (cancelling it would
+    # leave X with no exit, as the flatten counts it); Y gets its buy-back.
+    assert sent == 1
     orders = {i.symbol: i for i in e.open_orders()}
-    assert orders["X"].side.value == "sell" and orders["Y"].side.value == "buy"
+    assert set(orders) == {"X", "Y"}
+    assert orders["X"] == exit_x and orders["Y"].side.value == "buy"
     # not closed until the venue (here the paper book, at the next open) confirms
     assert e.portfolio.position_qty("s", "X") == 10
     e.on_bar(bar(2, 102.0))
     e.on_bar(Bar("Y", T0 + 120 * NS_PER_SECOND, 48.0, 48.0, 48.0, 48.0, 10.0))
+    e.on_bar(Bar("Z", T0 + 120 * NS_PER_SECOND, 21.0, 21.0, 21.0, 21.0, 10.0))
     assert e.portfolio.position_qty("s", "X") == 0 and e.portfolio.position_qty("s", "Y") == 0
+    assert e.portfolio.position_qty("s", "Z") == 0  # the cancelled entry never filled
     assert e.decide(Signal("s", "X", T0 + 3, Direction.LONG, "entry"), 102.0) == []
     e.journal.flush()
     assert e.journal.get("trading_state")["state"] == "halted"
-    states = dict(e.journal._db.execute("SELECT detail, state FROM order_events "
-                                        "WHERE state = 'cancelled'").fetchall())
-    assert any("kill switch" in d for d in states)
+    cancelled = dict(e.journal._db.execute("SELECT client_order_id, detail FROM order_events "
+                                           "WHERE state = 'cancelled'").fetchall())
+    assert set(cancelled) == {entry_z.client_order_id}
+    assert "kill switch" in cancelled[entry_z.client_order_id]
+
+
+def test_a_flatten_after_a_refused_exit_on_the_same_bar_still_goes_out(make_engine) -> None:
+    # The strategy's exit on the last bar ended without a fill (here: cancelled by a halt
+    # without flatten). A flatten afterwards must not reuse that exit's client order id,
+    # or it would be refused as already sent and the position would stay open.
+    e = make_engine({}, paper_fill="next_open")
+    e.on_bar(bar(0, 100.0))
+    e.decide(Signal("s", "X", T0, Direction.LONG, "entry"), 100.0)
+    e.on_bar(bar(1, 101.0))  # the long fills at this open
+    assert e.portfolio.position_qty("s", "X") == 10
+    (exit_x,) = e.decide(Signal("s", "X", T0 + 60 * NS_PER_SECOND, Direction.FLAT, "exit"),
+                         101.0)  # on the last bar's time, resting
+    e.halt("operator")  # cancels it
+    assert e.open_orders() == []
+    assert e.flatten("operator") == 1
+    (flat,) = e.open_orders()
+    assert flat.client_order_id != exit_x.client_order_id and flat.ts > exit_x.ts
+    assert e.flatten("again") == 0  # in flight already: not sent twice
+    e.on_bar(bar(2, 102.0))
+    assert e.portfolio.position_qty("s", "X") == 0

@@ -37,7 +37,10 @@ class Executor(Protocol):
         no answer yet (``sent=False``: they may or may not have reached the venue); each
         with the quantity already filled and its average price."""
 
-    def cancel_all(self, reason: str) -> int: ...
+    def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
+        """Cancel the orders in flight (``keep_exits``: not the reduce-only ones, which a
+        flatten that follows counts on); return how many."""
+        ...
 
     async def start(self) -> None:
         """Connect (brokers); called before reconciliation and the first bar."""

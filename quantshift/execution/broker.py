@@ -128,11 +128,12 @@ class BrokerExecutor(Legs):
             if intent.parent:
                 self._seen_legs.add(intent.client_order_id)
 
-    def cancel_all(self, reason: str) -> int:
-        """Cancel the orders in flight. Legs protecting a position stay: a halted or
-        stopped daemon watches nothing, the venue's stops still do (a flatten cancels
-        them, position by position, before its exits)."""
-        working = [t for t in self._orders.values() if not t.intent.parent]
+    def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
+        """Cancel the orders in flight (``keep_exits``: not the reduce-only ones). Legs
+        protecting a position stay: a halted or stopped daemon watches nothing, the venue's
+        stops still do (a flatten cancels them, position by position, before its exits)."""
+        working = [t for t in self._orders.values() if not t.intent.parent
+                   and not (keep_exits and t.intent.reduce_only)]
         for tracked in working:
             self._spawn(self._cancel(tracked.intent, reason))
         return len(working)

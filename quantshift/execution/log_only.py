@@ -41,7 +41,7 @@ class LogOnlyExecutor:
         for intent, _, _ in orders:  # an earlier executor's leftovers are not ours to send
             self._sink.on_order_state(intent, OrderState.CANCELLED, "not sent by log_only")
 
-    def cancel_all(self, reason: str) -> int:
+    def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
         return 0
 
     async def close(self) -> None:

@@ -66,9 +66,14 @@ class PaperExecutor:
     async def drain(self, timeout: float) -> None:
         return None
 
-    def cancel_all(self, reason: str) -> int:
-        cancelled = self.open_orders()
-        self._resting.clear()
+    def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
+        cancelled = [i for i in self.open_orders() if not (keep_exits and i.reduce_only)]
+        for symbol, waiting in list(self._resting.items()):
+            left = [i for i in waiting if keep_exits and i.reduce_only]
+            if left:
+                self._resting[symbol] = left
+            else:
+                del self._resting[symbol]
         for intent in cancelled:
             self._sink.on_order_state(intent, OrderState.CANCELLED, reason)
         return len(cancelled)

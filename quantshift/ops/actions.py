@@ -38,9 +38,9 @@ def apply_control(d: Daemon, action: str, body: Any) -> Any:
     was = gate.state
     out: dict[str, Any] = {}
     if action == "halt":
-        engine.halt(body.reason)
+        sent = engine.halt(body.reason, flatten=body.flatten)
         if body.flatten:
-            out["flatten_orders"] = engine.flatten(body.reason)
+            out["flatten_orders"] = sent
     elif action == "resume":
         if d.guard is not None and d.guard.lift():
             out["demotion_lifted"] = True

@@ -148,9 +148,9 @@ class Guard:
         if d.demoted:
             return
         d.demoted, d.demoted_reason = True, reason
-        cancelled = engine.executor.cancel_all(f"demoted: {reason}")
-        flattened = engine.flatten(f"demoted: {reason}") if d.settings.trigger_flatten \
-            and not restored else 0
+        flatten = d.settings.trigger_flatten and not restored
+        cancelled = engine.executor.cancel_all(f"demoted: {reason}", keep_exits=flatten)
+        flattened = engine.flatten(f"demoted: {reason}") if flatten else 0
         if not isinstance(engine.executor, LogOnlyExecutor):
             # Kept, not closed: fills of orders already at the venue still come back.
             d.real_executor = engine.executor
