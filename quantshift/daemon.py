@@ -270,8 +270,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.settings.cancel_on_shutdown:
             n = 0
-            for executor in self._executors():
-                n += executor.cancel_all("shutdown")
+            for executor in self._executors():  # a flatten to come counts on the exits
+                n += executor.cancel_all("shutdown", keep_exits=self.settings.flatten_on_shutdown)
                 await executor.drain(self.settings.shutdown_timeout / 2)
             logger.info("shutdown: cancelled {} open orders", n)
         else:
