@@ -162,6 +162,8 @@ class Engine:
                 for exit_signal in self.exits.on_bar(bar, self.portfolio):
                     self.decide(exit_signal, bar.close)
         else:
+            if self.exits is not None:
+                self.exits.observe(bar, self.portfolio)
             strategies = self._by_symbol.get(symbol) or self._spawn(symbol)
         for strategy in strategies:
             signal = strategy.on_bar(bar)
@@ -175,9 +177,11 @@ class Engine:
             self.last_ts[symbol] = bar.ts
 
     def warm_up(self, bar: Bar) -> None:
-        """Feed a history bar to the strategies (and the gate's market state, ATR, regime)
-        only: it is the past, nothing trades on it."""
+        """Feed a history bar to the strategies (and the gate's market state, ATR, regime;
+        the exits' ATR and trailing stops) only: it is the past, nothing trades on it."""
         self.gate.on_bar(bar)
+        if self.exits is not None:
+            self.exits.observe(bar, self.portfolio)
         strategies = self._by_symbol.get(bar.symbol)
         if strategies is None:
             strategies = self._spawn(bar.symbol)

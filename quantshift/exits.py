@@ -106,21 +106,13 @@ class ExitManager:
         self._at_venue: dict[tuple[str, str], set[str]] = {}
 
     def on_bar(self, bar: Bar, portfolio: Portfolio) -> list[Signal]:
-        atr_ind = self._atr.get(bar.symbol)
-        if atr_ind is None:
-            atr_ind = self._atr[bar.symbol] = ATR(self._atr_period)
-        atr = atr_ind.update(bar.high, bar.low, bar.close)
+        atr = self._atr_of(bar)
         exits: list[Signal] = []
         for sid, (_, sl, tp, trail, activate) in self._rules.items():
-            pos = portfolio.positions.get((sid, bar.symbol))
             key = (sid, bar.symbol)
-            if pos is None or abs(pos.qty) < 1e-12:
-                self._held.pop(key, None)
+            held = self._hold(key, portfolio)
+            if held is None:
                 continue
-            side = 1 if pos.qty > 0 else -1
-            held = self._held.get(key)
-            if held is None or held.side != side or held.entry != pos.avg_price:
-                held = self._held[key] = _Held(side, pos.avg_price)
             venue = self._at_venue.get(key)
             if venue:  # the venue watches these levels: checking them here would exit twice
                 reason = self._check(held, bar, atr, None if "stop_loss" in venue else sl,
@@ -133,8 +125,58 @@ class ExitManager:
                                      "trail_stop": held.trail_stop or 0.0}))
         return exits
 
+    def observe(self, bar: Bar, portfolio: Portfolio) -> None:
+        """A bar from before a restart (history, or one the feed delivers again): the ATR
+        learns from it, and a position held since before it moves its trailing stop, so a
+        restart neither disarms the ATR distances for a while nor loosens a trailing stop
+        (it only ever tightens, and the snapshot may be older than the last bars). Nothing
+        fires on the past: the next live bar checks the levels."""
+        atr = self._atr_of(bar)
+        for sid, (_, _, _, trail, activate) in self._rules.items():
+            pos = portfolio.positions.get((sid, bar.symbol))
+            if trail is None or pos is None or bar.ts <= pos.entry_ts:
+                continue  # a bar before the entry says nothing of the position's best
+            held = self._hold((sid, bar.symbol), portfolio)
+            if held is not None:
+                self._trail(held, bar, atr, trail, activate)
+
+    def _atr_of(self, bar: Bar) -> float | None:
+        atr_ind = self._atr.get(bar.symbol)
+        if atr_ind is None:
+            atr_ind = self._atr[bar.symbol] = ATR(self._atr_period)
+        return atr_ind.update(bar.high, bar.low, bar.close)
+
+    def _hold(self, key: tuple[str, str], portfolio: Portfolio) -> _Held | None:
+        """What the daemon tracks of one strategy's position (None, and forgotten, when
+        flat); a new side or entry price starts it afresh."""
+        pos = portfolio.positions.get(key)
+        if pos is None or abs(pos.qty) < 1e-12:
+            self._held.pop(key, None)
+            return None
+        side = 1 if pos.qty > 0 else -1
+        held = self._held.get(key)
+        if held is None or held.side != side or held.entry != pos.avg_price:
+            held = self._held[key] = _Held(side, pos.avg_price)
+        return held
+
     @staticmethod
-    def _check(h: _Held, bar: Bar, atr: float | None, sl: Distance | None,
+    def _trail(h: _Held, bar: Bar, atr: float | None, trail: Distance,
+               activate: Distance | None) -> None:
+        """Move the best price and the trailing stop with the bar (it only ever tightens)."""
+        s = h.side
+        favour = bar.high if s > 0 else bar.low
+        if (favour - h.best) * s > 0:
+            h.best = favour
+        gain = (h.best - h.entry) * s
+        need = activate.price(h.entry, atr) if activate is not None else 0.0
+        d = trail.price(h.entry, atr)
+        if d is not None and need is not None and gain >= need:
+            level = h.best - s * d
+            if h.trail_stop is None or (level - h.trail_stop) * s > 0:
+                h.trail_stop = level
+
+    @classmethod
+    def _check(cls, h: _Held, bar: Bar, atr: float | None, sl: Distance | None,
                tp: Distance | None, trail: Distance | None,
                activate: Distance | None) -> str | None:
         s = h.side
@@ -149,15 +191,7 @@ class ExitManager:
             if d is not None and (favour - (h.entry + s * d)) * s >= 0:
                 return f"take-profit {tp.value:g}{tp.unit} at {h.entry + s * d:.4f}"
         if trail is not None:
-            if (favour - h.best) * s > 0:
-                h.best = favour
-            gain = (h.best - h.entry) * s
-            need = activate.price(h.entry, atr) if activate is not None else 0.0
-            d = trail.price(h.entry, atr)
-            if d is not None and need is not None and gain >= need:
-                level = h.best - s * d
-                if h.trail_stop is None or (level - h.trail_stop) * s > 0:
-                    h.trail_stop = level  # only ever tightens
+            cls._trail(h, bar, atr, trail, activate)
             if h.trail_stop is not None and (adverse - h.trail_stop) * s <= 0:
                 return f"trailing stop at {h.trail_stop:.4f}"
         return None

@@ -99,6 +99,36 @@ def test_trailing_stop_arms_after_the_gain_and_never_loosens(make_engine) -> Non
     assert e.portfolio.position_qty("s", "X") == 0
 
 
+def test_a_restart_keeps_the_trailing_stop_and_the_atr_from_the_history_bars(
+        make_engine) -> None:
+    # The last snapshot predates the bars that armed the trailing stop; after the restart
+    # those bars come back as history: the stop must not come back looser, and the ATR
+    # distances must not wait for fresh bars to be armed again.
+    rule = {"trail": "2%", "trail_activate": "3%", "stop_loss": "1atr", "atr_period": 3}
+    e1 = make_engine(rule)
+    history = [bar(0, 100.0, high=120.0, low=99.0)]  # the entry's bar: its high is no best
+    e1.on_bar(history[0])
+    assert e1.decide(Signal("s", "X", T0, Direction.LONG, "entry"), 100.0)
+    e1.snapshot()
+    for i, (c, h, lo) in enumerate([(102.0, 102.5, 101.5), (105.0, 106.0, 104.5),
+                                    (104.8, 105.0, 104.2)], start=1):
+        history.append(bar(i, c, high=h, low=lo))
+        e1.on_bar(history[-1])
+    assert e1.exits._held[("s", "X")].trail_stop == pytest.approx(104.0)
+    assert e1.portfolio.position_qty("s", "X") == 10
+    e1.journal.flush()  # then the daemon dies: no snapshot after the entry's bar
+
+    e2 = make_engine(rule)
+    e2.restore()
+    for b in history:
+        e2.warm_up(b)
+    assert e2.exits._held[("s", "X")].trail_stop == pytest.approx(104.0)
+    assert e2.exits._atr["X"].value is not None  # the 1atr stop is armed at once
+    assert e2.portfolio.position_qty("s", "X") == 10  # nothing fired on the past
+    e2.on_bar(bar(4, 103.9, high=104.5, low=103.8))  # touches 104
+    assert e2.portfolio.position_qty("s", "X") == 0
+
+
 def test_atr_stop_needs_the_atr_and_exits_pass_a_halt_on_entries(make_engine) -> None:
     e = make_engine({"stop_loss": "1atr", "atr_period": 3}, risk_max_daily_loss=1)
     for i in range(4):  # ATR warms up on bars with a range of 2
