@@ -211,7 +211,13 @@ class Engine:
         counts = self.counts
         counts["signals"] += 1
         self.signal_counts[(signal.strategy, signal.version)] += 1
-        decision = self.gate.evaluate(signal, price, self.portfolio, self._pending)
+        gate = self.gate
+        state, loss_halt_day = gate.state, gate.loss_halt_day
+        decision = gate.evaluate(signal, price, self.portfolio, self._pending)
+        if gate.state != state or gate.loss_halt_day != loss_halt_day:
+            # A breaker tripped (daily loss, drawdown): on disk with the next group commit,
+            # not at the next snapshot, so a crash meanwhile cannot lift it.
+            self.snapshot()
         journal = self.journal
         veto = decision.veto
         if veto is not None:

@@ -339,3 +339,33 @@ def test_a_fill_on_disk_without_its_order_event_closes_the_order_once(make_setti
         assert e2.portfolio.position_qty("ma_cross", "AAA") == 10
     finally:
         e2.journal.close()
+
+
+@pytest.mark.parametrize("breaker", ["daily_loss", "drawdown"])
+def test_a_tripped_breaker_survives_a_crash_right_after(make_settings, breaker: str) -> None:
+    """The daemon dies a moment after a breaker tripped, before its next periodic
+    snapshot; the price then recovers. The breaker still holds after the restart."""
+    limit = {"risk_max_daily_loss": 50} if breaker == "daily_loss" else \
+        {"risk_max_drawdown": 50}
+    settings = make_settings(paper_slippage_bps=0, paper_commission_bps=0, **limit)
+    e1 = engine_on(settings)
+    e1.on_bar(Bar("AAA", T0, 100, 100, 100, 100, 1e3))
+    assert e1.decide(Signal("ma_cross", "AAA", T0, Direction.LONG, "in"), 100.0)
+    e1.on_bar(Bar("AAA", T0 + MIN, 90, 90, 90, 90, 1e3))  # -100: past the limit
+    assert e1.decide(Signal("ma_cross", "BBB", T0 + MIN, Direction.LONG, "in"), 40.0) == []
+    tripped = e1.gate.state, e1.gate.loss_halt_day
+    e1.journal.flush()  # the next group commit; then the daemon dies
+    e1.journal.close()
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        assert (e2.gate.state, e2.gate.loss_halt_day) == tripped
+        e2.on_bar(Bar("AAA", T0 + 2 * MIN, 99, 99, 99, 99, 1e3))  # nearly all of it back
+        assert e2.decide(Signal("ma_cross", "BBB", T0 + 2 * MIN, Direction.LONG, "in"),
+                         40.0) == []
+        e2.journal.flush()
+        (reason,) = e2.journal._db.execute(
+            "SELECT reason FROM vetoes ORDER BY id DESC LIMIT 1").fetchone()
+        assert reason.startswith("daily loss limit" if breaker == "daily_loss" else "reducing")
+    finally:
+        e2.journal.close()
