@@ -160,6 +160,9 @@ class Engine:
             self.portfolio.mark(symbol, bar.close, bar.ts)
             if self.exits is not None:
                 for exit_signal in self.exits.on_bar(bar, self.portfolio):
+                    owner = self._instances.get((exit_signal.strategy, symbol))
+                    if owner is not None:  # the version whose position it closes
+                        exit_signal.version = owner.version
                     self.decide(exit_signal, bar.close)
         else:
             if self.exits is not None:

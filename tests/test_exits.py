@@ -68,9 +68,12 @@ def test_stop_loss_exits_long_when_the_low_touches(make_engine) -> None:
     e.on_bar(bar(2, 98.4, low=97.9))  # touches 98
     assert e.portfolio.position_qty("s", "X") == 0
     e.journal.flush()
-    reason = e.journal._db.execute(
-        "SELECT reason FROM decisions WHERE outcome = 'approved' ORDER BY id DESC").fetchone()[0]
+    reason, version = e.journal._db.execute(
+        "SELECT reason, version FROM decisions WHERE outcome = 'approved' ORDER BY id DESC"
+    ).fetchone()
     assert reason.startswith("stop-loss 2% at 98.0000")
+    assert version == "v1"  # the version whose position it closed, as its entry
+    assert e.signal_counts[("s", "v1")] == 1  # the exit (the test's own entry had none)
 
 
 def test_take_profit_on_a_short(make_engine) -> None:
