@@ -217,10 +217,10 @@ class Engine:
         gate = self.gate
         state, loss_halt_day = gate.state, gate.loss_halt_day
         decision = gate.evaluate(signal, price, self.portfolio, self._pending)
-        if gate.state != state or gate.loss_halt_day != loss_halt_day:
-            # A breaker tripped (daily loss, drawdown): on disk with the next group commit,
-            # not at the next snapshot, so a crash meanwhile cannot lift it.
-            self.snapshot()
+        # A breaker tripped (daily loss, drawdown): snapshotted once this decision's rows
+        # are queued, so it is on disk with the next group commit, not the next snapshot,
+        # and a crash meanwhile cannot lift it.
+        tripped = gate.state != state or gate.loss_halt_day != loss_halt_day
         journal = self.journal
         veto = decision.veto
         if veto is not None:
@@ -246,6 +246,8 @@ class Engine:
             journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
                              outcome, veto or signal.reason, signal.confidence,
                              signal.indicators, None, signal.version)
+            if tripped:
+                self.snapshot()
             return sent
         counts["approved"] += 1
         journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
@@ -267,6 +269,8 @@ class Engine:
             self._orders[intent.client_order_id] = Order(intent)
             self._add_pending(intent, intent.signed_qty)
             self.executor.submit(intent)  # type: ignore[union-attr]
+        if tripped:
+            self.snapshot()
         return sent
 
     def _add_pending(self, intent: OrderIntent, qty: float) -> None:

@@ -369,3 +369,25 @@ def test_a_tripped_breaker_survives_a_crash_right_after(make_settings, breaker: 
         assert reason.startswith("daily loss limit" if breaker == "daily_loss" else "reducing")
     finally:
         e2.journal.close()
+
+
+def test_an_exit_decided_as_a_breaker_trips_is_counted_once_after_a_crash(
+        make_settings) -> None:
+    settings = make_settings(paper_slippage_bps=0, paper_commission_bps=0,
+                             risk_max_daily_loss=50, risk_max_trades_per_hour=10)
+    e1 = engine_on(settings)
+    e1.on_bar(Bar("AAA", T0, 100, 100, 100, 100, 1e3))
+    assert e1.decide(Signal("ma_cross", "AAA", T0, Direction.LONG, "in"), 100.0)
+    e1.on_bar(Bar("AAA", T0 + MIN, 90, 90, 90, 90, 1e3))
+    # A reversal: its exit passes, its entry trips the daily-loss limit.
+    (exit_leg,) = e1.decide(Signal("ma_cross", "AAA", T0 + MIN, Direction.SHORT, "rev"), 90.0)
+    assert exit_leg.reduce_only and e1.gate.trades_today == 2
+    e1.journal.flush()
+    e1.journal.close()
+    e2 = engine_on(settings)
+    try:
+        e2.restore()
+        assert e2.gate.trades_today == 2  # the snapshot holds the exit; not counted again
+        assert list(e2.gate.hour_ts) == list(e1.gate.hour_ts)
+    finally:
+        e2.journal.close()
