@@ -8,65 +8,16 @@ import pytest
 
 from quantshift.domain import (
     NS_PER_DAY,
-    NS_PER_SECOND,
     Direction,
-    Fill,
     Instrument,
-    OrderIntent,
     Phase,
     Side,
-    Signal,
     client_order_id,
 )
-from quantshift.portfolio import Portfolio
-from quantshift.risk.gate import ACTIVE, HALTED, NO_CHANGE, RiskGate
+from quantshift.risk.gate import ACTIVE, HALTED, NO_CHANGE
 from quantshift.risk.profiles import PROFILES, RiskLimits, limits_for
 from quantshift.risk.sizing import Sizing, position_size
-
-T0 = 1_704_067_200 * NS_PER_SECOND  # 2024-01-01T00:00:00Z, a UTC day boundary
-MIN = 60 * NS_PER_SECOND
-NO_LIMITS = RiskLimits(0, 0, 0, 0, 0)
-
-
-def limits(**kw: float) -> RiskLimits:
-    base = {"max_position_notional": 0, "max_exposure": 0, "max_open_positions": 0,
-            "max_daily_loss": 0, "max_trades_per_day": 0}
-    base.update(kw)
-    return RiskLimits(**base)  # type: ignore[arg-type]
-
-
-def gate(lim: RiskLimits = NO_LIMITS, sizing: str = "fixed:10",
-         fractional: bool = False) -> RiskGate:
-    return RiskGate("equity", lim, Sizing.parse(sizing), fractional)
-
-
-def sig(symbol: str, target: Direction, ts: int = T0 + MIN, strategy: str = "s1") -> Signal:
-    return Signal(strategy, symbol, ts, target, "test")
-
-
-class Book:
-    """A portfolio plus a fill counter: applies approved intents at a given price."""
-
-    def __init__(self, cash: float = 100_000) -> None:
-        self.pf = Portfolio(cash)
-        self.seq = 0
-
-    def mark(self, symbol: str, price: float, ts: int = T0 + MIN) -> None:
-        self.pf.mark(symbol, price, ts)
-
-    def fill(self, intents: tuple[OrderIntent, ...], price: float) -> None:
-        for i in intents:
-            self.seq += 1
-            self.pf.apply_fill(Fill(self.seq, i.client_order_id, i.strategy, i.symbol, i.side,
-                                    i.qty, price, 0.0, i.ts))
-
-    def enter(self, g: RiskGate, symbol: str, target: Direction, price: float,
-              ts: int = T0 + MIN) -> None:
-        self.mark(symbol, price, ts)
-        d = g.evaluate(sig(symbol, target, ts), price, self.pf)
-        assert d.veto is None, d.veto
-        assert d.intents
-        self.fill(d.intents, price)
+from tests.risk_helpers import MIN, OFF, T0, Book, gate, lim, sig
 
 
 # -- the basics ----------------------------------------------------------------------
@@ -111,18 +62,18 @@ def test_flat_signal_exits_with_a_reduce_only_order() -> None:
 
 # -- each limit on its own -----------------------------------------------------------
 def test_max_position_notional() -> None:
-    g, book = gate(limits(max_position_notional=999)), Book()
+    g, book = gate(lim(max_position_notional=999)), Book()
     book.mark("X", 100.0)
     d = g.evaluate(sig("X", Direction.LONG), 100.0, book.pf)  # 10 * 100 = 1000 > 999
     assert d.intents == ()
     assert "max position notional" in d.veto
     assert "1000.00 > 999" in d.veto
-    g2 = gate(limits(max_position_notional=1000))  # exactly at the limit passes
+    g2 = gate(lim(max_position_notional=1000))  # exactly at the limit passes
     assert g2.evaluate(sig("X", Direction.LONG), 100.0, book.pf).veto is None
 
 
 def test_max_exposure() -> None:
-    g, book = gate(limits(max_exposure=1500)), Book()
+    g, book = gate(lim(max_exposure=1500)), Book()
     book.enter(g, "X", Direction.LONG, 100.0)  # exposure 1000
     book.mark("Y", 50.0)
     d = g.evaluate(sig("Y", Direction.LONG), 50.0, book.pf)  # 1000 + 500 = 1500: at the limit
@@ -136,7 +87,7 @@ def test_max_exposure() -> None:
 
 
 def test_max_exposure_counts_a_reversal_once() -> None:
-    g, book = gate(limits(max_exposure=1000)), Book()
+    g, book = gate(lim(max_exposure=1000)), Book()
     book.enter(g, "X", Direction.LONG, 100.0)  # exposure 1000 = the limit
     d = g.evaluate(sig("X", Direction.SHORT, T0 + 2 * MIN), 100.0, book.pf)
     # the exit takes the long off before the short goes on: still 1000
@@ -145,7 +96,7 @@ def test_max_exposure_counts_a_reversal_once() -> None:
 
 
 def test_max_open_positions() -> None:
-    g, book = gate(limits(max_open_positions=2)), Book()
+    g, book = gate(lim(max_open_positions=2)), Book()
     book.enter(g, "A", Direction.LONG, 10.0)
     book.enter(g, "B", Direction.SHORT, 10.0)
     book.mark("C", 10.0)
@@ -160,7 +111,7 @@ def test_max_open_positions() -> None:
 
 
 def test_max_daily_loss_halts_entries_for_the_rest_of_the_day() -> None:
-    g, book = gate(limits(max_daily_loss=50)), Book()
+    g, book = gate(lim(max_daily_loss=50)), Book()
     book.mark("X", 100.0, T0 + MIN)  # the day starts at equity 100000
     book.enter(g, "X", Direction.LONG, 100.0)
     book.mark("X", 94.0, T0 + 2 * MIN)  # 10 * -6 = -60 <= -50
@@ -194,7 +145,7 @@ def test_max_daily_loss_halts_entries_for_the_rest_of_the_day() -> None:
 
 
 def test_max_daily_loss_exactly_at_the_limit_vetoes() -> None:
-    g, book = gate(limits(max_daily_loss=50)), Book()
+    g, book = gate(lim(max_daily_loss=50)), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
     book.mark("X", 95.0, T0 + 2 * MIN)  # -50 <= -50
     d = g.evaluate(sig("Y", Direction.LONG, T0 + 2 * MIN), 20.0, book.pf)
@@ -202,7 +153,7 @@ def test_max_daily_loss_exactly_at_the_limit_vetoes() -> None:
 
 
 def test_max_trades_per_day_resets_the_next_day() -> None:
-    g, book = gate(limits(max_trades_per_day=2)), Book()
+    g, book = gate(lim(max_trades_per_day=2)), Book()
     book.enter(g, "A", Direction.LONG, 10.0)
     book.enter(g, "B", Direction.LONG, 10.0)
     book.mark("C", 10.0)
@@ -218,7 +169,7 @@ def test_max_trades_per_day_resets_the_next_day() -> None:
 
 
 def test_zero_means_no_limit() -> None:
-    g, book = gate(NO_LIMITS, sizing="fixed:1000000"), Book(cash=1_000)
+    g, book = gate(OFF, sizing="fixed:1000000"), Book(cash=1_000)
     for n, sym in enumerate("ABCDEFGHIJKL"):
         book.enter(g, sym, Direction.LONG, 1_000.0, T0 + (n + 1) * MIN)
     assert book.pf.open_symbols() == 12
@@ -268,7 +219,7 @@ def test_exits_pass_every_entry_limit() -> None:
 
 
 def test_blocked_reversal_still_sends_the_exit() -> None:
-    g, book = gate(limits(max_position_notional=1500)), Book()
+    g, book = gate(lim(max_position_notional=1500)), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
     # short 10 @ 200 = 2000 > 1500: the entry is blocked, the exit is not
     book.mark("X", 200.0, T0 + 2 * MIN)

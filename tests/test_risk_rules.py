@@ -10,79 +10,19 @@ import pytest
 
 from quantshift.domain import (
     NS_PER_DAY,
-    NS_PER_SECOND,
     Bar,
     Direction,
-    Fill,
     Instrument,
-    OrderIntent,
     Phase,
     Side,
-    Signal,
     Trade,
 )
-from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import ACTIVE, HALTED, REDUCING, RiskGate
 from quantshift.risk.profiles import PROFILES, RiskLimits, limits_for
 from quantshift.risk.regime import BEAR, BULL, CHOPPY, CRISIS, UNKNOWN, RegimeDetector
 from quantshift.risk.sizing import KellyStats, Sizing, position_size
 from quantshift.settings import Settings
-
-T0 = 1_704_067_200 * NS_PER_SECOND  # 2024-01-01T00:00:00Z
-MIN = 60 * NS_PER_SECOND
-HOUR = 60 * MIN
-OFF = RiskLimits(0, 0, 0, 0, 0)
-
-
-def lim(**kw: float) -> RiskLimits:
-    return replace(OFF, **kw)
-
-
-def gate(limits: RiskLimits = OFF, sizing: str = "fixed:10", fractional: bool = False,
-         **kw: object) -> RiskGate:
-    return RiskGate("equity", limits, Sizing.parse(sizing), fractional, **kw)  # type: ignore[arg-type]
-
-
-def sig(symbol: str, target: Direction, ts: int = T0 + MIN, strategy: str = "s1") -> Signal:
-    return Signal(strategy, symbol, ts, target, "test")
-
-
-class Book:
-    def __init__(self, cash: float = 100_000) -> None:
-        self.pf = Portfolio(cash)
-        self.seq = 0
-
-    def bar(self, g: RiskGate, symbol: str, close: float, ts: int, spread: float = 1.0,
-            volume: float = 1_000.0) -> None:
-        self.pf.mark(symbol, close, ts)
-        g.on_bar(Bar(symbol, ts, close, close + spread / 2, close - spread / 2, close, volume))
-
-    def bars(self, g: RiskGate, symbol: str, closes: list[float], ts0: int = T0,
-             spread: float = 1.0, volume: float = 1_000.0) -> int:
-        ts = ts0
-        for c in closes:
-            self.bar(g, symbol, c, ts, spread, volume)
-            ts += MIN
-        return ts - MIN  # the last bar's time
-
-    def fill(self, intents: tuple[OrderIntent, ...], price: float) -> None:
-        for i in intents:
-            self.seq += 1
-            self.pf.apply_fill(Fill(self.seq, i.client_order_id, i.strategy, i.symbol, i.side,
-                                    i.qty, price, 0.0, i.ts))
-
-    def buy(self, symbol: str, qty: float, price: float, ts: int = T0) -> None:
-        self.seq += 1
-        self.pf.mark(symbol, price, ts)
-        self.pf.apply_fill(Fill(self.seq, f"c{self.seq}", "other", symbol, Side.BUY, qty, price,
-                                0.0, ts))
-
-    def enter(self, g: RiskGate, symbol: str, target: Direction, price: float,
-              ts: int = T0 + MIN, strategy: str = "s1") -> None:
-        self.pf.mark(symbol, price, ts)
-        d = g.evaluate(sig(symbol, target, ts, strategy), price, self.pf)
-        assert d.veto is None, d.veto
-        self.fill(d.intents, price)
+from tests.risk_helpers import HOUR, MIN, OFF, T0, Book, gate, lim, sig
 
 
 def entry_qty(g: RiskGate, book: Book, symbol: str = "X", price: float = 100.0,
@@ -323,7 +263,8 @@ def test_max_trades_per_hour_counts_exits_but_never_blocks_them() -> None:
     g, book = gate(lim(max_trades_per_hour=2)), Book()
     book.enter(g, "A", Direction.LONG, 10.0, T0)
     book.enter(g, "A", Direction.FLAT, 10.0, T0 + MIN)
-    book.enter(g, "B", Direction.FLAT, 10.0, T0 + 2 * MIN)  # flat already: nothing sent
+    nothing = g.evaluate(sig("B", Direction.FLAT, T0 + 2 * MIN), 10.0, book.pf)
+    assert nothing.intents == () and nothing.veto is None  # flat already: nothing sent
     assert veto(g, book, "B", ts=T0 + 3 * MIN) == "max trades per hour: 2 >= 2"
     book.enter(g, "C", Direction.LONG, 10.0, T0 + 61 * MIN)
     g.limits = lim(max_trades_per_hour=1)
