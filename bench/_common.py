@@ -9,6 +9,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,33 @@ def now() -> float:
     return time.perf_counter()
 
 
+def timed_on_bar(engine: Any, record: Callable[[int, bool], None]) -> Callable[[Any], None]:
+    """``Engine.on_bar`` with each bar's time in ns handed to ``record``, with whether the
+    bar sent an order (the recording itself is outside the timed span)."""
+    counts = engine.counts
+    inner = engine.on_bar
+    clock = time.perf_counter_ns
+
+    def timed(bar: Any) -> None:
+        before = counts["orders"]
+        t0 = clock()
+        inner(bar)
+        took = clock() - t0
+        record(took, counts["orders"] != before)
+
+    return timed
+
+
+async def flush_every(journal: Any, interval: float, db: Any) -> None:
+    """The daemon's group commit: the journal flushed in its own thread every ``interval``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        await loop.run_in_executor(db, journal.flush)
+
+
 async def timed_engine_run(settings: Any, seconds: float, interval: float,
                            seed: int = 5) -> tuple[list[float], list[float], dict[str, int]]:
     """The daemon's components (journal with its group-commit flusher, engine, executor,
@@ -103,26 +131,9 @@ async def timed_engine_run(settings: Any, seconds: float, interval: float,
     engine = build_engine(settings, journal, log_decisions=False)
     decision: list[int] = []
     quiet: list[int] = []
-    counts = engine.counts
-    inner = engine.on_bar
-
-    def timed(bar: Any) -> None:
-        before = counts["orders"]
-        t0 = time.perf_counter_ns()
-        inner(bar)
-        took = time.perf_counter_ns() - t0
-        (decision if counts["orders"] != before else quiet).append(took)
-
+    timed = timed_on_bar(engine, lambda took, sent: (decision if sent else quiet).append(took))
     feed = SimFeed(settings.symbols, interval, seed=seed)
-    db = ThreadPoolExecutor(1)
-    loop = asyncio.get_running_loop()
-
-    async def flusher() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            await loop.run_in_executor(db, journal.flush)
-
-    flush_task = asyncio.create_task(flusher())
+    flush_task = asyncio.create_task(flush_every(journal, 0.1, ThreadPoolExecutor(1)))
     feed_task = asyncio.create_task(feed.run(timed))
     await asyncio.sleep(seconds)
     feed.stop()
@@ -131,4 +142,4 @@ async def timed_engine_run(settings: Any, seconds: float, interval: float,
     journal.flush()
     journal.close()
     return ([x / 1e6 for x in decision], [x / 1e6 for x in decision + quiet],
-            dict(counts))
+            dict(engine.counts))

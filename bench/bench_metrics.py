@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from _common import percentile, rss_mb, save
+from _common import flush_every, percentile, rss_mb, save, timed_on_bar
 
 from quantshift.app import build_engine, build_feed, open_journal
 from quantshift.daemon import Daemon
@@ -140,29 +140,16 @@ async def run(symbols: int, interval: float, window: float, rounds: int, burst: 
     # Every on_bar timed, filed under the phase running at the time.
     phase = "warmup"
     timings: dict[str, tuple[list[int], list[int]]] = {}
-    counts = engine.counts
-    inner = engine.on_bar
 
-    def timed(bar: Any) -> None:
-        before = counts["orders"]
-        t0 = time.perf_counter_ns()
-        inner(bar)
-        took = time.perf_counter_ns() - t0
+    def record(took: int, sent: bool) -> None:
         decision, quiet = timings.setdefault(phase, ([], []))
-        (decision if counts["orders"] != before else quiet).append(took)
+        (decision if sent else quiet).append(took)
 
     lags: dict[str, list[float]] = {}
-    db = ThreadPoolExecutor(1)
-    loop = asyncio.get_running_loop()
-
-    async def flusher() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            await loop.run_in_executor(db, journal.flush)
-
     port = _free_port()
     close, server = await _serve(d, port)
-    tasks = [asyncio.create_task(flusher()), asyncio.create_task(feed.run(timed))]
+    tasks = [asyncio.create_task(flush_every(journal, 0.1, ThreadPoolExecutor(1))),
+             asyncio.create_task(feed.run(timed_on_bar(engine, record)))]
     await asyncio.sleep(3.0)  # strategies warm, positions open across the symbols
 
     async def window_run(name: str, scrape_every: float | None,
