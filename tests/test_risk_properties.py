@@ -33,6 +33,7 @@ from quantshift.domain import (
 )
 from quantshift.portfolio import Portfolio
 from quantshift.risk.gate import ACTIVE, HALTED, REDUCING, Decision, RiskGate
+from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import PROFILES, RiskLimits
 from quantshift.risk.sizing import Sizing
 
@@ -100,7 +101,7 @@ class World:
 
     gate: RiskGate
     pf: Portfolio = field(default_factory=lambda: Portfolio(10_000))
-    pending: dict[tuple[str, str], float] = field(default_factory=dict)
+    pending: Pending = field(default_factory=Pending)  # as the engine keeps it
     orders: list[int] = field(default_factory=list)  # every order's time
     prices: dict[str, float] = field(default_factory=dict)
     ts: int = T0
@@ -124,7 +125,7 @@ class World:
             trade = self.pf.apply_fill(fill)
             if trade is not None:
                 self.gate.on_trade(trade)
-        self.pending.clear()
+        self.pending = Pending()
 
     def nets(self) -> dict[str, float]:
         nets = dict(self.pf.net)
@@ -137,12 +138,7 @@ class World:
 
     def apply(self, intents: tuple[OrderIntent, ...]) -> None:
         for i in intents:
-            key = (i.strategy, i.symbol)
-            left = self.pending.get(key, 0.0) + i.signed_qty
-            if abs(left) < EPS:  # as the engine does: nothing left to fill
-                self.pending.pop(key, None)
-            else:
-                self.pending[key] = left
+            self.pending.add(i.strategy, i.symbol, i.signed_qty)
             self.orders.append(i.ts)
 
     def signal(self, strategy: str, symbol: str, want: Direction) -> tuple[Signal, Decision]:

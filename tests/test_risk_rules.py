@@ -18,6 +18,7 @@ from quantshift.domain import (
     Trade,
 )
 from quantshift.risk.gate import ACTIVE, HALTED, REDUCING, RiskGate
+from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import PROFILES, RiskLimits, limits_for
 from quantshift.risk.regime import BEAR, BULL, CHOPPY, CRISIS, UNKNOWN, RegimeDetector
 from quantshift.risk.sizing import KellyStats, Sizing, position_size
@@ -350,7 +351,8 @@ def test_higher_timeframe_must_agree() -> None:
 def test_pending_orders_count_as_open_positions_and_exposure() -> None:
     g, book = gate(lim(max_open_positions=1)), Book()
     book.pf.mark("A", 10.0, T0)
-    pending = {("s1", "A"): 10.0}  # sent, not filled yet
+    pending = Pending()
+    pending.add("s1", "A", 10.0)  # sent, not filled yet
     book.pf.mark("B", 10.0, T0 + MIN)
     d = g.evaluate(sig("B", Direction.LONG), 10.0, book.pf, pending)
     assert d.veto == "max open positions: 2 > 1"
@@ -358,7 +360,9 @@ def test_pending_orders_count_as_open_positions_and_exposure() -> None:
     g = gate(lim(max_exposure=150))
     d = g.evaluate(sig("B", Direction.LONG), 10.0, book.pf, pending)
     assert d.veto == "max exposure: 200.00 > 150"
-    d = g.evaluate(sig("B", Direction.LONG), 10.0, book.pf, {("s1", "A"): 5.0})
+    smaller = Pending()
+    smaller.add("s1", "A", 5.0)
+    d = g.evaluate(sig("B", Direction.LONG), 10.0, book.pf, smaller)
     assert d.veto is None  # 50 + 100 <= 150
 
 

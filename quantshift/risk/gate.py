@@ -26,9 +26,7 @@ What the owner of the gate sets or calls (the engine and the daemon):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from quantshift.domain import (
@@ -45,6 +43,7 @@ from quantshift.domain import (
 )
 from quantshift.portfolio import Portfolio
 from quantshift.risk.market import SymbolState
+from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import RiskLimits
 from quantshift.risk.regime import UNKNOWN, RegimeDetector
 from quantshift.risk.rules import EPS, HOUR_NS, REDUCING, EntryRules, regime_scale
@@ -67,7 +66,7 @@ class Decision:
 
 
 NO_CHANGE = Decision()
-_NONE: Mapping[tuple[str, str], float] = MappingProxyType({})
+_NONE = Pending()  # read, never written: no orders pending
 
 
 class RiskGate(EntryRules):
@@ -226,7 +225,7 @@ class RiskGate(EntryRules):
 
     # -- the decision ------------------------------------------------------------------
     def evaluate(self, signal: Signal, price: float, portfolio: Portfolio,
-                 pending: Mapping[tuple[str, str], float] = _NONE) -> Decision:
+                 pending: Pending = _NONE) -> Decision:
         """Decide on one signal. ``pending`` holds the signed, not yet filled quantity of
         orders already sent, per (strategy, symbol): limits count them as if filled."""
         day = signal.ts // NS_PER_DAY
@@ -289,15 +288,14 @@ class RiskGate(EntryRules):
             hour.popleft()
 
     def _held_exit(self, symbol: str, delta: float, pf: Portfolio,
-                   pending: Mapping[tuple[str, str], float]) -> str | None:
+                   pending: Pending) -> str | None:
         """Why an exit may not go in the current state: never while halted; while
         reducing, only when it would raise the symbol's net position (another strategy
         holds the other side), as that adds exposure."""
         if self.state == HALTED:
             return self._halted().veto
         net = pf.net.get(symbol, 0.0)
-        if pending:
-            net += sum(q for (_, s), q in pending.items() if s == symbol)
+        net += pending.by_symbol.get(symbol, 0.0)
         if abs(net + delta) > abs(net) + EPS:
             return (f"reducing: {self.halt_reason}; this exit would raise the net position "
                     f"in {symbol} from {net:g} to {net + delta:g}")

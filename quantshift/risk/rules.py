@@ -8,7 +8,6 @@ phrase (``max exposure``, ``cooldown``, ...) that tests and operators can grep f
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from itertools import repeat
 from math import floor
 from operator import mul
@@ -18,6 +17,7 @@ from loguru import logger
 from quantshift.domain import NS_PER_SECOND, Direction, Instrument, Signal
 from quantshift.portfolio import Portfolio
 from quantshift.risk.market import SymbolState
+from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import RiskLimits
 from quantshift.risk.regime import BEAR, BULL, CHOPPY, CRISIS, UNKNOWN, RegimeDetector
 from quantshift.risk.sizing import FRACTION_STEP, KellyStats, Sizing
@@ -86,7 +86,7 @@ class EntryRules:
 
     # -- the rules ---------------------------------------------------------------------
     def _entry(self, signal: Signal, price: float, pf: Portfolio,
-               pending: Mapping[tuple[str, str], float], day: int,
+               pending: Pending, day: int,
                exiting: float) -> float | str:
         """The unsigned entry quantity, or why there is none. ``exiting`` is the signed
         quantity the reversal's exit leg takes off the symbol (0 from flat)."""
@@ -186,7 +186,7 @@ class EntryRules:
         return hwm - eq
 
     def _size(self, signal: Signal, price: float, pf: Portfolio,
-              pending: Mapping[tuple[str, str], float], exiting: float,
+              pending: Pending, exiting: float,
               st: SymbolState | None, equity: float) -> float | str:
         """The entry's unsigned quantity after the sizing rule, the regime, the caps and the
         rounding; or the veto. ``equity`` is the capital allowed now (the ramp's share)."""
@@ -263,7 +263,7 @@ class EntryRules:
         return qty
 
     def _book_limits(self, symbol: str, target: float, price: float,
-                     pf: Portfolio, pending: Mapping[tuple[str, str], float], exiting: float,
+                     pf: Portfolio, pending: Pending, exiting: float,
                      share: float) -> str | None:
         """Position notional, exposure (ramped) and open positions after the entry."""
         lim = self.limits
@@ -272,13 +272,7 @@ class EntryRules:
             return (f"max position notional: {notional:.2f} > "
                     f"{lim.max_position_notional:g}")
         net = pf.net
-        # The engine's Pending keeps this view as orders come and go; a plain mapping
-        # (tests, tools) is summed here.
-        by_symbol: dict[str, float] | None = getattr(pending, "by_symbol", None)
-        if by_symbol is None:
-            by_symbol = {}
-            for (_, s), q in pending.items():
-                by_symbol[s] = by_symbol.get(s, 0.0) + q
+        by_symbol = pending.by_symbol
         before = net.get(symbol, 0.0) + by_symbol.get(symbol, 0.0)
         after_exit = before + exiting
         new_net = after_exit + target
