@@ -458,13 +458,14 @@ class Engine:
         trading = journal.get("trading_state")
         if trading and trading.get("state") == HALTED:
             self.gate.halt(trading.get("reason", "halted before the restart"))
-        unsent = [(i, 0.0, 0.0) for i in journal.unfinished_intents()]
-        resting = journal.open_intents()
-        done = [o for o in resting if o[1] >= o[0].qty - _EPS]
-        for intent, _, _ in done:  # filled before the stop; its last event missed the disk
-            self.on_order_state(intent, OrderState.FILLED, "filled before the restart")
-        if done:
-            resting = [o for o in resting if o[1] < o[0].qty - _EPS]
+        resting: list[tuple[OrderIntent, float, float]] = []
+        unsent: list[tuple[OrderIntent, float, float]] = []
+        for intent, filled, avg, sent in journal.unsettled():
+            if filled >= intent.qty - _EPS:
+                # Filled before the stop; its last order event did not reach the disk.
+                self.on_order_state(intent, OrderState.FILLED, "filled before the restart")
+            else:
+                (resting if sent else unsent).append((intent, filled, avg))
         for group, sent in ((resting, True), (unsent, False)):
             if self.executor is None or not group:
                 continue

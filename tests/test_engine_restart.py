@@ -325,13 +325,14 @@ def test_a_fill_on_disk_without_its_order_event_closes_the_order_once(make_setti
     e1.journal.close()
     e2 = engine_on(settings)
     try:
-        assert e2.journal.unfinished_intents() == []
-        assert [(i.client_order_id, q) for i, q, _ in e2.journal.open_intents()] == [(coid, 10)]
+        # reached the venue (it has a fill), though no order event says so
+        assert [(i.client_order_id, q, sent) for i, q, _, sent in e2.journal.unsettled()] == [
+            (coid, 10, True)]
         e2.restore()
         assert e2.executor.open_orders() == []
         assert e2._pending == {} and e2._pending.by_symbol == {}
         e2.journal.flush()
-        assert e2.journal.open_intents() == []
+        assert e2.journal.unsettled() == []
         (state,) = e2.journal._db.execute("SELECT state FROM orders WHERE client_order_id = ?",
                                           (coid,)).fetchone()
         assert state == "filled"

@@ -61,8 +61,7 @@ def queue_one_of_each(j: Journal) -> None:
     j.veto(T0, "s1", "Y", 1, "max exposure")
     j.intent(i)
     j.order_state(i.client_order_id, OrderState.FILLED)
-    j.fill(fill(1, i))
-    j.trade(Trade("s1", "X", Direction.LONG, 10, T0, 100.0, T0 + MIN, 101.0, 9.8))
+    j.fill(fill(1, i), Trade("s1", "X", Direction.LONG, 10, T0, 100.0, T0 + MIN, 101.0, 9.8))
     j.set("trading_state", {"state": "active"})
     j.snapshot({"portfolio": {"fill_seq": 1}, "n": 1})
 
@@ -90,7 +89,7 @@ def test_owner_is_checked(tmp_path: Path) -> None:
 # -- group commit ----------------------------------------------------------------------
 def test_rows_are_invisible_until_flush_then_all_visible(journal: Journal) -> None:
     queue_one_of_each(journal)
-    assert journal.pending == 8
+    assert journal.pending == 7  # queue items: the fill and its round trip are one
     for table in TABLES:
         assert count(journal.path, table) == 0, table
 
@@ -118,7 +117,7 @@ def test_failed_flush_reraises_and_keeps_the_rows(journal: Journal,
         m.setitem(journal_module._INSERT, "fill", "INSERT INTO no_such_table VALUES (?)")
         with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
             journal.flush()
-    assert journal.pending == 8
+    assert journal.pending == 7
     assert journal.last_error is not None and "no_such_table" in journal.last_error
     for table in TABLES:  # rolled back: the rows before the failing one are gone too
         assert count(journal.path, table) == 0, table
@@ -238,11 +237,12 @@ def test_intent_states(journal: Journal) -> None:
     assert journal.count("intents") == 5
     assert journal.client_order_ids() == {i.client_order_id for i in (
         resting, partial, done, cancelled, never_sent)}
-    open_ = {i.client_order_id: (i, filled) for i, filled, _ in journal.open_intents()}
+    unsettled = journal.unsettled()
+    open_ = {i.client_order_id: (i, filled) for i, filled, _, sent in unsettled if sent}
     assert set(open_) == {resting.client_order_id, partial.client_order_id}
     assert open_[resting.client_order_id] == (resting, 0.0)
     assert open_[partial.client_order_id] == (partial, 4.0)
-    assert journal.unfinished_intents() == [never_sent]
+    assert [i for i, _, _, sent in unsettled if not sent] == [never_sent]
 
 
 def test_count_refuses_unknown_tables(journal: Journal) -> None:
@@ -386,8 +386,7 @@ def test_restore_cancels_intents_that_were_never_submitted(settings: Settings) -
     try:
         assert e2.restore()["open_orders"] == 0
         e2.journal.flush()
-        assert e2.journal.unfinished_intents() == []
-        assert e2.journal.open_intents() == []
+        assert e2.journal.unsettled() == []
         with sqlite3.connect(e2.journal.path) as con:
             (state,) = con.execute("SELECT state FROM orders WHERE client_order_id = ?",
                                    (lost.client_order_id,)).fetchone()

@@ -259,14 +259,15 @@ async def test_the_win_rate_trigger_reads_each_active_version_apart(clean: Path)
 
 
 def test_a_books_figures_are_worked_out_from_its_trades(tmp_path: Path) -> None:
-    from quantshift.domain import Direction, Trade
+    from quantshift.domain import Direction, Fill, Side, Trade
     from quantshift.shadow.compare import read_book
     from quantshift.state.journal import Journal
 
     path = tmp_path / "book.sqlite"
     journal = Journal(path, bot="equity", executor="paper", durable=False)
     for i, pnl in enumerate([10.0, -30.0, 5.0, -5.0, 40.0]):  # entry notional 1,000 each
-        journal.trade(Trade("ma", "AAA", Direction.LONG, 10, i, 100.0, i + 1, 100.0, pnl))
+        journal.fill(Fill(i + 1, f"c{i}", "ma", "AAA", Side.SELL, 10, 100.0, 0.0, i + 1),
+                     Trade("ma", "AAA", Direction.LONG, 10, i, 100.0, i + 1, 100.0, pnl))
     journal.flush()
     journal.close()
     fig = read_book(path, "ma", "v2", "shadow")

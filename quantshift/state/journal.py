@@ -97,21 +97,20 @@ _INTENT_STATUS = (
     f"sum(qty), 0) FROM fills f WHERE f.client_order_id = i.client_order_id), (SELECT state "
     f"FROM order_events e WHERE e.client_order_id = i.client_order_id ORDER BY id DESC "
     f"LIMIT 1) AS state FROM intents i")
-# Open: reached the venue and not final. The fills count as much as the order events: a
-# fill can be on disk while the order event after it is not (the daemon died between two
-# group commits), and such an order did reach the venue. Takes the ``_FINAL`` states.
-_OPEN = f"(state IS NULL AND filled > 0) OR state NOT IN ({','.join('?' * len(_FINAL))})"
-# Unsent: journaled with no word from the venue on disk; the venue may or may not have it.
-_UNSENT = "state IS NULL AND filled = 0"
+# Not settled: no final state on disk. Such an intent reached the venue if it has an order
+# event or a fill: a fill can be on disk while the order event after it is not (the daemon
+# died between two group commits). Without either, the venue may or may not have it.
+# Takes the ``_FINAL`` states.
+_UNSETTLED = (f"SELECT *, state IS NOT NULL OR filled > 0 AS sent FROM ({_INTENT_STATUS}) "
+              f"WHERE state IS NULL OR state NOT IN ({','.join('?' * len(_FINAL))})")
 
 
 def count_orders(db: sqlite3.Connection) -> tuple[int, int]:
-    """How many intents of a ledger are open and how many unsent, as a restart sees them
-    (any connection: the status command reads a ledger read-only)."""
-    open_ = db.execute(f"SELECT count(*) FROM ({_INTENT_STATUS}) WHERE {_OPEN}", _FINAL)
-    n_open = int(open_.fetchone()[0])
-    unsent = db.execute(f"SELECT count(*) FROM ({_INTENT_STATUS}) WHERE {_UNSENT}")
-    return n_open, int(unsent.fetchone()[0])
+    """How many intents of a ledger are open (sent) and how many unsent, as a restart sees
+    them (any connection: the status command reads a ledger read-only)."""
+    row = db.execute(f"SELECT coalesce(sum(sent), 0), coalesce(sum(NOT sent), 0) FROM "
+                     f"({_UNSETTLED})", _FINAL).fetchone()
+    return int(row[0]), int(row[1])
 
 
 def _trade_row(t: Trade) -> tuple[Any, ...]:
@@ -195,9 +194,6 @@ class Journal:
         else:
             self._queue.append((_GROUP, (("fill", f.to_row()), ("trade", _trade_row(trade)))))
 
-    def trade(self, t: Trade) -> None:
-        self._queue.append(("trade", _trade_row(t)))
-
     def snapshot(self, state: dict[str, Any]) -> None:
         self._queue.append(("snapshot", (time.time_ns(), state["portfolio"]["fill_seq"],
                                          orjson.dumps(state).decode())))
@@ -233,9 +229,11 @@ class Journal:
                 return 0
             batch = [q.popleft() for _ in range(n)]
             groups: dict[str, list[tuple[Any, ...]]] = {}
+            rows_in = 0
             for kind, row in batch:
                 for k, r in (row if kind == _GROUP else ((kind, row),)):
                     groups.setdefault(k, []).append(r)
+                    rows_in += 1
             try:
                 self._db.execute("BEGIN")
                 for kind, rows in groups.items():
@@ -250,9 +248,9 @@ class Journal:
                 q.extendleft(reversed(batch))
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise
-            self.rows_written += n
+            self.rows_written += rows_in
             self.last_error = None
-            return n
+            return rows_in
 
     def close(self) -> None:
         with self._lock:
@@ -311,16 +309,11 @@ class Journal:
     def client_order_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
 
-    def open_intents(self) -> list[tuple[OrderIntent, float, float]]:
-        """Intents that reached the venue and are not final, with the quantity already
-        filled and its average price (see ``_OPEN``)."""
-        rows = self._db.execute(f"SELECT * FROM ({_INTENT_STATUS}) WHERE {_OPEN}", _FINAL)
-        return [(_intent(r), float(r[13]), float(r[14] or 0)) for r in rows]
-
-    def unfinished_intents(self) -> list[OrderIntent]:
-        """Intents with no word from the venue on disk (see ``_UNSENT``)."""
-        return [_intent(r) for r in self._db.execute(
-            f"SELECT * FROM ({_INTENT_STATUS}) WHERE {_UNSENT}")]
+    def unsettled(self) -> list[tuple[OrderIntent, float, float, bool]]:
+        """Every intent with no final state on disk: the quantity already filled, its
+        average price, and whether it reached the venue (see ``_UNSETTLED``)."""
+        return [(_intent(r), float(r[13]), float(r[14] or 0), bool(r[16]))
+                for r in self._db.execute(_UNSETTLED, _FINAL)]
 
     def count(self, table: str) -> int:
         if table not in {"decisions", "vetoes", "intents", "order_events", "fills", "trades",
