@@ -115,10 +115,9 @@ class ExitManager:
                 continue
             venue = self._at_venue.get(key)
             if venue:  # the venue watches these levels: checking them here would exit twice
-                reason = self._check(held, bar, atr, None if "stop_loss" in venue else sl,
-                                     None if "take_profit" in venue else tp, trail, activate)
-            else:
-                reason = self._check(held, bar, atr, sl, tp, trail, activate)
+                sl = None if "stop_loss" in venue else sl
+                tp = None if "take_profit" in venue else tp
+            reason = self._check(held, bar, atr, sl, tp, trail, activate)
             if reason is not None:
                 exits.append(Signal(sid, bar.symbol, bar.ts, Direction.FLAT, reason, 1.0,
                                     {"entry": held.entry, "atr": atr or 0.0,

@@ -67,13 +67,15 @@ class PaperExecutor:
         return None
 
     def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
-        cancelled = [i for i in self.open_orders() if not (keep_exits and i.reduce_only)]
-        for symbol, waiting in list(self._resting.items()):
-            left = [i for i in waiting if keep_exits and i.reduce_only]
-            if left:
-                self._resting[symbol] = left
-            else:
-                del self._resting[symbol]
+        kept: dict[str, list[OrderIntent]] = {}
+        cancelled: list[OrderIntent] = []
+        for symbol, waiting in self._resting.items():
+            for intent in waiting:
+                if keep_exits and intent.reduce_only:
+                    kept.setdefault(symbol, []).append(intent)
+                else:
+                    cancelled.append(intent)
+        self._resting = kept
         for intent in cancelled:
             self._sink.on_order_state(intent, OrderState.CANCELLED, reason)
         return len(cancelled)
