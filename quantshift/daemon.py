@@ -280,11 +280,8 @@ class Daemon:
             logger.info("shutdown: flattening, {} orders sent", engine.flatten("shutdown"))
             if engine.executor is not None:
                 await engine.executor.drain(self.settings.shutdown_timeout / 2)
-        engine.snapshot()
-        books = self.version_control.books if self.version_control else None
-        if books is not None:
-            books.snapshot()
-            await asyncio.get_running_loop().run_in_executor(self.db_thread, books.flush)
+        await periodic.snapshot(self)  # the engine's and the version books'
+        await periodic.flush_books(self)
         rows = await asyncio.get_running_loop().run_in_executor(self.db_thread, journal.flush)
         self._persisted = True
         pf = engine.portfolio
