@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -253,6 +254,24 @@ def test_safe_to_restart_reads_the_journal_when_the_daemon_is_down(env: dict[str
     assert cli.main(["safe-to-restart"]) == 0
     out = capsys.readouterr().out
     assert "safe to restart" in out and "state file" in out
+
+
+def test_safe_to_restart_reads_a_ledger_an_older_release_wrote(env: dict[str, str],
+                                                              capsys) -> None:
+    # A ledger from before the bracket columns, never opened by this release: the status
+    # read-only counts its orders all the same (it cannot add the columns).
+    j = _journal(env)
+    j.intent(intent("qs-old"))
+    j.flush()
+    path = j.path
+    j.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP VIEW orders")
+        for column in ("take_profit", "stop_loss", "parent", "leg"):
+            db.execute(f"ALTER TABLE intents DROP COLUMN {column}")
+    assert cli.main(["safe-to-restart"]) == 1
+    out = capsys.readouterr().out
+    assert "state file" in out and "1 intent(s) in flight" in out
 
 
 def test_status_from_the_state_file_says_so(env: dict[str, str], capsys) -> None:

@@ -89,27 +89,34 @@ _INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "T
 _INTENT_FIELDS = ("client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
                   "reason, take_profit, stop_loss, parent, leg")
 _FINAL = tuple(s.value for s in OrderState if s.final)
-# Every intent with what the disk says of it: the quantity filled, its average price and
-# the last order event's state (NULL: none).
-_INTENT_STATUS = (
-    f"SELECT {_INTENT_FIELDS}, (SELECT coalesce(sum(qty), 0) FROM fills f WHERE "
-    f"f.client_order_id = i.client_order_id) AS filled, (SELECT coalesce(sum(qty * price) / "
-    f"sum(qty), 0) FROM fills f WHERE f.client_order_id = i.client_order_id), (SELECT state "
-    f"FROM order_events e WHERE e.client_order_id = i.client_order_id ORDER BY id DESC "
-    f"LIMIT 1) AS state FROM intents i")
-# Not settled: no final state on disk. Such an intent reached the venue if it has an order
-# event or a fill: a fill can be on disk while the order event after it is not (the daemon
-# died between two group commits). Without either, the venue may or may not have it.
-# Takes the ``_FINAL`` states.
-_UNSETTLED = (f"SELECT *, state IS NOT NULL OR filled > 0 AS sent FROM ({_INTENT_STATUS}) "
-              f"WHERE state IS NULL OR state NOT IN ({','.join('?' * len(_FINAL))})")
+
+
+def _unsettled(fields: str) -> str:
+    """Every intent with no final state on disk, its ``fields`` followed by what the disk
+    says of it: the quantity filled, its average price, the last order event's state
+    (NULL: none) and whether it reached the venue. It did if it has an order event or a
+    fill: a fill can be on disk while the order event after it is not (the daemon died
+    between two group commits). Without either, the venue may or may not have it. Takes
+    the ``_FINAL`` states."""
+    return (
+        f"SELECT *, state IS NOT NULL OR filled > 0 AS sent FROM (SELECT {fields}, (SELECT "
+        f"coalesce(sum(qty), 0) FROM fills f WHERE f.client_order_id = i.client_order_id) "
+        f"AS filled, (SELECT coalesce(sum(qty * price) / sum(qty), 0) FROM fills f WHERE "
+        f"f.client_order_id = i.client_order_id), (SELECT state FROM order_events e WHERE "
+        f"e.client_order_id = i.client_order_id ORDER BY id DESC LIMIT 1) AS state FROM "
+        f"intents i) WHERE state IS NULL OR state NOT IN ({','.join('?' * len(_FINAL))})")
+
+
+_UNSETTLED = _unsettled(_INTENT_FIELDS)
 
 
 def count_orders(db: sqlite3.Connection) -> tuple[int, int]:
     """How many intents of a ledger are open (sent) and how many unsent, as a restart sees
     them (any connection: the status command reads a ledger read-only)."""
+    # The id alone: a ledger an older release wrote lacks the later intent columns, and
+    # the status command reads it read-only, without the journal's migration.
     row = db.execute(f"SELECT coalesce(sum(sent), 0), coalesce(sum(NOT sent), 0) FROM "
-                     f"({_UNSETTLED})", _FINAL).fetchone()
+                     f"({_unsettled('client_order_id')})", _FINAL).fetchone()
     return int(row[0]), int(row[1])
 
 
