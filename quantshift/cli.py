@@ -292,12 +292,15 @@ def cmd_safe_to_restart(args: argparse.Namespace) -> int:
             return 1
     if status is None:
         path = settings.ledger_path()
-        try:
-            status = read_state(path)
-        except StateFileError:
+        if not path.is_file():
             print(f"{settings.bot}: safe to restart: no daemon answers and there is no "
                   f"state file at {path}, so nothing to interrupt")
             return 0
+        try:
+            status = read_state(path)
+        except StateFileError as exc:  # there, but unreadable: nothing says it is safe
+            print(f"{settings.bot}: not safe to restart: cannot tell ({exc})")
+            return 1
         source = f"the state file {path} " + ("(the daemon is not running)" if settings.http_port
                                                else "(QUANTSHIFT_HTTP_PORT is 0: a running "
                                                     "daemon cannot be asked)")

@@ -256,6 +256,17 @@ def test_safe_to_restart_reads_the_journal_when_the_daemon_is_down(env: dict[str
     assert "safe to restart" in out and "state file" in out
 
 
+def test_safe_to_restart_on_an_unreadable_state_file_cannot_tell(env: dict[str, str],
+                                                                capsys) -> None:
+    path = Path(env["QUANTSHIFT_STATE_DIR"]) / "equity-paper.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a ledger at all " * 64)
+    assert cli.main(["safe-to-restart"]) == 1
+    out = capsys.readouterr().out
+    assert "not safe to restart: cannot tell" in out and str(path) in out
+    assert "Traceback" not in out
+
+
 def test_safe_to_restart_reads_a_ledger_an_older_release_wrote(env: dict[str, str],
                                                               capsys) -> None:
     # A ledger from before the bracket columns, never opened by this release: the status
