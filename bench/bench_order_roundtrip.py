@@ -77,7 +77,7 @@ async def run(venue: str, orders: int, state: Path) -> dict:
     engine = build_engine(settings, journal, durable=commit, log_decisions=False)
     executor = engine.executor
     await executor.start()  # type: ignore[union-attr]
-    engine.gate.instruments = await executor.venue.instruments([symbol])  # type: ignore[union-attr]
+    engine.gate.set_instruments(await executor.venue.instruments([symbol]))  # type: ignore[union-attr]
 
     venue_ns: dict[str, int] = {}
     start_ns: dict[str, int] = {}

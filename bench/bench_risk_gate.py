@@ -60,7 +60,8 @@ def build(symbols: int, seed: int) -> tuple[RiskGate, Portfolio, dict, list[str]
         "min_avg_volume": 100.0, "htf_factor": 5, "htf_sma": 10,
         "max_position_fraction": 0.05})
     gate = RiskGate("bench", limits, Sizing.parse("kelly:0.5:30:0.05,atr:0.002:2"), False,
-                    regime_symbol=names[0], market_open=True)
+                    regime_symbol=names[0])
+    gate.control.set_market_open(True)
     gate.start_phase(T0 // NS_PER_DAY - 20)  # the ramp's schedule is evaluated, at 100 %
     for s in names:
         gate.instruments[s] = Instrument(s, qty_step=1.0, min_qty=1.0, min_notional=1.0)

@@ -56,7 +56,8 @@ async def shadow_run(root: Path, shadows: int, seconds: float) -> dict[str, Any]
     journal = open_journal(s)
     engine = build_engine(s, journal, log_decisions=False)
     vc = VersionControl(s, engine, journal)
-    books, engine.books = engine.books, None  # timed apart: the real book first, as in on_bar
+    books = engine.books
+    engine.attach_books(None)  # timed apart: the real book first, as in on_bar
     active: list[int] = []
     whole: list[int] = []
 

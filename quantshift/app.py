@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from quantshift.clients import reveal
+from quantshift.control import ControlPlane
 from quantshift.domain import ExecutorKind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
@@ -59,8 +60,12 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
                  strategies: list[StrategySpec] | None = None, log_decisions: bool = True,
                  keep_trades: bool = False,
                  durable: Callable[[], Awaitable[object]] | None = None) -> Engine:
+    # The engine's control plane: its trading state, persisted in this journal, is what the
+    # gate reads and what every order leaving the process is asked about.
+    control = ControlPlane(journal)
     gate = RiskGate(settings.bot, risk_limits(settings), settings.sizing, settings.fractional,
-                    regime_symbol=settings.risk_regime_symbol or settings.symbols[0])
+                    regime_symbol=settings.risk_regime_symbol or settings.symbols[0],
+                    control=control)
     makers = [factory(spec.name, spec.key, spec.params)
               for spec in (strategies or settings.strategies)]
     specs = strategies or settings.strategies
@@ -71,10 +76,11 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
     kind = executor or settings.executor
     venue = make_venue(settings, kind) if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) \
         else None
-    engine.executor = make_executor(
+    control.install(make_executor(
         kind, engine, paper_fill=settings.paper_fill, slippage_bps=settings.paper_slippage_bps,
         commission_bps=settings.paper_commission_bps, venue=venue, durable=durable,
-        timeout=settings.broker_timeout)
+        permit=control.refusal, timeout=settings.broker_timeout))
+    control.settle_timeout = settings.broker_timeout + 1.0
     return engine
 
 

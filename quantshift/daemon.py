@@ -6,8 +6,9 @@ flatten (if configured), flush the journal and write the snapshot, close the bro
 sessions and the HTTP server, exit 0, all inside ``shutdown_timeout``. A second signal skips to the
 snapshot and exits at once.
 
-The operator's HTTP surface (``ops/http.py``) runs in the same loop; its control
-actions come through :meth:`Daemon.apply_control`, between bars.
+Whether an order may go out is the control plane's (``quantshift/control.py``): the
+operator's HTTP surface (``ops/http.py``), the guard and the periodic tasks send it
+commands; the daemon only wires them up and reads a status from them all.
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ import signal
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from loguru import logger
 
 from quantshift.app import build_engine, build_feed, open_journal, risk_limits
+from quantshift.control import ControlPlane, Flatten
 from quantshift.engine import Engine
 from quantshift.errors import EX_SOFTWARE, ConfigError
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.feeds.base import Feed
 from quantshift.ops import periodic, status
-from quantshift.ops.actions import apply_control
 from quantshift.ops.http import Heartbeat, HttpServer
 from quantshift.ops.logging import LastError
 from quantshift.ops.metrics import Metrics
 from quantshift.ops.notify import TelegramAlerter
 from quantshift.ops.systemd import Notifier
 from quantshift.settings import Settings
-from quantshift.shadow.guard import KV_KEY as DEMOTION_KEY
 from quantshift.shadow.guard import Guard
 from quantshift.shadow.runtime import VersionControl
 from quantshift.shadow.versions import VersionRegistry
@@ -52,6 +53,7 @@ class Daemon:
         self.notifier = Notifier()
         self.journal: Journal | None = None
         self.engine: Engine | None = None
+        self.control: ControlPlane | None = None
         self.feed: Feed | None = None
         self._tasks: dict[asyncio.Task[Any], str] = {}
         self._exit_event: asyncio.Event | None = None
@@ -64,11 +66,6 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.last_error = LastError(settings.secret_values())
         self.reconciled = False  # the start-up reconciliation with the broker is done
-        # Set when the guard takes the daemon out of trading on its own evidence (an
-        # automatic rollback trigger); /readyz and /status report it.
-        self.demoted = False
-        self.demoted_reason = ""
-        self.real_executor: Any = None  # the executor a demotion set aside
         self.guard: Guard | None = None
         self.version_control: VersionControl | None = None
         self.versions: VersionRegistry | None = None
@@ -83,10 +80,29 @@ class Daemon:
     @property
     def needs_reconcile(self) -> bool:
         """Whether orders go to a broker, whose state is reconciled at start."""
-        return self.engine is not None and isinstance(self.engine.executor, BrokerExecutor)
+        return self.control is not None and isinstance(self.control.real_executor,
+                                                       BrokerExecutor)
+
+    @property
+    def demoted(self) -> bool:
+        return self.control is not None and self.control.demoted
+
+    @property
+    def demoted_reason(self) -> str:
+        return self.control.view().demoted_reason if self.control is not None else ""
 
     def feed_running(self) -> bool:
         return any(name == "feed" and not task.done() for task, name in self._tasks.items())
+
+    # -- the read-only view the HTTP API serves (ops/http.py StatusSource) ---------------
+    def status(self) -> dict[str, Any]:
+        return status.build_status(self)
+
+    def ready_reasons(self) -> list[str]:
+        return status.ready_reasons(self)
+
+    def metrics_text(self) -> tuple[bytes, str] | None:
+        return self.metrics.render() if self.metrics is not None else None
 
     # -- signals: flags only -----------------------------------------------------------
     def handle_exit(self, sig: int) -> None:
@@ -97,6 +113,8 @@ class Daemon:
             return
         self.should_exit = True
         self.exit_reason = signal.Signals(sig).name
+        if self.control is not None:
+            self.control.accepting(False)  # a flag too: no operator's command from now on
         if self._exit_event is not None:
             self._exit_event.set()
 
@@ -123,43 +141,48 @@ class Daemon:
         self.last_error.attach()
         self.journal = journal = open_journal(s)
         self.engine = engine = build_engine(s, journal, durable=self.commit)
-        executor = engine.executor
-        assert executor is not None
-        periodic.start_alerts(self)
-        self.version_control = vc = VersionControl(s, engine, journal)
+        self.control = control = engine.control
+        control.accepting(False)  # no operator's command until the start is done
+        control.attach_durable(self.make_durable)
+        self.alerter, self.alerter_task = periodic.start_alerts(s)
+        self.version_control = vc = VersionControl(s, engine, journal,
+                                                   flush=self._flush_books)
+        control.attach_versions(vc)
         self.versions = vc.registry
-        self.guard = Guard(self)
         status.log_starting(self, risk_limits(s))
+        # The trading state (a halt, a demotion) comes back here, before any order of the
+        # last run is looked at or sent again.
         status.log_restored(self, engine.restore())
         self.metrics = Metrics(self)
+        self.guard = guard = Guard(s, engine, control, vc, self.metrics.errors_total)
         self._spawn(self.heartbeat.run(), "heartbeat")
         if s.http_port:
             # Before the broker: a port in use fails the start before any session opens.
-            self.http = HttpServer(self, s.http_host, s.http_port, s.api_token, self.heartbeat)
+            self.http = HttpServer(control, _StatusView(self), s.http_host, s.http_port,
+                                   s.api_token, self.heartbeat, bot=s.bot)
             try:
                 await self.http.start()
             except ConfigError as exc:  # the CLI prints it too; the log file should say why
                 logger.error("start-up failed: invalid setting {}: {}", exc.setting,
                              exc.message)
                 raise
+        executor = control.real_executor
         if isinstance(executor, BrokerExecutor):
             await executor.start()
-            engine.gate.instruments = await executor.venue.instruments(s.symbols)
-            await periodic.reconcile(self, at_start=True)
+            engine.gate.set_instruments(await executor.venue.instruments(s.symbols))
+            await periodic.reconcile(control, engine, guard, self.commit, at_start=True)
             self.reconciled = True
             if s.reconcile_interval > 0:
-                self._every("reconcile", s.reconcile_interval, periodic.reconcile)
-        demotion = journal.get(DEMOTION_KEY)
-        if demotion:
-            self.guard.demote(str(demotion.get("reason", "demoted before the restart")),
-                              restored=True)
+                self._every("reconcile", s.reconcile_interval,
+                            partial(periodic.reconcile, control, engine, guard, self.commit))
         if vc.books is not None:
             logger.info("strategy versions: {} version books beside the real one ({})",
                         len(vc.books), ", ".join(f"{k[0]}@{k[1]}" for k in vc.books.books))
         if s.trigger_interval > 0:
-            self._every("guard", s.trigger_interval, periodic.guard_check)
+            self._every("guard", s.trigger_interval,
+                        partial(periodic.guard_check, guard, self.db_thread))
         if any(spec.canary_adaptive for spec in s.strategies):
-            self._every("canary", s.canary_check_interval, periodic.adapt_canary)
+            self._every("canary", s.canary_check_interval, partial(periodic.adapt_canary, vc))
         self.feed = feed = build_feed(s, dict(engine.portfolio.marks))
         status.log_feed(self)
         history = await feed.history(s.warmup_bars)
@@ -168,25 +191,32 @@ class Daemon:
         if history:
             logger.info("strategies warmed up on {} history bars", len(history))
         self._spawn(feed.run(engine.on_bar), "feed")
-        self._every("journal", s.flush_interval, periodic.flush)
-        self._every("snapshots", s.snapshot_interval, periodic.snapshot)
-        self._every("status", s.status_interval, periodic.report_status)
+        self._every("journal", s.flush_interval,
+                    partial(periodic.flush, journal, vc.books, self.db_thread, control))
+        self._every("snapshots", s.snapshot_interval,
+                    partial(periodic.snapshot, engine, vc.books))
+        self._every("status", s.status_interval,
+                    partial(periodic.report_status, engine, self.notifier))
         if feed.bar_seconds > 0:
-            self._every("feed-watch", max(feed.bar_seconds / 2, 0.2), periodic.watch_feed)
+            self._every("feed-watch", max(feed.bar_seconds / 2, 0.2),
+                        partial(periodic.watch_feed, s, feed, control, self._started_at))
         if self.notifier.watchdog_interval:
-            self._every("watchdog", self.notifier.watchdog_interval, periodic.watchdog)
-        self.notifier.ready(periodic.status_text(self))
+            self._every("watchdog", self.notifier.watchdog_interval, self._watchdog)
+        control.accepting(True)
+        self.notifier.ready(periodic.status_text(engine))
         logger.info("ready")
         status.log_started(self)
+
+    async def _watchdog(self) -> None:
+        self.notifier.watchdog()
 
     async def _abort_startup(self) -> None:
         """Start-up failed: close what was opened (broker sessions, the journal), no more."""
         for task in self._tasks:
             task.cancel()
-        engine = self.engine
-        if engine is not None and engine.executor is not None:
+        for executor in self.control.executors() if self.control is not None else ():
             with contextlib.suppress(Exception):
-                await engine.executor.close()
+                await executor.close()
         await self._close_ops()
         if self.journal is not None:
             with contextlib.suppress(Exception):
@@ -210,7 +240,7 @@ class Daemon:
             if exc is not None:
                 logger.opt(exception=exc).error("component {} crashed; stopping the daemon", name)
                 self.exit_code, self.exit_reason = EX_SOFTWARE, f"{name} crashed"
-                periodic.demote_on_crash(self, name)
+                self._demote_on_crash(name)
             elif name == "feed":
                 logger.info("feed {} finished: no more bars", self.feed.name)  # type: ignore[union-attr]
                 self.exit_reason = "feed finished"
@@ -218,9 +248,20 @@ class Daemon:
                 logger.error("component {} stopped unexpectedly; stopping the daemon", name)
                 self.exit_code, self.exit_reason = EX_SOFTWARE, f"{name} stopped"
 
+    def _demote_on_crash(self, name: str) -> None:
+        """A crashed component is a rollback trigger: the restart comes back demoted."""
+        if self.guard is None:
+            return
+        try:
+            self.guard.crash(name)
+        except Exception as exc:  # the crash is already being handled; say, don't mask
+            logger.error("could not demote after the crash of {}: {}", name, exc)
+
     async def shutdown(self) -> None:
         started = time.monotonic()
         reason = self.exit_reason or "stop"
+        if self.control is not None:
+            self.control.accepting(False)
         if self.feed is not None:
             self.feed.stop()  # first, on every path: no bar may arrive after the snapshot
         self.notifier.stopping(f"stopping ({reason})")
@@ -254,8 +295,8 @@ class Daemon:
                     self.exit_code)
 
     async def _graceful(self) -> None:
-        engine, journal = self.engine, self.journal
-        assert engine is not None and journal is not None
+        engine, journal, control = self.engine, self.journal, self.control
+        assert engine is not None and journal is not None and control is not None
         logger.info("shutdown: stopping feeds")
         feed_task = next((t for t, n in self._tasks.items() if n == "feed"), None)
         if feed_task is not None and not feed_task.done():
@@ -270,39 +311,41 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.settings.cancel_on_shutdown:
             n = 0
-            for executor in self._executors():  # a flatten to come counts on the exits
+            for executor in control.executors():  # a flatten to come counts on the exits
                 n += executor.cancel_all("shutdown", keep_exits=self.settings.flatten_on_shutdown)
                 await executor.drain(self.settings.shutdown_timeout / 2)
             logger.info("shutdown: cancelled {} open orders", n)
         else:
             logger.info("shutdown: leaving {} open orders in place", len(engine.open_orders()))
         if self.settings.flatten_on_shutdown:
-            logger.info("shutdown: flattening, {} orders sent", engine.flatten("shutdown"))
-            if engine.executor is not None:
-                await engine.executor.drain(self.settings.shutdown_timeout / 2)
-        await periodic.snapshot(self)  # the engine's and the version books'
-        await periodic.flush_books(self)
+            sent = control.apply(Flatten(by="shutdown", reason="shutdown"))["orders"]
+            logger.info("shutdown: flattening, {} orders sent", sent)
+            for executor in control.executors():
+                await executor.drain(self.settings.shutdown_timeout / 2)
+        await periodic.snapshot(engine, self._books())  # the engine's and the version books'
+        await self._flush_books()
         rows = await asyncio.get_running_loop().run_in_executor(self.db_thread, journal.flush)
         self._persisted = True
         pf = engine.portfolio
         logger.info("shutdown: journal flushed ({} rows) and snapshot written: cash {:.2f}, "
                     "equity {:.2f}, realized P&L {:.2f}, {} open positions", rows, pf.cash,
                     pf.equity, pf.realized_pnl, pf.open_symbols())
-        for executor in self._executors():
+        for executor in control.executors():
             await executor.close()
         logger.info("shutdown: broker sessions closed")
-        await periodic.close_alerts(self, f"stopped ({self.exit_reason or 'stop'})")
+        await periodic.close_alerts(self.alerter, self.alerter_task,
+                                    f"stopped ({self.exit_reason or 'stop'})",
+                                    min(2.0, self.settings.shutdown_timeout / 4))
+        self.alerter = None
         if self.http is not None:
             await self._close_ops()
             logger.info("shutdown: HTTP server closed")
 
-    def _executors(self) -> list[Any]:
-        """The engine's executor and, while demoted, the real one set aside."""
-        engine = self.engine
-        found = [engine.executor] if engine is not None and engine.executor else []
-        if self.real_executor is not None and self.real_executor not in found:
-            found.append(self.real_executor)
-        return found
+    def _books(self) -> Any:
+        return self.version_control.books if self.version_control is not None else None
+
+    async def _flush_books(self) -> None:
+        await periodic.flush_books(self._books(), self.db_thread)
 
     async def _close_ops(self) -> None:
         """Close the HTTP server (bounded: an open connection cannot hold the exit up) and
@@ -326,7 +369,7 @@ class Daemon:
             self._persisted = True
             logger.info("shutdown: snapshot written (fill seq {})",
                         self.engine.portfolio.fill_seq)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # a full disk: say so, exit non-zero; nothing is claimed
             logger.error("shutdown: could not write the snapshot: {}", exc)
             self.exit_code = self.exit_code or 1
 
@@ -335,24 +378,18 @@ class Daemon:
         self._tasks[asyncio.create_task(coro, name=name)] = name
 
     def _every(self, name: str, interval: float, action: periodic.Action) -> None:
-        self._spawn(periodic.every(self, interval, action), name)
+        self._spawn(periodic.every(interval, action), name)
 
     async def commit(self) -> None:
         """Make everything journaled so far durable (the write-ahead before an order)."""
         assert self.journal is not None
         await asyncio.get_running_loop().run_in_executor(self.db_thread, self.journal.flush)
 
-    # -- operator control (the HTTP API calls this on the loop, between bars) ------------
-    def apply_control(self, action: str, body: Any) -> Any:
-        """Do one operator action (ops/actions.py): what came of it, a coroutine for a
-        promotion, or ControlRefused."""
-        return apply_control(self, action, body)
-
     async def make_durable(self) -> bool:
         """Commit what is journaled so far; False when the journal cannot be written."""
         try:
             await self.commit()
-        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the writer has stopped
+        except (sqlite3.Error, RuntimeError, OSError) as exc:  # RuntimeError: writer stopped
             logger.error("journal write failed ({}); rows kept in memory", exc)
             return False
         return True
@@ -365,3 +402,19 @@ class Daemon:
             factory = None
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(self.serve())
+
+
+class _StatusView:
+    """The daemon as the HTTP API reads it (ops/http.py StatusSource): reads only."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def status(self) -> dict[str, Any]:
+        return self._daemon.status()
+
+    def ready_reasons(self) -> list[str]:
+        return self._daemon.ready_reasons()
+
+    def metrics(self) -> tuple[bytes, str] | None:
+        return self._daemon.metrics_text()

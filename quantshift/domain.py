@@ -40,6 +40,19 @@ PHASE_EXECUTOR = {
 }
 
 
+class TradingState(StrEnum):
+    """Whether orders may go out (the control plane owns it; quantshift/control.py).
+
+    ``active``: every rule of the risk gate applies. ``reducing``: only orders that reduce
+    exposure pass. ``halted``: nothing new goes out. ``demoted``: the guard took the daemon
+    out of trading on its own evidence; decisions go on, but orders only to the log."""
+
+    ACTIVE = "active"
+    REDUCING = "reducing"
+    HALTED = "halted"
+    DEMOTED = "demoted"
+
+
 class Direction(IntEnum):
     """The position a strategy wants: short, flat or long."""
 

@@ -1,7 +1,9 @@
 """One bar's trip: feed -> strategies -> RiskGate -> executor, and what comes back.
 
 Everything here is synchronous: the hot path awaits nothing, and journal writes are
-only queued (the daemon group-commits them off the loop).
+only queued (the daemon group-commits them off the loop). Whether an order may go out,
+and to which executor, is the control plane's (quantshift/control.py): the engine reads
+its executor slot and asks it before handing an intent to the real executor.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from quantshift.domain import (
     Side,
     Signal,
     Trade,
+    TradingState,
 )
 from quantshift.execution.base import Executor
 from quantshift.exits import ExitManager
 from quantshift.portfolio import Portfolio
-from quantshift.risk.gate import HALTED, RiskGate
+from quantshift.risk.gate import RiskGate
 from quantshift.risk.pending import Pending
 from quantshift.state.journal import Journal
 from quantshift.strategies.base import StrategyBase
@@ -44,7 +47,6 @@ LATENCY_BOUNDS_NS: tuple[int, ...] = (
 
 # Log lines that are also alerts (ops/notify.py copies them to Telegram).
 _ALERT_FILL = logger.bind(alert="fill")
-_ALERT_HALT = logger.bind(alert="halt")
 
 class Engine:
     def __init__(self, *, strategies: list[StrategyMaker], gate: RiskGate,
@@ -52,9 +54,9 @@ class Engine:
                  keep_trades: bool = False, exits: ExitManager | None = None) -> None:
         self.makers = strategies
         self.gate = gate
+        self.control = gate.control  # the trading state and the executor slot
         self.portfolio = portfolio
         self.journal = journal
-        self._executor: Executor | None = None
         self._executor_wants_bars = False
         # Set when the executor's venue holds exits itself (brackets): the entry's tick.
         self._bracket_tick: Callable[[OrderIntent, float], float | None] | None = None
@@ -86,17 +88,24 @@ class Engine:
         self.latency_sum_ns = 0
         self._books: Any = None
         self._rewire()
+        self.control.attach(self)
+        self.control.on_executor_change(self._executor_changed)
+        self._executor_changed()
 
     @property
     def executor(self) -> Executor | None:
-        return self._executor
+        """Where orders go now (the control plane's slot: log-only while demoted)."""
+        return self.control.executor
 
-    @executor.setter
-    def executor(self, executor: Executor) -> None:
-        self._executor = executor
-        self._executor_wants_bars = executor.wants_bars
+    def _executor_changed(self) -> None:
+        executor = self.control.executor
+        self._executor_wants_bars = bool(executor is not None and executor.wants_bars)
         self._bracket_tick = getattr(executor, "bracket_tick", None) \
             if getattr(executor, "supports_brackets", False) else None
+
+    def use_makers(self, makers: list[StrategyMaker]) -> None:
+        """The strategies' makers (strategy versions route each symbol to a version)."""
+        self.makers = makers
 
     # -- the hot path ------------------------------------------------------------------
     # ``on_bar`` is the bare trip of one bar (a backtest's path), or, when the decision
@@ -106,10 +115,11 @@ class Engine:
     def timed(self) -> bool:
         return self._timed
 
-    @timed.setter
-    def timed(self, on: bool) -> None:
-        self._timed = on
-        self._rewire()
+    def time_decisions(self, on: bool = True) -> None:
+        """Time every bar's trip into the latency histogram (/metrics turns it on)."""
+        if on != self._timed:
+            self._timed = on
+            self._rewire()
 
     @property
     def books(self) -> Any:
@@ -117,8 +127,7 @@ class Engine:
         after the real book has decided on it."""
         return self._books
 
-    @books.setter
-    def books(self, books: Any) -> None:
+    def attach_books(self, books: Any) -> None:
         self._books = books
         self._rewire()
 
@@ -147,9 +156,10 @@ class Engine:
         # Bars at or before the last one handled before a restart only warm the strategies
         # up: they fill nothing and value nothing, the books already saw them.
         live = not self._resume_after or bar.ts > self._resume_after.get(symbol, -1)
-        if gate.stale_reason is not None:
+        control = self.control
+        if control.stale is not None:
             logger.info("feed fresh again ({} {}): entries resume", symbol, bar.ts)
-            gate.stale_reason = None
+            control.mark_fresh()
         gate.on_bar(bar)  # market state (ATR, regime, volume) learns from every bar
         if live:
             strategies = self._live.get(symbol)
@@ -209,18 +219,24 @@ class Engine:
             strategy.position = self.portfolio.position_qty(strategy.id, symbol)
         return strategies
 
-    def decide(self, signal: Signal, price: float) -> list[OrderIntent]:
-        """Put one signal through the gate and hand what it approves to the executor."""
+    def decide(self, signal: Signal, price: float, *,
+               authorize: Callable[[OrderIntent], None] | None = None) -> list[OrderIntent]:
+        """Put one signal through the gate and hand what it approves to the executor.
+
+        ``authorize``: the signal is the control plane's flatten, which it authorizes
+        (each intent is passed to it before it is sent) and no trading state holds back."""
         counts = self.counts
         counts["signals"] += 1
         self.signal_counts[(signal.strategy, signal.version)] += 1
         gate = self.gate
-        state, loss_halt_day = gate.state, gate.loss_halt_day
-        decision = gate.evaluate(signal, price, self.portfolio, self._pending)
+        control = self.control
+        state, loss_halt_day = control.state, gate.loss_halt_day
+        decision = gate.evaluate(signal, price, self.portfolio, self._pending,
+                                 authorize is not None)
         # A breaker tripped (daily loss, drawdown): snapshotted once this decision's rows
         # are queued, so it is on disk with the next group commit, not the next snapshot,
         # and a crash meanwhile cannot lift it.
-        tripped = gate.state != state or gate.loss_halt_day != loss_halt_day
+        tripped = control.state is not state or gate.loss_halt_day != loss_halt_day
         journal = self.journal
         veto = decision.veto
         if veto is not None:
@@ -254,6 +270,8 @@ class Engine:
                          "exit_only" if veto else "approved", veto or signal.reason,
                          signal.confidence, {**signal.indicators, "regime": self.gate.regime},
                          ",".join(i.client_order_id for i in sent), signal.version)
+        executor = control.executor
+        real = executor is control.real_executor  # log-only while demoted: nothing leaves
         for intent in sent:
             counts["orders"] += 1
             if self._bracket_tick is not None and not intent.reduce_only and self.exits \
@@ -268,7 +286,13 @@ class Engine:
                             intent.client_order_id)
             self._orders[intent.client_order_id] = Order(intent)
             self._add_pending(intent, intent.signed_qty)
-            self.executor.submit(intent)  # type: ignore[union-attr]
+            if authorize is not None:
+                authorize(intent)
+            why = control.refusal(intent) if real else None
+            if why is not None:  # the state changed under the decision: it does not go
+                self.on_order_state(intent, OrderState.CANCELLED, f"not sent: {why}")
+                continue
+            executor.submit(intent)  # type: ignore[union-attr]
         if tripped:
             self.snapshot()
         return sent
@@ -343,26 +367,7 @@ class Engine:
                              intent.client_order_id, self.portfolio.equity)
         self.on_order_state(intent, OrderState.FILLED if done else OrderState.PARTIALLY_FILLED)
 
-    # -- halts, shutdown, persistence --------------------------------------------------
-    def halt(self, reason: str, flatten: bool = False) -> int:
-        """Nothing new goes out, open orders are cancelled, and it survives a restart.
-
-        With ``flatten`` every position then gets its exit (see :meth:`flatten`), and exits
-        already in flight are left to finish rather than cancelled: the flatten counts them
-        as pending, so cancelling them would leave their positions with no exit at all.
-        Returns the number of flatten orders sent."""
-        self.gate.halt(reason)
-        self.journal.set("trading_state", {"state": HALTED, "reason": reason})
-        cancelled = self.executor.cancel_all(f"halted: {reason}", keep_exits=flatten) \
-            if self.executor else 0
-        _ALERT_HALT.warning("trading halted: {} ({} open orders cancelled)", reason, cancelled)
-        return self.flatten(reason) if flatten else 0
-
-    def kill_switch(self, reason: str, flatten: bool = False) -> int:
-        """Halt, and optionally send every position to flat: longs sold, shorts bought
-        back. Positions close only as the fills come in, i.e. when the venue confirms."""
-        return self.halt(f"kill switch: {reason}", flatten)
-
+    # -- flatten, persistence ----------------------------------------------------------
     def replace_strategy(self, strategy: str, make: StrategyMaker) -> int:
         """Swap every instance of one strategy for a new one (a promotion or a rollback),
         between two bars. Each new instance is told the position the books hold, so it
@@ -391,8 +396,10 @@ class Engine:
         """Intents journaled that no venue has acknowledged yet: sent or not, unknown."""
         return sum(1 for order in self._orders.values() if order.state is OrderState.NEW)
 
-    def flatten(self, reason: str) -> int:
-        """Send the orders that take every position to flat (exits pass any entry limit).
+    def flatten_orders(self, reason: str, authorize: Callable[[OrderIntent], None]) -> int:
+        """Send the orders that take every position to flat (the control plane's flatten:
+        ``authorize`` lets each through whatever the trading state; exits pass any entry
+        limit). Returns how many were sent.
 
         Orders in flight count as done (an exit already sent is not sent twice). Each
         flatten decides at a time of its own, one nanosecond past the symbol's last bar or
@@ -406,18 +413,13 @@ class Engine:
                 mark = self.portfolio.marks.get(pos.symbol, pos.avg_price)
                 ts = self.last_ts[pos.symbol] = (self.last_ts.get(pos.symbol) or latest) + 1
                 signal = Signal(pos.strategy, pos.symbol, ts, Direction.FLAT, reason)
-                was = self.gate.state
-                self.gate.state = "active"  # flattening is what a halt wants, so it passes
-                try:
-                    sent += len(self.decide(signal, mark))
-                finally:
-                    self.gate.state = was
+                sent += len(self.decide(signal, mark, authorize=authorize))
         return sent
 
     def state(self) -> dict[str, Any]:
         return {"portfolio": self.portfolio.snapshot(), "risk": self.gate.counters(),
                 "last_ts": dict(self.last_ts), "counts": {"bars": self.bars, **self.counts},
-                "trading_state": self.gate.state, "halt_reason": self.gate.halt_reason,
+                "trading_state": self.control.state.value, "halt_reason": self.control.reason,
                 "exits": self.exits.state() if self.exits is not None else {},
                 "latency_counts": list(self.latency_counts)}
 
@@ -455,9 +457,9 @@ class Engine:
                 self.last_ts[symbol] = max(ts, self.last_ts.get(symbol, ts))
         self._fill_seq = max(journal.max_fill_seq(), self.portfolio.fill_seq)
         self._known_ids = journal.client_order_ids()
-        trading = journal.get("trading_state")
-        if trading and trading.get("state") == HALTED:
-            self.gate.halt(trading.get("reason", "halted before the restart"))
+        # Before any order is looked at: a halt, a reduce or a demotion is in force for the
+        # orders the restart finds unsent as much as for new ones.
+        self.control.restore(snap)
         resting: list[tuple[OrderIntent, float, float]] = []
         unsent: list[tuple[OrderIntent, float, float]] = []
         for intent, filled, avg, sent in journal.unsettled():
@@ -466,8 +468,9 @@ class Engine:
                 self.on_order_state(intent, OrderState.FILLED, "filled before the restart")
             else:
                 (resting if sent else unsent).append((intent, filled, avg))
+        executor = self.control.real_executor  # also while demoted: it reconciles them
         for group, sent in ((resting, True), (unsent, False)):
-            if self.executor is None or not group:
+            if executor is None or not group:
                 continue
             for intent, filled, avg in group:
                 self._orders[intent.client_order_id] = Order(
@@ -476,7 +479,7 @@ class Engine:
                     self.exits.leg_opened(intent)  # still at the venue, guarding its position
                 left = intent.qty - filled
                 self._add_pending(intent, left if intent.side is Side.BUY else -left)
-            self.executor.restore_open(group, sent)
+            executor.restore_open(group, sent)
         return {"snapshot": snap is not None, "fills_replayed": replayed,
                 "open_orders": len(resting), "unsent": len(unsent),
-                "halted": self.gate.state == HALTED}
+                "halted": self.control.state is TradingState.HALTED}

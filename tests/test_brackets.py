@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from quantshift.app import build_engine, make_venue, open_journal
+from quantshift.control import Halt
 from quantshift.domain import (
     NS_PER_SECOND,
     Bar,
@@ -292,13 +293,14 @@ async def test_halt_keeps_the_protective_legs_kill_switch_flatten_cancels_them(
     rig = await make_rig()
     entry, _ = await enter(rig)
     legs = venue_legs(rig, entry.client_order_id)
-    rig.engine.halt("operator")
+    rig.engine.control.apply(Halt(reason="operator"))
     await rig.executor.drain(5)
     await settle(rig)
     assert {leg.status for leg in legs.values()} == {"new"}  # still protecting
     assert len(rig.executor.open_legs()) == 2
     assert rig.rows("SELECT count(*) FROM order_events WHERE state = 'cancelled'") == [(0,)]
-    assert rig.engine.kill_switch("operator", flatten=True) == 1
+    out = rig.engine.control.apply(Halt(reason="kill switch: operator", flatten=True))
+    assert out["flatten_orders"] == 1
     await settle(rig, lambda: position(rig) == 0)
     assert {leg.status for leg in legs.values()} == {"canceled"}
     assert rig.emu.engine.position_qty("AAA") == 0 and rig.engine.gate.state == "halted"
@@ -419,7 +421,8 @@ def test_the_exchange_venue_has_no_brackets(clean: Path) -> None:
     async def commit() -> None:
         return None
 
-    executor = BrokerExecutor(ExecutorKind.SANDBOX, venue, None, durable=commit)  # type: ignore[arg-type]
+    executor = BrokerExecutor(ExecutorKind.SANDBOX, venue, None, durable=commit,  # type: ignore[arg-type]
+                              permit=lambda intent: None)
     assert not executor.supports_brackets
     entry = OrderIntent("x", "t", "BTC/USDT", Side.BUY, 1.0, 0, 100.0)
     assert executor.bracket_tick(entry, 103.0) is None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from quantshift.app import build_engine, open_journal
+from quantshift.control import Halt
 from quantshift.domain import Direction, OrderState, Signal
 from quantshift.emulators.alpaca import AlpacaEmulator
 from quantshift.emulators.exchange import ExchangeEmulator
@@ -65,7 +66,7 @@ async def start_engine(settings: Settings) -> tuple[Engine, Journal]:
     executor = engine.executor
     assert isinstance(executor, BrokerExecutor)
     await executor.start()
-    engine.gate.instruments = await executor.venue.instruments(settings.symbols)
+    engine.gate.set_instruments(await executor.venue.instruments(settings.symbols))
     return engine, journal
 
 
@@ -323,7 +324,7 @@ async def test_halt_with_flatten_leaves_exits_in_flight_and_flattens_the_rest(ri
     (exit_a,) = signal(rig, a, Direction.FLAT)  # half filled, the rest in flight
     await asyncio.sleep(0.5)
     assert [i.client_order_id for i in rig.executor.open_orders()] == [exit_a.client_order_id]
-    sent = rig.engine.halt("operator", flatten=True)
+    sent = rig.engine.control.apply(Halt(reason="operator", flatten=True))["flatten_orders"]
     assert sent == 1  # b's exit; a's exit is already on its way and is not cancelled
     assert rig.executor.open_orders()[0] == exit_a
     await asyncio.sleep(0.5)

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from quantshift.control import MarkStale
 from quantshift.daemon import Daemon
 from quantshift.domain import Bar, Direction, Signal
 from quantshift.emulators.alpaca import AlpacaEmulator
@@ -70,13 +71,13 @@ async def test_a_silent_feed_goes_stale_and_recovers(clean: Path) -> None:
         await wait_until(lambda: engine.bars > 3)
         feed.stop()  # the source goes quiet
         await wait_until(lambda: engine.gate.stale_reason is not None, timeout=5)
-        assert "STALE" in periodic.status_text(d)
+        assert "STALE" in periodic.status_text(engine)
         ts = time.time_ns()
         entry = engine.decide(Signal("s", "AAA", ts, Direction.LONG, "t"), 100.0)
         assert entry == []
-        engine.gate.stale_reason = None  # let one entry in to have something to exit
+        engine.control.mark_fresh()  # let one entry in to have something to exit
         assert engine.decide(Signal("s", "AAA", ts + 1, Direction.LONG, "t"), 100.0)
-        engine.gate.stale_reason = "still quiet"
+        engine.control.apply(MarkStale(reason="still quiet", by="test"))
         exit_leg = engine.decide(Signal("s", "AAA", ts + 2, Direction.FLAT, "t"), 100.0)
         assert len(exit_leg) == 1 and exit_leg[0].reduce_only  # exits are still allowed
         engine.on_bar(Bar("AAA", ts + 3, 100, 101, 99, 100, 10))  # a fresh bar

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantshift.app import build_engine, open_journal
+from quantshift.control import Flatten, Halt
 from quantshift.domain import NS_PER_SECOND, Bar, Direction, Signal
 from quantshift.exits import Distance, ExitRule
 from quantshift.settings import Settings, StrategySpec
@@ -168,7 +169,7 @@ def test_kill_switch_halts_cancels_and_flattens_long_and_short(make_engine) -> N
     (exit_x,) = e.decide(Signal("s", "X", T0 + 2, Direction.FLAT, "exit"), 101.0)  # rests
     (entry_z,) = e.decide(Signal("s", "Z", T0 + 2, Direction.LONG, "entry"), 20.0)  # rests
     assert len(e.open_orders()) == 2
-    sent = e.kill_switch("operator", flatten=True)
+    sent = e.control.apply(Halt(reason="kill switch: operator", flatten=True))["flatten_orders"]
     assert e.gate.state == "halted" and "kill switch: operator" in e.gate.halt_reason
     # The entry is cancelled; the exit in flight is left to finish (cancelling it would
     # leave X with no exit, as the flatten counts it); Y gets its buy-back.
@@ -203,11 +204,11 @@ def test_a_flatten_after_a_refused_exit_on_the_same_bar_still_goes_out(make_engi
     assert e.portfolio.position_qty("s", "X") == 10
     (exit_x,) = e.decide(Signal("s", "X", T0 + 60 * NS_PER_SECOND, Direction.FLAT, "exit"),
                          101.0)  # on the last bar's time, resting
-    e.halt("operator")  # cancels it
+    e.control.apply(Halt(reason="operator"))  # cancels it
     assert e.open_orders() == []
-    assert e.flatten("operator") == 1
+    assert e.control.apply(Flatten(reason="operator"))["orders"] == 1
     (flat,) = e.open_orders()
     assert flat.client_order_id != exit_x.client_order_id and flat.ts > exit_x.ts
-    assert e.flatten("again") == 0  # in flight already: not sent twice
+    assert e.control.apply(Flatten(reason="again"))["orders"] == 0  # in flight: not twice
     e.on_bar(bar(2, 102.0))
     assert e.portfolio.position_qty("s", "X") == 0

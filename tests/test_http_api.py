@@ -25,6 +25,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from loguru import logger
 
+from quantshift.control import Demote, Resume
 from quantshift.daemon import Daemon
 from quantshift.errors import ConfigError
 from quantshift.ops import periodic
@@ -104,7 +105,7 @@ async def test_readyz_follows_the_feed_going_stale_and_coming_back(clean: Path) 
         feed, engine = d.feed, d.engine
         assert feed is not None and engine is not None
         feed.last_bar_at -= 4 * 3600  # four bar lengths without a bar
-        await periodic.watch_feed(d)  # the daemon's own staleness check
+        await periodic.watch_feed(d.settings, feed, engine.control, d.started_at)  # its own check
         code, body = await call(client, "GET", "/readyz")
         assert code == 503 and body["ready"] is False
         assert len(body["reasons"]) == 1 and "feed sim is stale" in body["reasons"][0]
@@ -118,16 +119,19 @@ async def test_readyz_follows_the_feed_going_stale_and_coming_back(clean: Path) 
 async def test_readyz_reports_demotion_and_shutdown(clean: Path) -> None:
     async with running(make_settings(clean)) as (d, client):
         await wait_until(lambda: d.engine.bars >= 2)  # type: ignore[union-attr]
-        d.demoted, d.demoted_reason = True, "canary lost 3% in a day"
+        control = d.control
+        assert control is not None
+        control.apply(Demote(reason="canary lost 3% in a day", by="test"))
         code, body = await call(client, "GET", "/readyz")
         assert code == 503 and body["reasons"] == ["demoted: canary lost 3% in a day"]
-        d.demoted = False
-        d.should_exit = True
+        control.apply(Resume(by="test"))
+        d.handle_exit(signal.SIGTERM)  # what the signal handler does: flags only
         code, body = await call(client, "GET", "/readyz")
         assert code == 503 and body["reasons"] == ["shutting down"]
         code, _ = await call(client, "POST", "/halt", headers=AUTH)
         assert code == 503  # no control action while stopping
         d.should_exit = False
+        control.accepting(True)
 
 
 async def test_status_has_the_whole_picture(clean: Path) -> None:
@@ -287,7 +291,9 @@ async def test_halt_persists_across_a_restart_and_resume_too(clean: Path) -> Non
         assert body["flatten_orders"] >= 1
         # Durable before the answer: the journal on disk already says so.
         state = read_db(ledger, "SELECT value FROM kv WHERE key = 'trading_state'")[0][0]
-        assert orjson.loads(state) == {"state": "halted", "reason": "maintenance"}
+        saved = orjson.loads(state)
+        assert (saved["state"], saved["reason"]) == ("halted", "maintenance")
+        assert saved["exits"]  # the flatten's exits pass after a restart too
         await wait_until(lambda: d.engine.portfolio.open_symbols() == 0)  # type: ignore[union-attr]
     async with running(settings) as (d, client):
         assert d.engine.gate.state == "halted"  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ import pytest
 
 import quantshift.state.journal as journal_module
 from quantshift.app import build_engine, open_journal
+from quantshift.control import Halt
 from quantshift.domain import (
     NS_PER_SECOND,
     Bar,
@@ -364,7 +365,7 @@ def test_persisted_halt_survives_restore(settings: Settings) -> None:
 
 def test_engine_halt_is_persisted(settings: Settings) -> None:
     e1 = engine_on(settings)
-    e1.halt("kill switch")
+    e1.control.apply(Halt(reason="kill switch"))
     e1.journal.flush()
     e1.journal.close()
     e2 = engine_on(settings)

@@ -23,6 +23,7 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantshift.app import build_engine, build_feed, open_journal
+from quantshift.control import Halt
 from quantshift.daemon import Daemon
 from quantshift.domain import Bar
 from quantshift.ops.metrics import CONTENT_TYPE, Metrics, veto_label
@@ -160,7 +161,7 @@ def test_a_forced_veto_shows_its_reason(daemons: Any) -> None:
     d, m = daemons()
     run_bars(d, 10)
     assert series(scrape(m), "quantshift_risk_vetoes_total") == {}
-    d.engine.halt("operator test")
+    d.engine.control.apply(Halt(reason="operator test"))
     run_bars(d, 30, start=10)
     vetoed = d.engine.counts["vetoed"]
     assert vetoed > 0

@@ -6,6 +6,7 @@ from hashlib import blake2b
 
 import pytest
 
+from quantshift.control import Halt, Resume
 from quantshift.domain import (
     NS_PER_DAY,
     Direction,
@@ -180,7 +181,7 @@ def test_zero_means_no_limit() -> None:
 def test_halted_approves_nothing() -> None:
     g, book = gate(), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
-    g.halt("operator said stop")
+    g.control.apply(Halt(reason="operator said stop"))
     assert g.state == HALTED
     book.mark("Y", 10.0)
     d = g.evaluate(sig("Y", Direction.LONG, T0 + 2 * MIN), 10.0, book.pf)
@@ -193,10 +194,10 @@ def test_halted_approves_nothing() -> None:
     d = g.evaluate(sig("X", Direction.SHORT, T0 + 2 * MIN), 100.0, book.pf)
     assert d.intents == ()
     assert d.veto.startswith("halted")
-    g.halt("")
+    g.control.apply(Halt(reason=""))
     assert g.evaluate(sig("Y", Direction.LONG, T0 + 3 * MIN), 10.0, book.pf).veto.startswith(
         "halted")
-    g.resume()
+    g.control.apply(Resume())
     assert g.state == ACTIVE
     assert g.evaluate(sig("Y", Direction.LONG, T0 + 3 * MIN), 10.0, book.pf).veto is None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quantshift.control import Halt, Reduce
 from quantshift.domain import (
     NS_PER_DAY,
     NS_PER_SECOND,
@@ -267,7 +268,7 @@ def test_reducing_never_increases_exposure(lim: RiskLimits, sizing: str, fractio
                                            warm: list, steps_: list) -> None:
     w = world(lim, sizing, fractional)
     run(w, warm, ignore)  # build up positions (and pending orders) first
-    w.gate.reduce("property")
+    w.gate.control.apply(Reduce(reason="property"))
     run(w, steps_, check_reducing)
 
 
@@ -277,6 +278,6 @@ def test_halted_approves_nothing(lim: RiskLimits, sizing: str, fractional: bool,
                                  steps_: list) -> None:
     w = world(lim, sizing, fractional)
     run(w, warm, ignore)
-    w.gate.halt("property")
+    w.gate.control.apply(Halt(reason="property"))
     run(w, steps_, check_halted)
     assert w.gate.state == HALTED

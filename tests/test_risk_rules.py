@@ -5,9 +5,11 @@ restart."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from quantshift.control import ControlPlane, Halt, Reduce, Resume
 from quantshift.domain import (
     NS_PER_DAY,
     Bar,
@@ -23,6 +25,7 @@ from quantshift.risk.profiles import PROFILES, RiskLimits, limits_for
 from quantshift.risk.regime import BEAR, BULL, CHOPPY, CRISIS, UNKNOWN, RegimeDetector
 from quantshift.risk.sizing import KellyStats, Sizing, position_size
 from quantshift.settings import Settings
+from quantshift.state.journal import Journal
 from tests.risk_helpers import HOUR, MIN, OFF, T0, Book, gate, lim, sig
 
 
@@ -283,7 +286,7 @@ def test_max_drawdown_halts_entries_until_resumed() -> None:
     assert g.state == REDUCING
     assert veto(g, book, "Y", ts=T0 + 4 * MIN).startswith("reducing: max drawdown")
     book.enter(g, "X", Direction.FLAT, 99.0, T0 + 5 * MIN)  # the exit passes
-    g.resume()
+    g.control.apply(Resume())
     assert entry_qty(g, book, "Y", ts=T0 + 6 * MIN) == 10  # measured from now on
 
 
@@ -323,12 +326,12 @@ def test_min_average_volume() -> None:
 def test_market_hours() -> None:
     g, book = gate(), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
-    g.market_open = False
+    g.control.set_market_open(False)
     assert veto(g, book, "Y") == "market closed: entries wait for the venue's market hours"
     book.enter(g, "X", Direction.FLAT, 100.0, T0 + 2 * MIN)  # exits are not held back
-    g.market_open = True
+    g.control.set_market_open(True)
     assert entry_qty(g, book, "Y") == 10
-    g.market_open = None  # unknown (a crypto venue): allowed
+    g.control.set_market_open(None)  # unknown (a crypto venue): allowed
     assert entry_qty(g, book, "Z") == 10
 
 
@@ -420,14 +423,14 @@ def test_new_limits_are_overridable_through_settings() -> None:
 def test_reducing_passes_only_exposure_reducing_orders() -> None:
     g, book = gate(), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
-    g.reduce("operator: wind down")
+    g.control.apply(Reduce(reason="operator: wind down"))
     assert g.state == REDUCING
     assert veto(g, book, "Y") == ("reducing: operator: wind down; only exposure-reducing "
                                   "orders pass")
     d = g.evaluate(sig("X", Direction.SHORT, T0 + 2 * MIN), 100.0, book.pf)
     assert d.veto.startswith("reducing")  # the reversal's entry is blocked ...
     assert [(i.side, i.reduce_only) for i in d.intents] == [(Side.SELL, True)]  # ... not its exit
-    g.resume()
+    g.control.apply(Resume())
     assert g.state == ACTIVE
     assert entry_qty(g, book, "Y") == 10
 
@@ -436,29 +439,32 @@ def test_reducing_holds_an_exit_that_would_raise_the_net_position() -> None:
     g, book = gate(), Book()
     book.enter(g, "X", Direction.LONG, 100.0, strategy="s1")
     book.enter(g, "X", Direction.SHORT, 100.0, strategy="s2")  # the account is flat in X
-    g.reduce("wind down")
+    g.control.apply(Reduce(reason="wind down"))
     d = g.evaluate(sig("X", Direction.FLAT, T0 + 2 * MIN, "s1"), 100.0, book.pf)
     assert d.intents == ()
     assert d.veto == ("reducing: wind down; this exit would raise the net position in X "
                       "from 0 to -10")
-    g.resume()
+    g.control.apply(Resume())
     d = g.evaluate(sig("X", Direction.FLAT, T0 + 2 * MIN, "s1"), 100.0, book.pf)
     assert d.veto is None and len(d.intents) == 1  # active: exits are never held
 
 
-def test_halted_passes_nothing_and_states_persist() -> None:
-    g, book = gate(), Book()
+def test_halted_passes_nothing_and_states_persist(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "ledger.sqlite", bot="equity", executor="paper")
+    g, book = gate(control=ControlPlane(journal)), Book()
     book.enter(g, "X", Direction.LONG, 100.0)
-    g.halt("kill switch")
+    g.control.apply(Halt(reason="kill switch"))
     assert g.evaluate(sig("X", Direction.FLAT, T0 + 2 * MIN), 100.0, book.pf).veto == (
         "halted: kill switch")
-    for state, call in ((HALTED, g.halt), (REDUCING, g.reduce)):
-        call("why")
-        g2 = gate()
-        g2.restore_counters(g.counters())
+    for state, cmd in ((HALTED, Halt(reason="why")), (REDUCING, Reduce(reason="why"))):
+        g.control.apply(cmd)
+        journal.flush()
+        g2 = gate(control=ControlPlane(journal))  # what a restart reads back
+        g2.control.restore()
         assert (g2.state, g2.halt_reason) == (state, "why")
-    g.resume()
-    assert "state" not in g.counters()
+    g.control.apply(Resume())
+    assert "state" not in g.counters()  # the control plane keeps it, not the gate
+    journal.close()
 
 
 # -- counters across a restart -----------------------------------------------------------
@@ -494,18 +500,22 @@ def test_restart_keeps_the_daily_cap_the_loss_halt_and_the_day_baseline() -> Non
     assert entry_qty(gate(lim(max_daily_loss=50)), fresh, "Y", ts=T0 + 3 * MIN) == 10
 
 
-def test_restart_keeps_cooldowns_drawdown_ramp_and_kelly() -> None:
+def test_restart_keeps_cooldowns_drawdown_ramp_and_kelly(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "ledger.sqlite", bot="equity", executor="paper")
     g, book = gate(lim(loss_cooldown_seconds=600, max_drawdown=100, ramp_start=0.25),
-                   sizing="kelly:0.5:4:0.5,fixed:7"), Book()
+                   sizing="kelly:0.5:4:0.5,fixed:7", control=ControlPlane(journal)), Book()
     for pnl in (20, 20, 20, -10):
         g.on_trade(trade(pnl, "X", exit_ts=T0 + MIN))
     book.enter(g, "Y", Direction.LONG, 100.0, T0 + MIN)  # 25 % of equity: day 1 of the ramp
     book.pf.mark("Y", 80.0, T0 + 2 * MIN)
     assert veto(g, book, "Z", ts=T0 + 2 * MIN).startswith("max drawdown")
-    g2 = restarted(g)
+    journal.flush()  # the breaker's trip is the control plane's, persisted by it
+    g2 = gate(g.limits, str(g.sizing), g.fractional, control=ControlPlane(journal))
+    g2.restore_counters(g.counters())
+    g2.control.restore()
     assert g2.state == REDUCING
     assert veto(g2, book, "Z", ts=T0 + 3 * MIN).startswith("reducing: max drawdown")
-    g2.resume()
+    g2.control.apply(Resume())
     assert veto(g2, book, "X", ts=T0 + 3 * MIN).startswith("cooldown after a losing exit in X")
     day3 = T0 + 2 * NS_PER_DAY
     assert entry_qty(restarted(g2), book, "Z", ts=day3) == pytest.approx(

@@ -14,7 +14,6 @@ import pytest
 
 from quantshift.execution.log_only import LogOnlyExecutor
 from quantshift.execution.paper import PaperExecutor
-from quantshift.ops import periodic
 from quantshift.shadow.books import book_path
 from quantshift.shadow.cli import read_history
 from quantshift.shadow.routing import routes_to_canary
@@ -179,7 +178,7 @@ async def test_a_crashed_component_demotes_before_the_exit(clean: Path) -> None:
     settings = make_settings(clean)
     async with running(settings) as (d, _):
         await wait_until(lambda: d.engine.bars >= 4)  # type: ignore[union-attr]
-        periodic.demote_on_crash(d, "feed")
+        d._demote_on_crash("feed")
         assert d.demoted and d.demoted_reason == "component feed crashed"
     db = sqlite3.connect(settings.ledger_path())
     row = db.execute("SELECT value FROM kv WHERE key = 'demotion'").fetchone()
@@ -202,7 +201,7 @@ async def test_the_adaptive_canary_moves_once_a_day_and_journals_the_posterior(
         assert vc is not None and vc.books is not None
         await wait_until(lambda: all(b.engine.counts["trades"] >= 3
                                      for b in vc.books.books.values()))
-        await periodic.flush(d)
+        await d._flush_books()
         vc.registry.set_canary_percent("ma_cross", 10)  # below the bounds: any proposal moves
         changes = vc.adapt(date(2026, 11, 21))
         assert len(changes) == 1
@@ -244,7 +243,7 @@ async def test_the_win_rate_trigger_reads_each_active_version_apart(clean: Path)
         guard = d.guard
         assert guard is not None
         await wait_until(lambda: d.engine.counts["trades"] >= 3)  # type: ignore[union-attr]
-        await periodic.flush(d)
+        await d._flush_books()
         trades = guard.version_trades(100)
         assert set(trades) == {"ma_cross@v1"}  # the active version's own book
         book = d.version_control.books.get("ma_cross", "v1")  # type: ignore[union-attr]

@@ -48,4 +48,9 @@ class Executor(Protocol):
     async def drain(self, timeout: float) -> None:
         """Wait, at most ``timeout``, for order work under way (cancels at shutdown)."""
 
+    async def settle(self, timeout: float) -> int:
+        """Wait, at most ``timeout``, until no submission is under way at a venue; return
+        how many still are (an operator's halt answers after this)."""
+        ...
+
     async def close(self) -> None: ...

@@ -1,13 +1,21 @@
 """The broker executor: Sandbox and Live, one code path, another endpoint.
 
-Every intent is on disk before a byte goes to the venue (write-ahead). A submit that
-fails with an unknown outcome (5xx, timeout, dropped connection) is looked up by its
-client order id before anything is retried, and a retry always reuses the same id, so
-an intent can never become two orders. A 429 waits as long as the venue asks.
+Every intent is on disk before a byte goes to the venue (write-ahead). Before **every**
+submission attempt (the first, each retry, a start-up resubmission) the executor asks the
+control plane (``permit``) whether the order may still go out; a halt that answered means
+no attempt starts after it, and an attempt already under way when it came is cancelled the
+moment the venue acknowledges it.
+
+A submit that fails with an unknown outcome (5xx, timeout, dropped connection) is looked up
+by its client order id before anything is retried, and a retry always reuses the same id,
+so an intent can never become two orders. A 429 waits as long as the venue asks. A lookup
+that fails too leaves the order *unresolved*, never "not at the venue": it stays tracked,
+the order updates and the next reconciliation look again.
 
 Where the venue supports brackets, an entry may carry its exits as legs the venue holds
 (see ``legs``): ``open_orders`` are the orders in flight, ``open_legs`` the legs resting
-at the venue, and ``cancel_all`` (halt, shutdown) leaves the legs in place.
+at the venue, and ``cancel_all`` (halt, shutdown) leaves the legs in place. Reconciliation
+with the venue is in ``reconcile``.
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import Enum
 from typing import cast
 
 from loguru import logger
 
 from quantshift.domain import Bar, ExecutorKind, OrderIntent, OrderState
 from quantshift.execution.legs import LEGS_REFUSED, Legs, LegSink
+from quantshift.execution.reconcile import ReconcileReport, Reconciliation
 from quantshift.execution.venues.base import (
     BracketVenue,
     DuplicateOrder,
@@ -35,8 +45,19 @@ from quantshift.execution.venues.base import (
     VenueUnavailable,
 )
 
+__all__ = ["BrokerExecutor", "Lookup", "ReconcileReport", "Tracked"]
+
 _EPS = 1e-9
 _MAX_DELAY = 30.0
+Permit = Callable[[OrderIntent], "str | None"]
+
+
+class Lookup(Enum):
+    """What a lookup by client order id told: the venue has it, has not, or no answer."""
+
+    FOUND = "found"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"
 
 
 @dataclass(slots=True)
@@ -47,43 +68,37 @@ class Tracked:
     avg_price: float = 0.0
     venue_id: str = ""
     status: str = ""  # the venue's last word on it (legs: held, new, ...)
+    sending: bool = False  # a submission loop owns it (attempts, lookups, back-off)
+    stop: str | None = None  # why it must not go out (any more): a halt, a shutdown
+    unresolved: bool = False  # an attempt's outcome is unknown and no lookup could tell
 
 
-@dataclass(slots=True)
-class ReconcileReport:
-    looked_up: int = 0
-    fills_applied: int = 0
-    resubmitted: int = 0
-    cancelled: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    mismatches: dict[str, tuple[float, float]] = field(default_factory=dict)  # journal, venue
-
-    @property
-    def clean(self) -> bool:
-        return not self.mismatches
-
-
-class BrokerExecutor(Legs):
+class BrokerExecutor(Reconciliation, Legs):
     wants_bars = False
 
     def __init__(self, kind: ExecutorKind, venue: Venue, sink: LegSink, *,
-                 durable: Callable[[], Awaitable[object]], timeout: float = 10.0,
-                 max_attempts: int = 6, resubmit_window_ns: int = 120_000_000_000) -> None:
+                 durable: Callable[[], Awaitable[object]], permit: Permit,
+                 timeout: float = 10.0, max_attempts: int = 6,
+                 resubmit_window_ns: int = 120_000_000_000) -> None:
         self.kind = kind
         self.venue = venue
         where = "paper/testnet" if kind is ExecutorKind.SANDBOX else "LIVE, real money"
         self.description = f"orders go to {venue.name} ({where}) at {venue.endpoint}"
         self._sink = sink
         self._durable = durable
+        self._permit = permit
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._resubmit_window_ns = resubmit_window_ns
         self._orders: dict[str, Tracked] = {}
         self._tasks: set[asyncio.Task[bool | None]] = set()
         self._tracker: asyncio.Task[None] | None = None
+        self._attempts = 0  # submission requests under way at the venue
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.calls = 0
         self.errors = 0
+        self.reconcile_errors = 0  # reconciliations a transient venue error cut short
         self._init_legs()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -95,6 +110,15 @@ class BrokerExecutor(Legs):
         """Wait (bounded) for submissions and cancellations under way."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def settle(self, timeout: float) -> int:
+        """Wait (bounded) until no submission request is under way at the venue; return
+        how many still are. A halt answers after this: every order an attempt in flight
+        made is at the venue by then, and is cancelled as its answer comes."""
+        if self._attempts:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._attempts
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -131,11 +155,16 @@ class BrokerExecutor(Legs):
     def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
         """Cancel the orders in flight (``keep_exits``: not the reduce-only ones). Legs
         protecting a position stay: a halted or stopped daemon watches nothing, the venue's
-        stops still do (a flatten cancels them, position by position, before its exits)."""
+        stops still do (a flatten cancels them, position by position, before its exits).
+        An order still being submitted is stopped by its own submission loop: before its
+        next attempt, or, if the venue already took it, by a cancel right after."""
         working = [t for t in self._orders.values() if not t.intent.parent
                    and not (keep_exits and t.intent.reduce_only)]
         for tracked in working:
-            self._spawn(self._cancel(tracked.intent, reason))
+            if tracked.sending:
+                tracked.stop = reason
+            else:
+                self._spawn(self._cancel(tracked.intent, reason))
         return len(working)
 
     # -- submission ------------------------------------------------------------------------
@@ -156,21 +185,55 @@ class BrokerExecutor(Legs):
             self.errors += 1
             raise
 
+    def _refusal(self, tracked: Tracked) -> str | None:
+        """Why this order must not be sent now: a stop asked of it, or the control plane's
+        answer (asked at every attempt)."""
+        return tracked.stop or self._permit(tracked.intent)
+
     async def _send(self, intent: OrderIntent) -> bool:
         """Whether the venue took the order (its answer is applied)."""
+        tracked = self._orders.get(intent.client_order_id)
+        if tracked is None or tracked.sending:
+            return False  # cancelled before it could go, or already on its way
+        tracked.sending = True
+        try:
+            return await self._attempt_all(tracked)
+        finally:
+            tracked.sending = False
+
+    async def _attempt_all(self, tracked: Tracked) -> bool:
+        intent = tracked.intent
         coid = intent.client_order_id
-        if coid not in self._orders:
-            return False  # cancelled before it could go
-        await self._durable()  # write-ahead: the intent is on disk before it is sent
+        why = self._refusal(tracked)
+        if why is not None:  # before the write-ahead: nothing of it has left the process
+            return self._not_sent(tracked, why)
+        try:
+            await self._durable()  # write-ahead: the intent is on disk before it is sent
+        except Exception as exc:  # the journal cannot be written: it must not go out
+            self._finish(coid, OrderState.REJECTED, f"not sent: the journal cannot be "
+                                                    f"written ({exc})")
+            return False
         delay = 0.5
         simple = False
         with_legs = intent.take_profit is not None or intent.stop_loss is not None
         for attempt in range(1, self._max_attempts + 1):
+            why = self._refusal(tracked)
+            if why is not None:
+                return await self._stopped(tracked, why)
             try:
-                sent = cast(BracketVenue, self.venue).submit(intent, simple=True) if simple \
-                    else self.venue.submit(intent)
-                self._apply(await self._call(sent))
-                return True
+                self._attempts += 1
+                self._idle.clear()
+                try:
+                    sent = cast(BracketVenue, self.venue).submit(intent, simple=True) \
+                        if simple else self.venue.submit(intent)
+                    answer = await self._call(sent)
+                finally:
+                    self._attempts -= 1
+                    if not self._attempts:
+                        self._idle.set()
+                tracked.unresolved = False
+                self._apply(answer)
+                return self._landed(tracked)
             except OrderRejected as exc:
                 if with_legs and not simple and LEGS_REFUSED.search(exc.reason):
                     self._legs_refused(intent, exc.reason)
@@ -179,53 +242,107 @@ class BrokerExecutor(Legs):
                 self._finish(coid, OrderState.REJECTED, f"rejected by {self.venue.name}: "
                                                         f"{exc.reason}")
                 return False
-            except RateLimited as exc:
+            except RateLimited as exc:  # refused, not taken: the retry is a first try
                 wait = exc.retry_after if exc.retry_after is not None else delay
                 logger.warning("order {}: rate limited by {}; retrying in {:g}s", coid,
                                self.venue.name, wait)
                 await asyncio.sleep(wait)
             except DuplicateOrder:
                 logger.info("order {}: {} already has it; looking it up", coid, self.venue.name)
-                if await self._lookup(intent):
-                    return True
+                if await self._resolve(tracked) is Lookup.FOUND:
+                    return self._landed(tracked)
                 await asyncio.sleep(delay)
             except VenueError as exc:  # 5xx, timeout, dropped connection: unknown outcome
                 logger.warning("order {}: outcome unknown ({}); looking it up before any "
                                "retry", coid, exc)
-                if await self._lookup(intent):
-                    return True
+                if await self._resolve(tracked) is Lookup.FOUND:
+                    return self._landed(tracked)
                 await asyncio.sleep(delay)
-
             delay = min(delay * 2, _MAX_DELAY)
             logger.info("order {}: attempt {} of {}", coid, attempt + 1, self._max_attempts)
+        if tracked.unresolved:
+            logger.warning("order {}: {} could not tell whether it has it after {} attempts; "
+                           "kept open until a lookup can", coid, self.venue.name,
+                           self._max_attempts)
+            return False
         self._finish(coid, OrderState.REJECTED,
                      f"{self.venue.name} unreachable after {self._max_attempts} attempts")
         return False
 
-    async def _lookup(self, intent: OrderIntent) -> bool:
-        """Whether the venue has the order (and if so, take its state)."""
+    async def _resolve(self, tracked: Tracked) -> Lookup:
+        """Look an order of unknown outcome up; remember when nobody could tell."""
+        found = await self._lookup(tracked.intent)
+        tracked.unresolved = found is Lookup.UNKNOWN
+        return found
+
+    def _not_sent(self, tracked: Tracked, why: str) -> bool:
+        self._finish(tracked.intent.client_order_id, OrderState.CANCELLED, f"not sent: {why}")
+        return False
+
+    async def _stopped(self, tracked: Tracked, why: str) -> bool:
+        """The order may not go out any more (halted, stopping). Whether an earlier attempt
+        made it to the venue decides what that means."""
+        if not tracked.unresolved:
+            return self._not_sent(tracked, why)  # no attempt left a trace at the venue
+        found = await self._resolve(tracked)
+        if found is Lookup.FOUND:
+            self._landed(tracked)
+            return True
+        if found is Lookup.ABSENT:
+            return self._not_sent(tracked, why)
+        logger.warning("order {}: not sent again ({}); whether {} has it is unknown, so it "
+                       "stays open until a lookup can tell", tracked.intent.client_order_id,
+                       why, self.venue.name)
+        return False
+
+    def _landed(self, tracked: Tracked) -> bool:
+        """The venue has the order. If it may no longer go out (a halt came while it was on
+        its way), it is cancelled now."""
+        coid = tracked.intent.client_order_id
+        if coid in self._orders:
+            why = self._refusal(tracked)
+            if why is not None:
+                logger.warning("order {}: {} took it while it was being sent, but {}; "
+                               "cancelling it", coid, self.venue.name, why)
+                self._spawn(self._cancel(tracked.intent, why, after_send=True))
+        return True
+
+    async def _lookup(self, intent: OrderIntent) -> Lookup:
+        """Whether the venue has the order (and if so, take its state). Errors are not an
+        answer: three of them give UNKNOWN, never ABSENT."""
         delay = 0.5
         for _ in range(3):
             try:
                 self._apply(await self._call(self.venue.order(intent.client_order_id,
                                                               intent.symbol)))
-                return True
+                return Lookup.FOUND
             except OrderNotFound:
-                return False
+                return Lookup.ABSENT
             except RateLimited as exc:
                 await asyncio.sleep(exc.retry_after if exc.retry_after is not None else delay)
             except VenueError:
                 await asyncio.sleep(delay)
             delay *= 2
-        return False
+        return Lookup.UNKNOWN
 
-    async def _cancel(self, intent: OrderIntent, reason: str) -> None:
+    async def _cancel(self, intent: OrderIntent, reason: str, after_send: bool = False) -> None:
         coid = intent.client_order_id
+        tracked = self._orders.get(coid)
+        if tracked is None:
+            return
+        if tracked.sending and not after_send:
+            tracked.stop = reason  # its submission loop stops it
+            return
         try:
             await asyncio.wait_for(self.venue.cancel(coid, intent.symbol), self._timeout)
         except OrderNotFound:
-            if not await self._lookup(intent):
-                self._finish(coid, OrderState.CANCELLED, f"{reason} (not at the venue)")
+            found = await self._lookup(intent)
+            tracked = self._orders.get(coid)
+            if found is Lookup.ABSENT and tracked is not None:
+                if tracked.sending:  # a submission began meanwhile: it stops itself
+                    tracked.stop = reason
+                else:
+                    self._finish(coid, OrderState.CANCELLED, f"{reason} (not at the venue)")
             return
         except OrderRejected as exc:  # not cancelable: done already (e.g. with its sibling)
             logger.info("order {}: cancel refused ({}); looking it up", coid, exc.reason)
@@ -241,6 +358,7 @@ class BrokerExecutor(Legs):
         tracked = self._orders.get(vo.client_order_id)
         if tracked is None:
             return
+        tracked.unresolved = False
         if vo.legs and not tracked.intent.parent:
             self._adopt_legs(tracked.intent, vo.legs)  # journaled before the entry's fill
         if tracked.intent.parent:
@@ -292,61 +410,10 @@ class BrokerExecutor(Legs):
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY)
             for tracked in list(self._orders.values()):
-                await self._lookup(tracked.intent)
+                if not tracked.sending:
+                    await self._lookup(tracked.intent)
 
     def _tracked_pairs(self) -> list[tuple[str, str]]:
         # Orders in flight only: legs rest for days, and polling each of them every few
         # seconds would spend the venue's rate limit; reconciliation looks them up.
         return [(c, t.intent.symbol) for c, t in self._orders.items() if not t.intent.parent]
-
-    # -- reconciliation --------------------------------------------------------------------
-    async def reconcile(self, expected: Callable[[], dict[str, float]], known_ids: set[str],
-                        now_ns: int | None = None) -> ReconcileReport:
-        """Compare the venue with the journal: settle every order the journal has open,
-        adopt or flag orders it does not know, and compare positions.
-
-        ``expected`` gives the journal's net position per symbol once the settled fills
-        are booked (it is called after the orders are settled)."""
-        report = ReconcileReport()
-        now_ns = now_ns or time.time_ns()
-        for tracked in list(self._orders.values()):
-            intent = tracked.intent
-            report.looked_up += 1
-            before = tracked.filled
-            if await self._lookup(intent):
-                if tracked.filled > before:
-                    report.fills_applied += 1
-                continue
-            if tracked.state is OrderState.NEW and not intent.parent \
-                    and now_ns - intent.ts <= self._resubmit_window_ns:
-                # Journaled, then the daemon stopped before the venue took it: send it now,
-                # under the same id, so the intent ends as exactly one venue order.
-                report.resubmitted += 1
-                self._spawn(self._send(intent))
-            else:
-                why = ("the venue has no such order" if tracked.state is not OrderState.NEW
-                       or intent.parent  # a leg is the venue's to make, never ours to send
-                       else "never reached the venue; too old to send after the restart")
-                self._finish(intent.client_order_id, OrderState.CANCELLED, why)
-                report.cancelled.append(intent.client_order_id)
-        if report.resubmitted:
-            await self.drain(self._timeout * 2)
-        for vo in await self.venue.open_orders():
-            if vo.client_order_id in self._orders:
-                continue
-            if vo.client_order_id in known_ids:
-                report.adopted.append(vo.client_order_id)
-                logger.warning("reconcile: order {} is open at {} but closed in the journal",
-                               vo.client_order_id, self.venue.name)
-            else:
-                report.unknown.append(vo.client_order_id or vo.venue_id)
-                logger.warning("reconcile: {} has an order the journal does not know: {} {} "
-                               "{:g} {} (id {})", self.venue.name, vo.side.value, vo.symbol,
-                               vo.qty, vo.client_order_id or "-", vo.venue_id)
-        venue_positions = await self.venue.positions()
-        journal_positions = expected()
-        for symbol in sorted(set(venue_positions) | set(journal_positions)):
-            mine, theirs = journal_positions.get(symbol, 0.0), venue_positions.get(symbol, 0.0)
-            if abs(mine - theirs) > 1e-6:
-                report.mismatches[symbol] = (mine, theirs)
-        return report

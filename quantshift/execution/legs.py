@@ -53,9 +53,8 @@ class Legs:
 
     async def _send(self, intent: OrderIntent) -> bool: ...  # type: ignore[empty-body]
 
-    async def _cancel(self, intent: OrderIntent, reason: str) -> None: ...
-
-    async def _lookup(self, intent: OrderIntent) -> bool: ...  # type: ignore[empty-body]
+    async def _cancel(self, intent: OrderIntent, reason: str, after_send: bool = False
+                      ) -> None: ...
 
     def _finish(self, coid: str, state: OrderState, detail: str) -> None: ...
 

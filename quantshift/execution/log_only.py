@@ -36,6 +36,9 @@ class LogOnlyExecutor:
     async def drain(self, timeout: float) -> None:
         return None
 
+    async def settle(self, timeout: float) -> int:
+        return 0  # nothing leaves the process
+
     def restore_open(self, orders: list[tuple[OrderIntent, float, float]],
                      sent: bool = True) -> None:
         for intent, _, _ in orders:  # an earlier executor's leftovers are not ours to send

@@ -66,6 +66,9 @@ class PaperExecutor:
     async def drain(self, timeout: float) -> None:
         return None
 
+    async def settle(self, timeout: float) -> int:
+        return 0  # nothing leaves the process
+
     def cancel_all(self, reason: str, keep_exits: bool = False) -> int:
         kept: dict[str, list[OrderIntent]] = {}
         cancelled: list[OrderIntent] = []

@@ -6,9 +6,12 @@ Reads: ``GET /healthz`` (the loop is responsive), ``/readyz`` (ready to trade),
 ``Authorization: Bearer <QUANTSHIFT_API_TOKEN>``; without a configured token they are off.
 
 Handlers run on the loop between bars (``Engine.on_bar`` is synchronous), so a control
-action never meets a bar half done, and none of them waits on anything but the journal
-commit that makes an action durable before it is answered. Every answer is JSON; an
-unexpected failure is logged with its traceback and answered 500 without one.
+action never meets a bar half done. A control request becomes a command of the control
+plane (quantshift/control.py), which answers only once it holds: a halt after the
+submission attempts in flight have returned, every command after the journal commit that
+makes it durable (503 when it cannot be made durable). Reads come from a status source
+(the daemon's read-only view). Every answer is JSON; an unexpected failure is logged with
+its traceback and answered 500 without one.
 """
 
 from __future__ import annotations
@@ -16,31 +19,37 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
-import inspect
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 from loguru import logger
 from pydantic import SecretStr
 
+from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
-from quantshift.ops.control import ACTIONS, BadRequest, ControlRefused, parse_body
-from quantshift.ops.status import build_status, ready_reasons
+from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
 
-if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
-    from quantshift.daemon import Daemon
-
-__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpServer"]
+__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpServer", "StatusSource"]
 
 HEARTBEAT_INTERVAL = 0.5
 # A heartbeat older than this means the loop (or the heartbeat) is stuck: /healthz 503.
 HEALTH_DEADLINE = 5.0
 MAX_BODY = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class StatusSource(Protocol):
+    """What the API reads (the daemon's read-only view)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def ready_reasons(self) -> list[str]: ...
+
+    def metrics(self) -> tuple[bytes, str] | None: ...
 
 
 class Heartbeat:
@@ -87,9 +96,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class HttpServer:
-    def __init__(self, daemon: Daemon, host: str, port: int, token: SecretStr | None,
-                 heartbeat: Heartbeat, deadline: float = HEALTH_DEADLINE) -> None:
-        self.daemon = daemon
+    def __init__(self, control: ControlPlane, source: StatusSource, host: str, port: int,
+                 token: SecretStr | None, heartbeat: Heartbeat, *, bot: str,
+                 deadline: float = HEALTH_DEADLINE) -> None:
+        self.control = control
+        self.source = source
+        self.bot = bot
         self.host = host
         self.port = port
         self._token = token.get_secret_value().encode() if token is not None else None
@@ -142,17 +154,17 @@ class HttpServer:
                       "deadline_seconds": self.deadline}, 200 if ok else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        reasons = ready_reasons(self.daemon)
+        reasons = self.source.ready_reasons()
         return _json({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(build_status(self.daemon))
+        return _json(self.source.status())
 
     async def metrics(self, request: web.Request) -> web.Response:
-        metrics = self.daemon.metrics
-        if metrics is None:
+        rendered = self.source.metrics()
+        if rendered is None:
             return _json({"error": "metrics are not available yet"}, 503)
-        body, content_type = metrics.render()
+        body, content_type = rendered
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     # -- control -------------------------------------------------------------------------
@@ -178,24 +190,34 @@ class HttpServer:
         try:
             body = parse_body(action, await request.read())
             params = body.model_dump(exclude_none=True)
-            result = self.daemon.apply_control(action, body)
-            if inspect.isawaitable(result):  # a promotion judges the versions off the loop
-                result = await result
-            code, payload = 200, {"ok": True, "action": action, **result}
+            if body.bot is not None and body.bot != self.bot:
+                raise ControlRefused(f"this daemon runs bot {self.bot!r}, not {body.bot!r}")
+            cmd = to_command(action, body, actor)
         except BadRequest as exc:
-            code, payload = 400, {"error": str(exc)}
+            return await self._refused(action, params, actor, 400, str(exc))
+        except ControlRefused as exc:  # before the control plane: journaled here
+            return await self._refused(action, params, actor, exc.status, exc.message)
+        try:
+            result = await self.control.command(cmd)  # journaled by the control plane
+        except NotDurable as exc:
+            payload = {"error": exc.message, "action": action, "durable": False, **exc.result}
+            logger.error("control: {} by {} {} -> 503 {}", action, actor, params or "{}",
+                         exc.message)
+            return _json(payload, 503)
         except ControlRefused as exc:
-            code, payload = exc.status, {"error": exc.message}
-        d = self.daemon
-        if d.journal is not None:
-            d.journal.control(action, params, actor, orjson.dumps(
-                {"status": code, **payload}, default=str).decode())
-        log = logger.warning if code == 200 else logger.info
-        log("control: {} by {} {} -> {} {}", action, actor, params or "{}", code,
-            payload.get("error") or "done")
-        if d.journal is not None and not await d.make_durable():
-            payload["durable"] = False  # done in memory; the journal keeps retrying
-        return _json(payload, code)
+            logger.info("control: {} by {} {} -> {} {}", action, actor, params or "{}",
+                        exc.status, exc.message)
+            return _json({"error": exc.message}, exc.status)
+        logger.warning("control: {} by {} {} -> 200 done", action, actor, params or "{}")
+        return _json({"ok": True, "action": action, **result})
+
+    async def _refused(self, action: str, params: dict[str, Any], actor: str, code: int,
+                       message: str) -> web.Response:
+        self.control.record(action, params, actor, {"status": code, "error": message})
+        await self.control.durable()  # written before it is answered, as every request
+        logger.info("control: {} by {} {} -> {} {}", action, actor, params or "{}", code,
+                    message)
+        return _json({"error": message}, code)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")

@@ -30,18 +30,18 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from quantshift.domain import Phase
+from quantshift.domain import Phase, TradingState
 from quantshift.engine import LATENCY_BOUNDS_NS
 from quantshift.strategies.base import DEFAULT_VERSION
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
-    from quantshift.daemon import Daemon
+    from quantshift.ops.status import DaemonView
 
 __all__ = ["CONTENT_TYPE", "Metrics", "veto_label"]
 
 # The classic text format: every name here is a legacy one, and every Prometheus reads it.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-TRADING_STATES = ("active", "reducing", "halted")
+TRADING_STATES = tuple(s.value for s in TradingState)
 _BUCKET_LABELS = tuple(repr(b / 1e9) for b in LATENCY_BOUNDS_NS)
 # A veto's text up to its first ':' still names a symbol in a few rules ("cooldown after a
 # losing exit in X", "no ATR yet for X") or carries the sizing rule ("size rounds to zero
@@ -84,7 +84,7 @@ class _ErrorSink:
 
 
 class _DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon, errors: _ErrorSink) -> None:
+    def __init__(self, daemon: DaemonView, errors: _ErrorSink) -> None:
         self.daemon = daemon
         self.errors = errors
 
@@ -96,7 +96,7 @@ class _DaemonCollector(Collector):
         engine = d.engine
         yield from self._state(engine)
         if engine is not None:
-            engine.timed = True  # in case the engine came after this Metrics
+            engine.time_decisions()  # in case the engine came after this Metrics
             yield from self._engine(engine)
             yield from self._latency(engine)
             yield from self._portfolio(engine.portfolio)
@@ -117,7 +117,7 @@ class _DaemonCollector(Collector):
         for p in Phase:
             phase.add_metric([p.value], 1.0 if settings.phase is p else 0.0)
         yield phase
-        state = engine.gate.state if engine is not None else ""
+        state = engine.control.state.value if engine is not None else ""
         trading = GaugeMetricFamily("quantshift_trading_state", "Trading state (1 for the "
                                     "current one)", labels=["state"])
         for s in TRADING_STATES:
@@ -127,7 +127,7 @@ class _DaemonCollector(Collector):
         yield _gauge("quantshift_info", "The bot and where its orders go", 1.0,
                      {"bot": settings.bot, "executor": executor.kind.value if executor else ""})
         yield _gauge("quantshift_uptime_seconds", "Seconds since the daemon started",
-                     time.monotonic() - self.daemon._started_at)
+                     time.monotonic() - self.daemon.started_at)
 
     def _engine(self, engine: Any) -> Iterator[Metric]:
         c = engine.counts
@@ -168,6 +168,10 @@ class _DaemonCollector(Collector):
         yield final
         yield _counter("quantshift_fills", "Fills booked", c["fills"])
         yield _counter("quantshift_trades", "Round trips closed", c["trades"])
+        broker = engine.control.real_executor
+        if hasattr(broker, "reconcile_errors"):  # a broker executor: its venue's hiccups
+            yield _counter("quantshift_reconcile_errors", "Reconciliations a transient venue "
+                           "error cut short (each is tried again)", broker.reconcile_errors)
 
     @staticmethod
     def _latency(engine: Any) -> Iterator[Metric]:
@@ -262,10 +266,10 @@ class _DaemonCollector(Collector):
         for reason, n in sorted(validator.reasons.items()):
             rejected.add_metric([feed.name, reason], n)
         yield rejected
-        since = feed.last_bar_at or d._started_at
+        since = feed.last_bar_at or d.started_at
         yield _gauge("quantshift_feed_staleness_seconds", "Seconds since the feed's last bar",
                      time.monotonic() - since, name)
-        stale = engine is not None and engine.gate.stale_reason is not None
+        stale = engine is not None and engine.control.stale is not None
         yield _gauge("quantshift_feed_stale", "1 while the feed is stale (entries stop)",
                      1.0 if stale else 0.0, name)
 
@@ -273,10 +277,10 @@ class _DaemonCollector(Collector):
 class Metrics:
     """The daemon's Prometheus exposition: ``render()`` answers GET /metrics."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         if daemon.engine is not None:
-            daemon.engine.timed = True  # the decision latency histogram counts every bar
+            daemon.engine.time_decisions()  # the decision latency histogram counts every bar
         self.registry = CollectorRegistry(auto_describe=False)
         self._errors = _ErrorSink()
         self._sink_id: int | None = logger.add(self._errors, level="ERROR", format="{message}",

@@ -1,209 +1,207 @@
 """The daemon's periodic work: what its tasks do between bars, on a timer.
 
-Reconciliation with the venue, the guard's health check (and the demotion a crashed
-component brings), the adaptive canary, the feed's staleness check, journal flushes,
-snapshots, the status line, the systemd watchdog, and the Telegram alerter's start and
-stop alert. The daemon (``quantshift/daemon.py``) keeps the lifecycle: it spawns these
-from ``startup`` with :func:`every` and reads the tasks' ends in ``main_loop``; an
-exception out of one ends its task, which stops the daemon.
+Reconciliation with the venue, the guard's health check, the adaptive canary, the feed's
+staleness check, journal flushes, snapshots, the status line, the systemd watchdog, and the
+Telegram alerter's start and stop. The daemon (``quantshift/daemon.py``) keeps the
+lifecycle: it spawns these from ``startup`` with :func:`every` and reads the tasks' ends in
+``main_loop``; an exception out of one ends its task, which stops the daemon, so each
+catches what is transient (a venue's hiccup, a journal that cannot be written) itself.
 
-Each is a function of the running :class:`~quantshift.daemon.Daemon`, on its loop.
+Each takes what it works on; a change of the trading state is a command to the control
+plane, never an attribute set here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor as ThreadPool
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from quantshift.control import ControlPlane, Halt, MarkStale
+from quantshift.domain import TradingState
 from quantshift.execution.broker import BrokerExecutor
-from quantshift.ops.notify import build_alerter
+from quantshift.execution.venues.base import VenueError
+from quantshift.ops.notify import TelegramAlerter, build_alerter
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
-    from quantshift.daemon import Daemon
+    from quantshift.engine import Engine
+    from quantshift.feeds.base import Feed
+    from quantshift.settings import Settings
+    from quantshift.shadow.books import VersionBooks
+    from quantshift.shadow.guard import Guard
+    from quantshift.shadow.runtime import VersionControl
+    from quantshift.state.journal import Journal
 
-Action = Callable[["Daemon"], Awaitable[None]]
+Action = Callable[[], Awaitable[None]]
 
 
-async def every(d: Daemon, interval: float, action: Action) -> None:
-    """Run ``action(d)`` every ``interval`` seconds, the first time after one interval."""
+async def every(interval: float, action: Action) -> None:
+    """Run ``action()`` every ``interval`` seconds, the first time after one interval."""
     while True:
         await asyncio.sleep(interval)
-        await action(d)
+        await action()
 
 
 # -- the broker ------------------------------------------------------------------------
-async def reconcile(d: Daemon, at_start: bool = False) -> None:
-    """Compare the venue with the journal; a difference that cannot be explained halts."""
-    engine = d.engine
-    assert engine is not None
-    executor = d.real_executor or engine.executor  # a demotion keeps reconciling
+async def reconcile(control: ControlPlane, engine: Engine, guard: Guard | None,
+                    commit: Action, at_start: bool = False) -> None:
+    """Compare the venue with the journal; a difference that cannot be explained halts. A
+    venue that does not answer (429, 5xx, timeouts, after retries) ends the round: counted,
+    logged, tried again next time; at start-up it is the caller's to decide."""
+    executor = control.real_executor  # a demotion keeps reconciling
     assert isinstance(executor, BrokerExecutor)
     if not at_start and executor.open_orders():
         return  # fills in flight would look like a difference; try again next time
-    report = await executor.reconcile(lambda: dict(engine.portfolio.net),
-                                      engine.known_ids())
-    if report.mismatches and not at_start:  # an update may still be on its way
-        await asyncio.sleep(2.0)
+    try:
         report = await executor.reconcile(lambda: dict(engine.portfolio.net),
                                           engine.known_ids())
+        if report.mismatches and not at_start:  # an update may still be on its way
+            await asyncio.sleep(2.0)
+            report = await executor.reconcile(lambda: dict(engine.portfolio.net),
+                                              engine.known_ids())
+    except VenueError as exc:
+        if at_start:
+            raise
+        logger.warning("reconcile with {} incomplete ({}); trying again in the next round",
+                       executor.venue.name, exc)
+        return
     summary = {"at_start": at_start, "looked_up": report.looked_up,
                "fills_applied": report.fills_applied, "resubmitted": report.resubmitted,
-               "cancelled": report.cancelled, "adopted": report.adopted,
+               "cancelled": report.cancelled, "held": report.held,
+               "unresolved": report.unresolved, "adopted": report.adopted,
                "unknown": report.unknown,
                "mismatches": {k: list(v) for k, v in report.mismatches.items()}}
-    assert d.journal is not None
-    d.journal.set("reconcile_last", summary)
+    engine.journal.set("reconcile_last", summary)
     if report.mismatches:
         sides = "; ".join(f"{sym}: journal {mine:g}, venue {theirs:g}"
                           for sym, (mine, theirs) in report.mismatches.items())
         logger.bind(alert="reconcile").error("reconcile: positions differ from {} ({}); "
                                              "halting", executor.venue.name, sides)
-        if d.guard is not None:
-            d.guard.mismatch = sides
-        if engine.gate.state != "halted":
-            engine.halt(f"reconciliation: positions differ ({sides})")
+        if guard is not None:
+            guard.note_mismatch(sides)
+        if control.state is not TradingState.HALTED:
+            control.apply(Halt(reason=f"reconciliation: positions differ ({sides})",
+                               by="reconcile"))
     elif at_start or report.fills_applied or report.unknown or report.adopted:
         logger.info("reconcile with {}: {} orders looked up, {} with fills applied, {} "
-                    "resubmitted, {} cancelled, {} unknown at the venue; positions agree",
-                    executor.venue.name, report.looked_up, report.fills_applied,
-                    report.resubmitted, len(report.cancelled), len(report.unknown))
-    await d.commit()
+                    "resubmitted, {} held back, {} cancelled, {} unresolved, {} unknown at "
+                    "the venue; positions agree", executor.venue.name, report.looked_up,
+                    report.fills_applied, report.resubmitted, len(report.held),
+                    len(report.cancelled), len(report.unresolved), len(report.unknown))
+    await commit()
 
 
 # -- the guard and the canary ----------------------------------------------------------
-def demote_on_crash(d: Daemon, name: str) -> None:
-    """A crashed component is a rollback trigger: the restart comes back demoted."""
-    if d.guard is None or d.engine is None or d.demoted:
-        return
-    d.guard.crashed = name
-    if d.guard.limits.crashed_component:
-        try:
-            d.guard.demote(f"component {name} crashed")
-        except Exception as exc:  # the crash is already being handled; say, don't mask
-            logger.error("could not demote after the crash of {}: {}", name, exc)
-
-
-async def guard_check(d: Daemon) -> None:
+async def guard_check(guard: Guard, db_thread: ThreadPool) -> None:
     """Read the health and demote on a trigger; never stops the daemon itself."""
-    guard, journal = d.guard, d.journal
-    if guard is None or journal is None or d.demoted:
+    if guard.control.demoted:
         return
     try:
         n = guard.limits.min_samples
         pnls = await asyncio.get_running_loop().run_in_executor(
-            d.db_thread, guard.version_trades, 5 * n) \
-            if guard.limits.win_rate_drop else None
+            db_thread, guard.version_trades, 5 * n) if guard.limits.win_rate_drop else None
         guard.check(pnls)
     except Exception as exc:
         logger.opt(exception=exc).error("guard: health check failed: {}", exc)
 
 
-async def adapt_canary(d: Daemon) -> None:
+async def adapt_canary(versions: VersionControl) -> None:
     """The opt-in adaptive canary; at most one change a day (the sampler's rule)."""
-    vc = d.version_control
-    if vc is None:
-        return
     try:
-        vc.adapt(datetime.now(UTC).date())
+        versions.adapt(datetime.now(UTC).date())
     except Exception as exc:  # a sampling failure must not stop trading
         logger.opt(exception=exc).error("adaptive canary failed: {}", exc)
 
 
 # -- the feed --------------------------------------------------------------------------
-async def watch_feed(d: Daemon) -> None:
+async def watch_feed(settings: Settings, feed: Feed, control: ControlPlane,
+                     started_at: float) -> None:
     """A feed silent for ``stale_bars`` bar lengths is stale: entries stop until a bar
-    comes (the engine clears it on the next bar)."""
-    feed, engine = d.feed, d.engine
-    assert feed is not None and engine is not None
-    if d.settings.feed == "alpaca" and d.settings.market_hours_only:
+    comes (the engine tells the control plane on the next bar)."""
+    idle = bool(getattr(feed, "idle", False))
+    if settings.feed == "alpaca" and settings.market_hours_only:
         # Equities trade only in market hours: the feed follows the venue's clock.
-        engine.gate.market_open = not getattr(feed, "idle", False)
-    if getattr(feed, "idle", False) or engine.gate.stale_reason is not None:
+        control.set_market_open(not idle)
+    if idle or control.stale is not None:
         return
-    since = feed.last_bar_at or d.started_at
+    since = feed.last_bar_at or started_at
     silent = time.monotonic() - since
-    if silent > d.settings.stale_bars * feed.bar_seconds:
-        engine.gate.stale_reason = f"no bar from {feed.name} for {silent:.0f}s"
+    if silent > settings.stale_bars * feed.bar_seconds:
+        control.apply(MarkStale(reason=f"no bar from {feed.name} for {silent:.0f}s",
+                                by="feed watch"))
         logger.warning("feed {} is stale: no bar for {:.1f}s; entries stop, exits allowed",
                        feed.name, silent)
 
 
 # -- the journal and the snapshots -----------------------------------------------------
-async def flush(d: Daemon) -> None:
-    journal, engine = d.journal, d.engine
-    assert journal is not None and engine is not None
-    await flush_books(d)  # the version books are a record, not the write-ahead
+async def flush(journal: Journal, books: VersionBooks | None, db_thread: ThreadPool,
+                control: ControlPlane) -> None:
+    await flush_books(books, db_thread)  # the version books are a record, not the write-ahead
     if not journal.pending:
         return
     try:
-        await asyncio.get_running_loop().run_in_executor(d.db_thread, journal.flush)
-    except sqlite3.Error as exc:
+        await asyncio.get_running_loop().run_in_executor(db_thread, journal.flush)
+    except Exception as exc:  # the journal keeps the rows and tries again next time
         # Intents must be durable before orders go out: without a journal, stop trading.
         logger.error("journal write failed ({}); rows kept in memory", exc)
-        if engine.gate.state != "halted":
-            engine.halt(f"journal write failed: {exc}")
+        if control.state is not TradingState.HALTED:
+            control.apply(Halt(reason=f"journal write failed: {exc}", by="journal"))
 
 
-async def flush_books(d: Daemon) -> None:
+async def flush_books(books: VersionBooks | None, db_thread: ThreadPool) -> None:
     """Write the version books' queued rows (off the loop, on the journal's thread)."""
-    books = d.version_control.books if d.version_control else None
     if books is not None and books.pending:  # no thread hop for an idle tick
-        await asyncio.get_running_loop().run_in_executor(d.db_thread, books.flush)
+        await asyncio.get_running_loop().run_in_executor(db_thread, books.flush)
 
 
-async def snapshot(d: Daemon) -> None:
-    assert d.engine is not None
-    d.engine.snapshot()
-    if d.version_control is not None and d.version_control.books is not None:
-        d.version_control.books.snapshot()
+async def snapshot(engine: Engine, books: VersionBooks | None) -> None:
+    engine.snapshot()
+    if books is not None:
+        books.snapshot()
 
 
 # -- systemd and the status line -------------------------------------------------------
-async def watchdog(d: Daemon) -> None:
-    d.notifier.watchdog()
-
-
-async def report_status(d: Daemon) -> None:
-    text = status_text(d)
-    d.notifier.status(text)
-    logger.info("status: {}", text)
-
-
-def status_text(d: Daemon) -> str:
-    engine = d.engine
+def status_text(engine: Engine | None) -> str:
     if engine is None:
         return "starting"
     pf, c = engine.portfolio, engine.counts
-    stale = "; feed STALE" if engine.gate.stale_reason else ""
-    return (f"{engine.gate.state}{stale}; regime {engine.gate.regime}; bars {engine.bars}, "
+    control = engine.control
+    stale = "; feed STALE" if control.stale else ""
+    return (f"{control.state.value}{stale}; regime {engine.gate.regime}; bars {engine.bars}, "
             f"signals {c['signals']}, orders "
             f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
             f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
             f"{pf.open_symbols()}")
 
 
+async def report_status(engine: Engine, notifier: Any) -> None:
+    text = status_text(engine)
+    notifier.status(text)
+    logger.info("status: {}", text)
+
+
 # -- alerts ----------------------------------------------------------------------------
-def start_alerts(d: Daemon) -> None:
-    """Send alert-bound log lines to Telegram, when it is configured."""
-    d.alerter = build_alerter(d.settings)
-    if d.alerter is not None:
-        d.alerter.install()
-        # Not one of the watched components: a failing Telegram never stops trading.
-        d.alerter_task = asyncio.create_task(d.alerter.run(), name="alerts")
+def start_alerts(settings: Settings) -> tuple[TelegramAlerter | None, asyncio.Task[None] | None]:
+    """Send alert-bound log lines to Telegram, when it is configured: the alerter and its
+    sender task (not one of the watched components: a failing Telegram never stops
+    trading)."""
+    alerter = build_alerter(settings)
+    if alerter is None:
+        return None, None
+    alerter.install()
+    return alerter, asyncio.create_task(alerter.run(), name="alerts")
 
 
-async def close_alerts(d: Daemon, text: str) -> None:
+async def close_alerts(alerter: TelegramAlerter | None, task: asyncio.Task[None] | None,
+                       text: str, timeout: float) -> None:
     """Send the stop alert and end the alerter's task (bounded: shutdown must not wait
     on Telegram)."""
-    alerter, d.alerter = d.alerter, None
     if alerter is None:
         return
     logger.info("alerts: sending the stop alert")
-    await alerter.close(min(2.0, d.settings.shutdown_timeout / 4), ("stop", text),
-                        d.alerter_task)
+    await alerter.close(timeout, ("stop", text), task)

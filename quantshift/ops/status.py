@@ -12,7 +12,7 @@ import os
 import time
 from datetime import UTC, datetime
 from datetime import time as dtime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -20,10 +20,38 @@ from quantshift import __version__
 from quantshift.strategies.base import DEFAULT_VERSION
 
 if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
-    from quantshift.daemon import Daemon
+    from quantshift.control import ControlPlane
+    from quantshift.engine import Engine
+    from quantshift.feeds.base import Feed
+    from quantshift.ops.logging import LastError
     from quantshift.risk.profiles import RiskLimits
     from quantshift.settings import Settings
+    from quantshift.shadow.guard import Guard
+    from quantshift.shadow.runtime import VersionControl
+    from quantshift.state.journal import Journal
 
+
+class DaemonView(Protocol):
+    """What the operator's views read of a running daemon (read only)."""
+
+    settings: Settings
+    engine: Engine | None
+    feed: Feed | None
+    journal: Journal | None
+    control: ControlPlane | None
+    guard: Guard | None
+    version_control: VersionControl | None
+    last_error: LastError
+    should_exit: bool
+    reconciled: bool
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def needs_reconcile(self) -> bool: ...
+
+    def feed_running(self) -> bool: ...
 
 
 def strategy_versions(settings: Settings) -> list[dict[str, Any]]:
@@ -33,7 +61,7 @@ def strategy_versions(settings: Settings) -> list[dict[str, Any]]:
              "status": "active", "canary_percent": 0} for spec in settings.strategies]
 
 
-def ready_reasons(d: Daemon) -> list[str]:
+def ready_reasons(d: DaemonView) -> list[str]:
     """Why the daemon is not ready to trade; empty when it is."""
     engine, feed = d.engine, d.feed
     if d.should_exit:
@@ -47,26 +75,29 @@ def ready_reasons(d: Daemon) -> list[str]:
         reasons.append("feed not started yet")
     elif not d.feed_running():
         reasons.append(f"feed {feed.name} is not running")
-    elif engine.gate.stale_reason is not None:
-        reasons.append(f"feed {feed.name} is stale: {engine.gate.stale_reason}")
+    elif engine.control.stale is not None:
+        reasons.append(f"feed {feed.name} is stale: {engine.control.stale}")
     elif not feed.last_bar_at and not getattr(feed, "idle", False) and feed.bar_seconds > 0:
         reasons.append(f"feed {feed.name}: no bar yet")
-    if d.demoted:
-        reasons.append(f"demoted: {d.demoted_reason or 'no reason given'}")
+    view = engine.control.view()
+    if view.demoted:
+        reasons.append(f"demoted: {view.demoted_reason or 'no reason given'}")
     return reasons
 
 
-def build_status(d: Daemon) -> dict[str, Any]:
+def build_status(d: DaemonView) -> dict[str, Any]:
     """The daemon's status as a JSON-ready dict (GET /status)."""
     s = d.settings
     engine, feed = d.engine, d.feed
     now = time.monotonic()
     not_ready = ready_reasons(d)
+    view = engine.control.view() if engine is not None else None
     out: dict[str, Any] = {
         "source": "daemon", "bot": s.bot, "version": __version__, "phase": s.phase.value,
         "pid": os.getpid(), "uptime_seconds": round(now - d.started_at, 3),
         "ready": not not_ready, "not_ready": not_ready,
-        "demoted": d.demoted, "demoted_reason": d.demoted_reason,
+        "demoted": bool(view and view.demoted),
+        "demoted_reason": view.demoted_reason if view else "",
         "last_error": d.last_error.last,
         "strategies": d.version_control.status() if d.version_control is not None
         else strategy_versions(s),
@@ -77,19 +108,17 @@ def build_status(d: Daemon) -> dict[str, Any]:
         out["feed"] = {
             "name": feed.name, "running": d.feed_running(),
             "staleness_seconds": round(now - feed.last_bar_at, 3) if feed.last_bar_at else None,
-            "stale": engine.gate.stale_reason if engine is not None else None,
+            "stale": view.stale if view is not None else None,
             "idle": bool(getattr(feed, "idle", False)),
         }
     else:
         out["feed"] = {"name": s.feed, "running": False, "staleness_seconds": None,
                        "stale": None, "idle": False}
-    if engine is None:
+    if engine is None or view is None:
         return out
-    executor = engine.executor
     gate, pf = engine.gate, engine.portfolio
-    out["executor"] = {"kind": executor.kind.value if executor else None,
-                       "description": executor.description if executor else ""}
-    out["trading"] = {"state": gate.state, "reason": gate.halt_reason}
+    out["executor"] = {"kind": view.executor, "description": view.description}
+    out["trading"] = {"state": view.state.value, "reason": view.reason}
     out["bars"] = engine.bars
     out["portfolio"] = {
         "cash": pf.cash, "equity": pf.equity, "day_pnl": pf.day_pnl,
@@ -97,7 +126,7 @@ def build_status(d: Daemon) -> dict[str, Any]:
         "drawdown": pf.drawdown, "max_drawdown": pf.max_drawdown, "exposure": pf.exposure(),
     }
     out["positions"] = positions(pf.positions.values(), pf.marks)
-    broker = d.real_executor or engine.executor
+    broker = engine.control.real_executor
     legs = getattr(broker, "open_legs", None)
     # A bracket's legs rest at the venue on purpose (they protect a position): shown, but
     # not an order in the way of a restart.
@@ -123,7 +152,7 @@ def positions(held: Any, marks: dict[str, float]) -> list[dict[str, Any]]:
 
 
 # -- the start-up report (the log) ----------------------------------------------------
-def log_starting(d: Daemon, lim: RiskLimits) -> None:
+def log_starting(d: DaemonView, lim: RiskLimits) -> None:
     """What starts: version, bot, phase and executor, and the risk profile in force."""
     s, engine = d.settings, d.engine
     assert engine is not None and engine.executor is not None
@@ -137,7 +166,7 @@ def log_starting(d: Daemon, lim: RiskLimits) -> None:
                 s.sizing)
 
 
-def log_restored(d: Daemon, restored: dict[str, Any]) -> None:
+def log_restored(d: DaemonView, restored: dict[str, Any]) -> None:
     """What the journal gave back; a halt that outlives the restart is said loudly."""
     engine, journal = d.engine, d.journal
     assert engine is not None and journal is not None
@@ -146,13 +175,13 @@ def log_restored(d: Daemon, restored: dict[str, Any]) -> None:
                 "{} open positions, {} fills replayed after it, {} open orders, trading {}",
                 journal.path, "restored from snapshot" if restored["snapshot"] else "new",
                 pf.cash, pf.equity, pf.realized_pnl, pf.open_symbols(),
-                restored["fills_replayed"], restored["open_orders"], engine.gate.state)
+                restored["fills_replayed"], restored["open_orders"], engine.control.state.value)
     if restored["halted"]:
         logger.warning("trading stays HALTED ({}): no new orders until resumed",
-                       engine.gate.halt_reason)
+                       engine.control.reason)
 
 
-def log_feed(d: Daemon) -> None:
+def log_feed(d: DaemonView) -> None:
     s, feed = d.settings, d.feed
     assert feed is not None
     where = s.replay_file if s.feed == "replay" else f"bars every {feed.bar_seconds:g}s"
@@ -161,14 +190,15 @@ def log_feed(d: Daemon) -> None:
                 ",".join(spec.key for spec in s.strategies))
 
 
-def log_started(d: Daemon) -> None:
+def log_started(d: DaemonView) -> None:
     """The start alert: what runs, and a demotion the restart came back with."""
     s, engine, feed = d.settings, d.engine, d.feed
     assert engine is not None and engine.executor is not None and feed is not None
+    view = engine.control.view()
     logger.bind(alert="start").info("started: {} executor ({}), feed {}, {} symbols{}",
                                     engine.executor.kind.value, s.phase.value, feed.name,
                                     len(s.symbols),
-                                    "; DEMOTED: " + d.demoted_reason if d.demoted else "")
+                                    "; DEMOTED: " + view.demoted_reason if view.demoted else "")
 
 
 # -- restarts -------------------------------------------------------------------------

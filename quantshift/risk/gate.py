@@ -9,17 +9,19 @@ exposure are never blocked by entry limits; only a halt stops them. When the ent
 reversal is blocked, the exit still goes through, so a strategy is never left holding
 the side it just turned against.
 
-Trading states: ``active`` (every rule applies), ``reducing`` (only exposure-reducing
-orders pass: exits and trims; set by :meth:`RiskGate.reduce` or by the drawdown limit),
-``halted`` (nothing new passes). :meth:`RiskGate.resume` returns to ``active``.
+The trading state is the control plane's (quantshift/control.py): the gate reads it on
+every decision and never keeps a copy. ``active`` (and ``demoted``: decisions go on, only
+to the log) applies every rule; ``reducing`` lets only exposure-reducing orders pass (exits
+and trims; the operator's reduce, or the drawdown limit, which trips it through the control
+plane); ``halted`` lets nothing new pass, except a flatten's exits. The feed's staleness and
+the venue's clock are read from the control plane too.
 
 What the owner of the gate sets or calls (the engine and the daemon):
 
 * ``on_bar(bar)`` for every live bar, before the strategies see it: per-symbol ATR,
   average volume, the higher timeframe, the regime of the reference symbol;
 * ``on_trade(trade)`` for every closed round trip: Kelly statistics, loss cooldowns;
-* ``market_open`` (True/False from the venue's clock; None = unknown, entries allowed);
-* ``stale_reason`` while the feed is stale; ``instruments`` from the venue;
+* ``instruments`` from the venue;
 * ``counters()`` into every snapshot and ``restore_counters()`` after a restart.
 """
 
@@ -29,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from quantshift.control import ControlPlane
 from quantshift.domain import (
     NS_PER_DAY,
     Bar,
@@ -38,6 +41,7 @@ from quantshift.domain import (
     Side,
     Signal,
     Trade,
+    TradingState,
     client_order_id,
     trade_return,
 )
@@ -46,13 +50,11 @@ from quantshift.risk.market import SymbolState
 from quantshift.risk.pending import Pending
 from quantshift.risk.profiles import RiskLimits
 from quantshift.risk.regime import UNKNOWN, RegimeDetector
-from quantshift.risk.rules import EPS, HOUR_NS, REDUCING, EntryRules, regime_scale
+from quantshift.risk.rules import EPS, HOUR_NS, EntryRules, regime_scale
 from quantshift.risk.sizing import KellyStats, Sizing
 
-ACTIVE = "active"
-HALTED = "halted"
-STATES = (ACTIVE, REDUCING, HALTED)
-__all__ = ["ACTIVE", "HALTED", "NO_CHANGE", "REDUCING", "STATES", "Decision", "RiskGate"]
+ACTIVE, REDUCING, HALTED = TradingState.ACTIVE, TradingState.REDUCING, TradingState.HALTED
+__all__ = ["ACTIVE", "HALTED", "NO_CHANGE", "REDUCING", "Decision", "RiskGate"]
 
 
 @dataclass(slots=True)
@@ -71,21 +73,21 @@ _NONE = Pending()  # read, never written: no orders pending
 
 class RiskGate(EntryRules):
     def __init__(self, bot: str, limits: RiskLimits, sizing: Sizing, fractional: bool, *,
-                 regime_symbol: str | None = None, market_open: bool | None = None) -> None:
+                 regime_symbol: str | None = None, control: ControlPlane | None = None
+                 ) -> None:
         self.bot = bot
+        # The trading state's owner; a gate on its own (a test, a backtest) gets its own.
+        self.control = control if control is not None else ControlPlane()
+        self.control.on_change(self._state_changed)
         self.limits = limits
         self.sizing_rule = sizing
         self._atr_sizing = bool(sizing.needs_atr)  # read on every bar: no property call
         self.fractional = fractional
-        self.state = ACTIVE
-        self.halt_reason = ""
         self.day = -1
         self.trades_today = 0
         self.loss_halt_day = -1  # the day the daily-loss limit stopped entries
         self.day_equity: float | None = None  # the day's P&L baseline
         self.instruments: dict[str, Instrument] = {}  # the venue's increments and minimums
-        self.stale_reason: str | None = None  # set while the feed is stale: entries stop
-        self.market_open = market_open  # the venue's clock; None = unknown: allowed
         self.hour_ts: deque[int] = deque()  # times of the orders of the last hour
         self.loss_exits: dict[str, int] = {}  # symbol -> time of its last losing exit
         self.kelly: dict[str, KellyStats] = {}  # strategy -> its closed trades' statistics
@@ -145,20 +147,33 @@ class RiskGate(EntryRules):
             if trade.exit_ts > last:
                 self.loss_exits[trade.symbol] = trade.exit_ts
 
-    # -- state -------------------------------------------------------------------------
-    def halt(self, reason: str) -> None:
-        """Nothing new passes, not even exits."""
-        self.state, self.halt_reason = HALTED, reason
+    # -- state (the control plane's; read here) -------------------------------------------
+    @property
+    def state(self) -> TradingState:
+        return self.control.state
 
-    def reduce(self, reason: str) -> None:
-        """Only orders that reduce exposure pass (exits and trims)."""
-        self.state, self.halt_reason = REDUCING, reason
+    @property
+    def halt_reason(self) -> str:
+        return self.control.reason
 
-    def resume(self) -> None:
-        """Back to active. The drawdown limit measures from the equity at the next
-        decision on, not from the old peak (or it would stop entries again at once)."""
-        self.state, self.halt_reason = ACTIVE, ""
-        self.hwm, self._dd_rebase = None, True
+    @property
+    def stale_reason(self) -> str | None:
+        return self.control.stale
+
+    @property
+    def market_open(self) -> bool | None:
+        """The venue's clock; None = unknown: entries allowed."""
+        return self.control.market_open
+
+    def _state_changed(self, old: TradingState, new: TradingState) -> None:
+        if new is ACTIVE and old is not ACTIVE:
+            # Resumed: the drawdown limit measures from the equity at the next decision on,
+            # not from the old peak (or it would stop entries again at once).
+            self.hwm, self._dd_rebase = None, True
+
+    def set_instruments(self, instruments: dict[str, Instrument]) -> None:
+        """The venue's increments and minimums (the broker executors, at start-up)."""
+        self.instruments = dict(instruments)
 
     def start_phase(self, day: int) -> None:
         """Set the capital ramp's day 1 (a UTC day number); otherwise the first decision
@@ -169,12 +184,13 @@ class RiskGate(EntryRules):
         """For /status and the periodic log line."""
         day = self.day
         share = self.ramp_share(day) if day >= 0 and self.phase_start_day >= 0 else 1.0
-        return {"state": self.state, "reason": self.halt_reason, "regime": self.regime,
+        control = self.control
+        return {"state": control.state.value, "reason": control.reason, "regime": self.regime,
                 "regime_scale": regime_scale(self.limits, self.regime),
                 "volatility_ratio": round(self.detector.ratio, 4),
                 "trades_today": self.trades_today, "trades_last_hour": len(self.hour_ts),
                 "loss_halted_today": self.loss_halt_day == day >= 0,
-                "market_open": self.market_open, "stale": self.stale_reason,
+                "market_open": control.market_open, "stale": control.stale,
                 "capital_share": share}
 
     # -- persistence ---------------------------------------------------------------------
@@ -184,8 +200,6 @@ class RiskGate(EntryRules):
         out: dict[str, Any] = {"day": self.day, "trades_today": self.trades_today,
                                "loss_halt_day": self.loss_halt_day}
         lim = self.limits
-        if self.state != ACTIVE:
-            out["state"] = [self.state, self.halt_reason]
         if lim.max_daily_loss and self.day_equity is not None:
             out["day_equity"] = self.day_equity
         hour = self.hour_ts
@@ -207,9 +221,7 @@ class RiskGate(EntryRules):
         self.day = int(data.get("day", -1))
         self.trades_today = int(data.get("trades_today", 0))
         self.loss_halt_day = int(data.get("loss_halt_day", -1))
-        state = data.get("state")
-        if state and state[0] in STATES:
-            self.state, self.halt_reason = str(state[0]), str(state[1])
+        # (an older ledger's "state" here is read by the control plane's restore)
         base = data.get("day_equity")
         self.day_equity = float(base) if base is not None else None
         self.hour_ts = deque(sorted(int(t) for t in data.get("hour", ())))
@@ -225,9 +237,11 @@ class RiskGate(EntryRules):
 
     # -- the decision ------------------------------------------------------------------
     def evaluate(self, signal: Signal, price: float, portfolio: Portfolio,
-                 pending: Pending = _NONE) -> Decision:
+                 pending: Pending = _NONE, flatten: bool = False) -> Decision:
         """Decide on one signal. ``pending`` holds the signed, not yet filled quantity of
-        orders already sent, per (strategy, symbol): limits count them as if filled."""
+        orders already sent, per (strategy, symbol): limits count them as if filled.
+        ``flatten``: an exit the control plane's flatten sends, which no state holds back
+        (flattening is what a halt wants)."""
         day = signal.ts // NS_PER_DAY
         if day != self.day:
             self._new_day(day, portfolio)
@@ -239,21 +253,23 @@ class RiskGate(EntryRules):
             current += pending.get(key, 0.0)
         want = signal.target
         flat = -EPS < current < EPS
-        state = self.state
+        state = self.control.state
+        if state is TradingState.DEMOTED or flatten:
+            state = ACTIVE  # demoted: decided as usual, the control plane sends it nowhere
         if want is Direction.FLAT:
             if flat:
                 return NO_CHANGE
-            if state != ACTIVE:
+            if state is not ACTIVE:
                 blocked = self._held_exit(signal.symbol, -current, portfolio, pending)
                 if blocked is not None:
                     return Decision(veto=blocked)
             return Decision((self._intent(signal, -current, price, True),))
         if not flat and (current > 0) == (want is Direction.LONG):
             return NO_CHANGE  # already on that side: a repeated signal adds nothing
-        if state != ACTIVE:
+        if state is not ACTIVE:
             blocked = self._held_exit(signal.symbol, -current, portfolio, pending) \
                 if not flat else None
-            if blocked is not None or state == HALTED:
+            if blocked is not None or state is HALTED:
                 return Decision(veto=blocked or self._halted().veto)
         exit_leg = () if flat else (self._intent(signal, -current, price, True),)
         regime = self.last_regime = self.detector.regime
@@ -292,7 +308,7 @@ class RiskGate(EntryRules):
         """Why an exit may not go in the current state: never while halted; while
         reducing, only when it would raise the symbol's net position (another strategy
         holds the other side), as that adds exposure."""
-        if self.state == HALTED:
+        if self.control.state is HALTED:
             return self._halted().veto
         net = pf.net.get(symbol, 0.0)
         net += pending.by_symbol.get(symbol, 0.0)

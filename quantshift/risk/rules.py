@@ -11,10 +11,11 @@ from collections import deque
 from itertools import repeat
 from math import floor
 from operator import mul
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from quantshift.domain import NS_PER_SECOND, Direction, Instrument, Signal
+from quantshift.domain import NS_PER_SECOND, Direction, Instrument, Signal, TradingState
 from quantshift.portfolio import Portfolio
 from quantshift.risk.market import SymbolState
 from quantshift.risk.pending import Pending
@@ -22,9 +23,11 @@ from quantshift.risk.profiles import RiskLimits
 from quantshift.risk.regime import BEAR, BULL, CHOPPY, CRISIS, UNKNOWN, RegimeDetector
 from quantshift.risk.sizing import FRACTION_STEP, KellyStats, Sizing
 
+if TYPE_CHECKING:
+    from quantshift.control import ControlPlane
+
 HOUR_NS = 3600 * NS_PER_SECOND
 EPS = 1e-9
-REDUCING = "reducing"
 # Within this share of the exposure cap the gross notional is summed exactly.
 _NEAR_CAP = 0.999
 # A tripped breaker is also an alert (ops/notify.py copies it to Telegram).
@@ -49,10 +52,7 @@ class EntryRules:
     limits: RiskLimits
     sizing_rule: Sizing
     fractional: bool
-    state: str
-    halt_reason: str
-    stale_reason: str | None
-    market_open: bool | None
+    control: ControlPlane
     day: int
     trades_today: int
     loss_halt_day: int
@@ -68,8 +68,6 @@ class EntryRules:
     hwm: float | None
     _peak_seen: float
     _dd_rebase: bool
-
-    def reduce(self, reason: str) -> None: ...
 
     # -- capital ramp ------------------------------------------------------------------
     def ramp_share(self, day: int) -> float:
@@ -92,11 +90,12 @@ class EntryRules:
         quantity the reversal's exit leg takes off the symbol (0 from flat)."""
         lim = self.limits
         equity = pf.equity
-        if self.state == REDUCING:
-            return f"reducing: {self.halt_reason}; only exposure-reducing orders pass"
-        if self.stale_reason is not None:
-            return f"feed stale: {self.stale_reason}; entries stop until fresh bars arrive"
-        if self.market_open is False:
+        control = self.control
+        if control.state is TradingState.REDUCING:
+            return f"reducing: {control.reason}; only exposure-reducing orders pass"
+        if control.stale is not None:
+            return f"feed stale: {control.stale}; entries stop until fresh bars arrive"
+        if control.market_open is False:
             return "market closed: entries wait for the venue's market hours"
         if lim.max_daily_loss:
             base = self.day_equity
@@ -114,7 +113,7 @@ class EntryRules:
                 reason = (f"max drawdown: equity {equity:.2f} is {dd:.2f} below its peak "
                           f"{self.hwm:.2f} (limit {lim.max_drawdown:g}); entries halted "
                           "until resumed")
-                self.reduce(reason)
+                control.trip_breaker(reason)
                 _ALERT_BREAKER.warning("breaker: {}; only exposure-reducing orders pass", reason)
                 return reason
         if lim.max_trades_per_day and self.trades_today >= lim.max_trades_per_day:

@@ -85,9 +85,10 @@ class VersionBooks:
                 engine = build_engine(settings, journal, executor=ExecutorKind.PAPER,
                                       strategies=[_spec(strategy, v)], log_decisions=False)
                 # The version's own maker, so its instances and decisions carry the version.
-                engine.makers = [factory(v.name or strategy, strategy, v.params, v.version)]
-                engine.executor = _ShadowPaper(settings, engine, logger.bind(
-                    shadow=True, shadow_only=True, version=f"{strategy}@{v.version}"))
+                engine.use_makers([factory(v.name or strategy, strategy, v.params,
+                                           v.version)])
+                engine.control.install(_ShadowPaper(settings, engine, logger.bind(
+                    shadow=True, shadow_only=True, version=f"{strategy}@{v.version}")))
                 self.books[(strategy, v.version)] = VersionBook(strategy, v.version, journal,
                                                                 engine)
         self._all = list(self.books.values())

@@ -2,9 +2,10 @@
 
 A demotion takes the daemon out of trading on its own evidence: open orders are
 cancelled, positions are kept (or flattened, with ``QUANTSHIFT_TRIGGER_FLATTEN``), and
-every later order only goes to the log ("would execute"), as in LogOnly. It is
-persisted, so a restart (systemd's, after a crash) comes back demoted; it is alerted,
-journaled, and shown by /status and /readyz. ``quantshift resume`` lifts it.
+every later order only goes to the log ("would execute"), as in LogOnly. The guard only
+judges; the demotion is a command of the control plane (quantshift/control.py), which
+persists it (a restart, systemd's after a crash, comes back demoted), alerts, journals it,
+and shows it in /status and /readyz. ``quantshift resume`` lifts it.
 
 Rates are judged over a sliding window of the last ``WINDOW`` readings (five minutes at
 the default 10 s interval), so one bad minute long ago does not demote today.
@@ -12,24 +13,22 @@ the default 10 s interval), so one bad minute long ago does not demote today.
 
 from __future__ import annotations
 
-import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
-from quantshift.domain import ExecutorKind
-from quantshift.engine import LATENCY_BOUNDS_NS
-from quantshift.execution.log_only import LogOnlyExecutor
+from quantshift.control import DEMOTION_KEY, ControlPlane, Demote
+from quantshift.domain import ExecutorKind, TradingState
+from quantshift.engine import LATENCY_BOUNDS_NS, Engine
 from quantshift.shadow.triggers import Health, TriggerLimits, check, limits_for
 
 if TYPE_CHECKING:
-    from quantshift.daemon import Daemon
+    from quantshift.settings import Settings
+    from quantshift.shadow.runtime import VersionControl
 
-KV_KEY = "demotion"
+KV_KEY = DEMOTION_KEY
 WINDOW = 30
-_ALERT_DEMOTION = logger.bind(alert="demotion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,34 +63,42 @@ def p99_ms(counts: list[int] | tuple[int, ...]) -> float:
 
 
 class Guard:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.limits = trigger_limits(daemon.settings)
+    def __init__(self, settings: Settings, engine: Engine, control: ControlPlane,
+                 versions: VersionControl | None = None,
+                 errors: Callable[[], int] = lambda: 0) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.control = control
+        self.versions = versions
+        self._errors = errors  # ERROR log lines so far (the metrics' count)
+        self.limits = trigger_limits(settings)
         self._window: deque[_Tally] = deque(maxlen=WINDOW)
         self.crashed: str | None = None
         self.mismatch: str | None = None
         self.last_reasons: list[str] = []
+        control.on_change(self._state_changed)
+
+    def _state_changed(self, old: TradingState, new: TradingState) -> None:
+        if new is TradingState.ACTIVE and not self.control.demoted:
+            # Lifted or resumed: the evidence before it was acted on; judge afresh.
+            self._window.clear()
+            self.crashed = self.mismatch = None
 
     # -- reading ------------------------------------------------------------------------
     def _tally(self) -> _Tally:
-        d = self.daemon
-        engine = d.engine
-        assert engine is not None
-        executor = d.real_executor or engine.executor
-        errors = d.metrics.errors_total() if d.metrics is not None else 0
-        return _Tally(engine.bars, errors, getattr(executor, "calls", 0),
+        engine = self.engine
+        executor = self.control.real_executor  # the broker's calls count while demoted too
+        return _Tally(engine.bars, self._errors(), getattr(executor, "calls", 0),
                       getattr(executor, "errors", 0), tuple(engine.latency_counts))
 
     def version_trades(self, limit: int) -> dict[str, list[float]]:
         """Per strategy, the P&L of its active version's last closed trades, newest first:
         from the version's own book when the strategy has several versions, else from the
         real book. Reads SQLite: call it off the loop."""
-        d = self.daemon
-        engine = d.engine
-        assert engine is not None
-        vc = d.version_control
+        engine = self.engine
+        vc = self.versions
         out: dict[str, list[float]] = {}
-        for spec in d.settings.strategies:
+        for spec in self.settings.strategies:
             key = spec.key
             book = vc.books.get(key, vc.registry.active(key)) \
                 if vc is not None and vc.books is not None else None
@@ -101,15 +108,13 @@ class Guard:
         return out
 
     def health(self, pnls: dict[str, list[float]] | None = None) -> Health:
-        d = self.daemon
-        engine = d.engine
-        assert engine is not None
+        engine = self.engine
         now = self._tally()
         self._window.append(now)
         old = self._window[0]
         pf = engine.portfolio
         latency = [a - b for a, b in zip(now.latency, old.latency, strict=True)]
-        h = Health(paper=d.settings.executor is ExecutorKind.PAPER, day_pnl=pf.day_pnl,
+        h = Health(paper=self.settings.executor is ExecutorKind.PAPER, day_pnl=pf.day_pnl,
                    drawdown=pf.drawdown, broker_calls=now.calls - old.calls,
                    broker_errors=now.broker_errors - old.broker_errors,
                    position_mismatch=self.mismatch, latency_p99_ms=p99_ms(latency),
@@ -132,53 +137,25 @@ class Guard:
 
     def check(self, pnls: dict[str, list[float]] | None = None) -> list[str]:
         """Take a reading; demote when a trigger fires. Returns the reasons (may be [])."""
-        if self.daemon.demoted:
+        if self.control.demoted:
             return []
         reasons = self.last_reasons = check(self.limits, self.health(pnls))
         if reasons:
             self.demote("; ".join(reasons))
         return reasons
 
-    # -- acting -------------------------------------------------------------------------
-    def demote(self, reason: str, *, restored: bool = False) -> None:
-        """Take the daemon out of trading: cancel, optionally flatten, then log-only."""
-        d = self.daemon
-        engine = d.engine
-        assert engine is not None and engine.executor is not None
-        if d.demoted:
-            return
-        d.demoted, d.demoted_reason = True, reason
-        flatten = d.settings.trigger_flatten and not restored
-        cancelled = engine.executor.cancel_all(f"demoted: {reason}", keep_exits=flatten)
-        flattened = engine.flatten(f"demoted: {reason}") if flatten else 0
-        if not isinstance(engine.executor, LogOnlyExecutor):
-            # Kept, not closed: fills of orders already at the venue still come back.
-            d.real_executor = engine.executor
-            engine.executor = LogOnlyExecutor(engine)
-        if not restored:
-            engine.journal.set(KV_KEY, {"reason": reason, "at_ns": time.time_ns(),
-                                        "flattened": flattened})
-            engine.journal.control("demote", {"reason": reason}, "daemon",
-                                   f'{{"cancelled": {cancelled}, "flattened": {flattened}}}')
-        _ALERT_DEMOTION.error("DEMOTED to log-only{}: {}; {} open orders cancelled, {} "
-                              "flatten orders; positions {}; `quantshift resume` lifts it",
-                              " (still, after a restart)" if restored else "", reason,
-                              cancelled, flattened,
-                              "being flattened" if flattened else "kept")
+    def note_mismatch(self, sides: str) -> None:
+        """Reconciliation found positions that differ from the venue's (a trigger)."""
+        self.mismatch = sides
 
-    def lift(self) -> bool:
-        """Back to the real executor (the operator's resume). False when not demoted."""
-        d = self.daemon
-        engine = d.engine
-        if not d.demoted or engine is None:
-            return False
-        if d.real_executor is not None:
-            engine.executor = d.real_executor
-            d.real_executor = None
-        d.demoted, d.demoted_reason = False, ""
-        self._window.clear()
-        self.crashed = self.mismatch = None
-        engine.journal.set(KV_KEY, None)
-        logger.warning("demotion lifted by the operator: orders go to the {} executor again",
-                       engine.executor.kind.value)
-        return True
+    # -- acting (through the control plane) ---------------------------------------------
+    def demote(self, reason: str) -> None:
+        """Ask the control plane to take the daemon out of trading."""
+        self.control.apply(Demote(reason=reason, by="guard",
+                                  flatten=self.settings.trigger_flatten))
+
+    def crash(self, component: str) -> None:
+        """A crashed component is a trigger: the restart comes back demoted."""
+        self.crashed = component
+        if self.limits.crashed_component and not self.control.demoted:
+            self.control.apply(Demote(reason=f"component {component} crashed", by="daemon"))

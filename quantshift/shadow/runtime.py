@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
+from quantshift.control import ControlRefused
 from quantshift.engine import Engine
 from quantshift.settings import Settings
 from quantshift.shadow.books import VersionBooks, open_books
@@ -59,10 +60,14 @@ class NotApproved(Exception):
 
 
 class VersionControl:
-    def __init__(self, settings: Settings, engine: Engine, journal: Journal) -> None:
+    """The control plane's promote and rollback (quantshift/control.py sends them here)."""
+
+    def __init__(self, settings: Settings, engine: Engine, journal: Journal,
+                 flush: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.journal = journal
+        self._flush = flush  # makes the version books durable before a verdict reads them
         self.registry = VersionRegistry.from_config(settings.strategies)
         persisted = journal.get(KV_KEY)
         if persisted:
@@ -72,10 +77,10 @@ class VersionControl:
             spec.key: {v.version: factory(v.name or spec.name, spec.key, v.params, v.version)
                        for v in spec.effective_versions()}
             for spec in settings.strategies}
-        engine.makers = [RoutedMaker(key, self.registry, self._makers[key])
-                         for key in self.registry.strategies()]
+        engine.use_makers([RoutedMaker(key, self.registry, self._makers[key])
+                           for key in self.registry.strategies()])
         self.books: VersionBooks | None = open_books(settings, self.registry)
-        engine.books = self.books
+        engine.attach_books(self.books)
 
     # -- what /status shows -------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
@@ -132,15 +137,30 @@ class VersionControl:
         self.journal.set(ADAPTIVE_KEY, state)
         return changes
 
-    # -- changes ------------------------------------------------------------------------
-    async def promote(self, strategy: str, version: str, force: bool,
-                      flush: Callable[[], Any]) -> dict[str, Any]:
+    # -- changes (the control plane's Promote and Rollback) --------------------------------
+    def _changeable(self, strategy: str, action: str) -> None:
+        known = [spec.key for spec in self.settings.strategies]
+        if strategy not in known:
+            raise ControlRefused(f"no strategy {strategy!r}; running: {', '.join(known)}",
+                                 404)
+        if len(self.registry.versions(strategy)) < 2:
+            raise ControlRefused(f"strategy {strategy!r} has one version: there is nothing "
+                                 f"to {action}")
+
+    async def promote(self, strategy: str, version: str, force: bool) -> dict[str, Any]:
         """Make ``version`` active, if the champion/challenger statistics approve it (or
-        ``force``). ``flush`` makes the version books durable before they are read."""
+        ``force``); ControlRefused otherwise."""
+        self._changeable(strategy, "promote")
+        try:
+            return await self._promote(strategy, version, force)
+        except (NotApproved, VersionError) as exc:
+            raise ControlRefused(str(exc)) from None
+
+    async def _promote(self, strategy: str, version: str, force: bool) -> dict[str, Any]:
         self.registry.spec(strategy, version)  # an unknown version is refused first
         if self.registry.active(strategy) == version:
             raise VersionError(f"strategy {strategy!r}: version {version!r} is already active")
-        verdict = await self._verdict(strategy, version, flush)
+        verdict = await self._verdict(strategy, version)
         decision = verdict.get("decision") if verdict else None
         if not force and decision != "APPROVED":
             raise NotApproved(
@@ -156,7 +176,11 @@ class VersionControl:
                 decision != "APPROVED"}
 
     def rollback(self, strategy: str) -> dict[str, Any]:
-        change = self.registry.rollback(strategy)
+        self._changeable(strategy, "rollback")
+        try:
+            change = self.registry.rollback(strategy)
+        except VersionError as exc:
+            raise ControlRefused(str(exc)) from None
         self._apply(change)
         _ALERT_ROLLBACK.warning("rollback: {} {} is active again (was {})", strategy,
                                 change.active, change.previous_active)
@@ -177,13 +201,13 @@ class VersionControl:
         logger.info("strategy {}: {} instances now run {} (canary {})", strategy, swapped,
                     change.active, self.registry.canary(strategy) or "none")
 
-    async def _verdict(self, strategy: str, version: str,
-                       flush: Callable[[], Any]) -> dict[str, Any] | None:
+    async def _verdict(self, strategy: str, version: str) -> dict[str, Any] | None:
         if self.books is None or self.books.get(strategy, version) is None:
             return None
         from quantshift.shadow.compare import compare
 
-        await flush()
+        if self._flush is not None:
+            await self._flush()
         figures = await asyncio.get_running_loop().run_in_executor(
             None, lambda: compare(self.settings, self.registry, strategy))
         for fig in figures:

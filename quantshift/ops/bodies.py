@@ -1,4 +1,5 @@
-"""The control API's requests: what each action accepts, checked strictly.
+"""The control API's requests: what each action accepts, checked strictly, and the
+control plane's command it becomes.
 
 A body is optional (empty means every default); when present it must be a JSON object
 whose fields have the right types and names, or the request is refused with a message.
@@ -12,7 +13,18 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-__all__ = ["ACTIONS", "BadRequest", "ControlRefused", "parse_body"]
+from quantshift.control import (
+    Command,
+    ControlRefused,
+    Flatten,
+    Halt,
+    Promote,
+    Reduce,
+    Resume,
+    Rollback,
+)
+
+__all__ = ["ACTIONS", "BadRequest", "ControlRefused", "parse_body", "to_command"]
 
 # One printable line: a reason lands in log lines and the journal as it is.
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
@@ -66,15 +78,6 @@ class BadRequest(Exception):
     """The request cannot be understood (HTTP 400); the message says why."""
 
 
-class ControlRefused(Exception):
-    """The request is understood but cannot be done now (HTTP 409 unless told otherwise)."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
 def parse_body(action: str, raw: bytes) -> Any:
     """The action's body model from the raw request body; BadRequest with a reason."""
     model = ACTIONS[action]
@@ -91,6 +94,24 @@ def parse_body(action: str, raw: bytes) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest(_describe(exc)) from None
+
+
+def to_command(action: str, body: Any, actor: str) -> Command:
+    """The control plane's command for a validated request body."""
+    if action == "halt":
+        return Halt(by=actor, reason=body.reason, flatten=body.flatten)
+    if action == "resume":
+        return Resume(by=actor)
+    if action == "reduce":
+        return Reduce(by=actor, reason=body.reason)
+    if action == "flatten":
+        return Flatten(by=actor, reason=body.reason)
+    if action == "promote":
+        return Promote(by=actor, reason=body.reason or "", strategy=body.strategy,
+                       version=body.version, force=body.force)
+    if action == "rollback":
+        return Rollback(by=actor, reason=body.reason or "", strategy=body.strategy)
+    raise ControlRefused(f"unknown action {action!r}", 404)
 
 
 def _describe(exc: ValidationError) -> str:
