@@ -4,7 +4,8 @@ One SQLite file (WAL) per bot and executor. The hot path only appends rows to an
 in-memory queue; ``flush`` writes everything queued so far in one transaction (group
 commit) and is run off the event loop by the daemon, every ``flush_interval``. A
 snapshot is queued behind the fills it includes, so a snapshot on disk never claims a
-fill that is not on disk too.
+fill that is not on disk too. What a flush does when the disk refuses the rows:
+``state/writer.py``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
 import orjson
+from loguru import logger
 
 from quantshift.domain import Fill, OrderIntent, OrderState, Side, Trade, trade_return
+from quantshift.state.writer import GROUP as _GROUP
+from quantshift.state.writer import JournalHealth, Writer, rows_of
+
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalHealth", "JournalOwnerError", "count_orders"]
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +88,8 @@ _INSERT = {
           "SET value = excluded.value, updated_ns = excluded.updated_ns",
 }
 _KEEP_SNAPSHOTS = 50
-_GROUP = "group"  # a queue item of several rows, committed together or not at all
+_AFTER = {"snapshot": ("DELETE FROM snapshots WHERE id <= (SELECT max(id) FROM snapshots) - ?",
+                       (_KEEP_SNAPSHOTS,))}
 # Columns added to intents after the first release: (name, type), added where missing.
 _INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "TEXT"),
                    ("leg", "TEXT"))
@@ -155,10 +162,9 @@ class Journal:
         except JournalOwnerError:
             self._db.close()
             raise
-        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._queue: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
-        self.rows_written = 0
-        self.last_error: str | None = None
+        self._writer = Writer(self._db, path.name, _INSERT, _AFTER)
 
     def _check_owner(self, bot: str, executor: str) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -219,48 +225,45 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Queue items not on disk yet (a fill and the round trip it closed are one)."""
+        return len(self._queue) + self._writer.held
+
+    @property
+    def health(self) -> JournalHealth:
+        """Whether writes succeed, the last error, what waits to be written, and what was
+        dropped (poison rows) or not kept (superseded, or past the cap) while failing."""
+        return self._writer.health(len(self._queue))
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    @property
+    def last_error(self) -> str | None:
+        return self._writer.last_error
 
     # -- group commit ------------------------------------------------------------------
     def flush(self) -> int:
-        """Write everything queued so far in one transaction; return the rows written.
+        """Write everything queued so far; return the rows written.
 
         Safe to call from another thread than the one queueing: the queue is a deque and
-        only items present when the flush started are taken. On a failure the rows go
-        back to the front of the queue and the error is re-raised, so nothing is lost.
+        only items present when the flush started are taken. When the disk refuses them
+        the rows are kept, in order, and the error is raised; the next flushes retry them
+        in chunks (``state/writer.py``). A row that can never be written is dropped alone,
+        logged and counted, and raises nothing.
         """
         with self._lock:
             q = self._queue
-            n = len(q)
-            if n == 0:
-                return 0
-            batch = [q.popleft() for _ in range(n)]
-            groups: dict[str, list[tuple[Any, ...]]] = {}
-            rows_in = 0
-            for kind, row in batch:
-                for k, r in (row if kind == _GROUP else ((kind, row),)):
-                    groups.setdefault(k, []).append(r)
-                    rows_in += 1
-            try:
-                self._db.execute("BEGIN")
-                for kind, rows in groups.items():
-                    self._db.executemany(_INSERT[kind], rows)
-                if "snapshot" in groups:
-                    self._db.execute("DELETE FROM snapshots WHERE id <= (SELECT max(id) FROM "
-                                     "snapshots) - ?", (_KEEP_SNAPSHOTS,))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                q.extendleft(reversed(batch))
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                raise
-            self.rows_written += rows_in
-            self.last_error = None
-            return rows_in
+            return self._writer.write([q.popleft() for _ in range(len(q))])
 
     def close(self) -> None:
         with self._lock:
+            left = [*self._writer.unwritten(), *self._queue]
+            if left:
+                kinds = Counter(k for item in left for k, _ in rows_of(item))
+                logger.error("journal {}: closed with {} rows not written ({}): {}",
+                             self.path.name, sum(kinds.values()), self.last_error or "no "
+                             "flush since", dict(kinds))
             self._db.close()
 
     # -- reads (start-up and tools; not on the hot path) ---------------------------------
