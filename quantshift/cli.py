@@ -53,11 +53,11 @@ def _check_dirs(settings: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from quantshift.config import check_startup, load_settings
+    from quantshift.config import check_startup, env_name, load_settings
     from quantshift.daemon import Daemon
     from quantshift.execution.venues.base import VenueError
     from quantshift.ops.logging import setup_logging
-    from quantshift.state.journal import JournalOwnerError
+    from quantshift.state.ledger import LedgerError
 
     try:
         settings = load_settings(bot=args.bot)
@@ -70,9 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   rotate_mb=settings.log_rotate_mb, keep=settings.log_keep)
     try:
         return Daemon(settings).run()
-    except JournalOwnerError as exc:
-        print(f"quantshift: invalid setting QUANTSHIFT_STATE_DIR: {exc}", file=sys.stderr)
-        return EX_CONFIG
+    except LedgerError as exc:  # not ours, or held by another daemon
+        from loguru import logger
+
+        setting = env_name("state_dir")
+        logger.error("start-up failed: invalid setting {}: {}", setting, exc)
+        return _fail_config(ConfigError(setting, str(exc)))
     except VenueError as exc:  # unreachable at start-up: systemd retries later
         print(f"quantshift: broker unreachable at start-up: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
