@@ -30,10 +30,13 @@ def risk_limits(settings: Settings) -> RiskLimits:
 
 
 def open_journal(settings: Settings, path: Path | None = None,
-                 executor: ExecutorKind | None = None, durable: bool = True) -> Journal:
+                 executor: ExecutorKind | None = None, durable: bool = True,
+                 fresh: bool = False) -> Journal:
+    """The ledger, locked for this process; raises ``LedgerError`` (one line) when it is
+    not a QuantShift ledger of this bot and executor, or another process holds it."""
     kind = executor or settings.executor
     return Journal(path or settings.ledger_path(), bot=settings.bot, executor=kind.value,
-                   durable=durable)
+                   durable=durable, fresh=fresh)
 
 
 def make_venue(settings: Settings, kind: ExecutorKind) -> Venue:

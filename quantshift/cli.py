@@ -18,6 +18,7 @@ from quantshift.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError
 
 EX_NOPERM = 77  # sysexits.h: the daemon refused the token, or control is off
 EX_NOT_RUNNING = 3  # as `systemctl status`: the status came from the state file
+EX_IOERR = 74  # sysexits.h: a replay could not read its file or write its ledger
 
 
 def _fail_config(exc: ConfigError) -> int:
@@ -53,11 +54,12 @@ def _check_dirs(settings: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from quantshift.config import check_startup, load_settings
+    from quantshift.config import check_startup, env_name, load_settings
     from quantshift.daemon import Daemon
     from quantshift.execution.venues.base import VenueError
+    from quantshift.feeds.replay import ReplayFormatError
     from quantshift.ops.logging import setup_logging
-    from quantshift.state.journal import JournalOwnerError
+    from quantshift.state.ledger import LedgerError
 
     try:
         settings = load_settings(bot=args.bot)
@@ -70,9 +72,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                   rotate_mb=settings.log_rotate_mb, keep=settings.log_keep)
     try:
         return Daemon(settings).run()
-    except JournalOwnerError as exc:
-        print(f"quantshift: invalid setting QUANTSHIFT_STATE_DIR: {exc}", file=sys.stderr)
-        return EX_CONFIG
+    except (LedgerError, ReplayFormatError) as exc:
+        # Not ours, held by another daemon, or a replay file that is not bars.
+        from loguru import logger
+
+        setting = env_name("state_dir" if isinstance(exc, LedgerError) else "replay_file")
+        logger.error("start-up failed: invalid setting {}: {}", setting, exc)
+        return _fail_config(ConfigError(setting, str(exc)))
     except VenueError as exc:  # unreachable at start-up: systemd retries later
         print(f"quantshift: broker unreachable at start-up: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -84,12 +90,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from quantshift.ops.logging import setup_logging
     from quantshift.replay import print_summary, run_replay, write_trades
     from quantshift.settings import StrategySpec
+    from quantshift.state.ledger import LedgerError
     from quantshift.strategies import validate_spec
 
     try:
         settings = load_settings(bot=args.bot)
         if not args.data.is_file():
-            raise ConfigError("--data", f"no such file: {args.data}")
+            raise ConfigError("--data", f"no such file: {args.data}" if not args.data.exists()
+                              else f"not a regular file: {args.data}")
         if args.strategy:
             spec = StrategySpec(name=args.strategy, params=_params(args.param))
             try:
@@ -112,8 +120,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary, trades = run_replay(settings, args.data, strategies, journal_path=journal,
                                      symbol=args.symbol, progress=progress)
     except ReplayFormatError as exc:
-        print(f"quantshift: invalid setting --data: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _fail_config(ConfigError("--data", str(exc)))
+    except LedgerError as exc:  # another replay of the file runs, or not a ledger there
+        return _fail_config(ConfigError("--journal", str(exc)))
+    except OSError as exc:  # the disk, while reading the file or writing the ledger
+        _say(f"replay of {args.data} failed: {exc}")
+        return EX_IOERR
     if args.trades_out:
         write_trades(args.trades_out, trades)
     if args.json:

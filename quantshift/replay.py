@@ -14,8 +14,9 @@ from typing import Any
 from quantshift.app import build_engine, open_journal
 from quantshift.domain import NS_PER_SECOND, ExecutorKind, Trade
 from quantshift.feeds.base import BarValidator
-from quantshift.feeds.replay import CsvBars
+from quantshift.feeds.replay import CsvBars, ReplayFormatError
 from quantshift.settings import Settings, StrategySpec
+from quantshift.state.journal import Journal
 
 _FLUSH_ROWS = 50_000
 _PROGRESS_EVERY = 16_384
@@ -56,14 +57,28 @@ def _count_lines(path: Path) -> int:
 def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *,
                journal_path: Path, symbol: str | None = None, progress: bool = False,
                ) -> tuple[ReplaySummary, list[Trade]]:
-    """Run the file; the journal at ``journal_path`` starts empty each time (a backtest)."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
-    journal = open_journal(settings, journal_path, ExecutorKind.PAPER, durable=False)
-    engine = build_engine(settings, journal, executor=ExecutorKind.PAPER, strategies=strategies,
-                          log_decisions=False, keep_trades=True)
+    """Run the file; the journal at ``journal_path`` starts empty each time (a backtest).
+
+    A file that is not bars is refused (ReplayFormatError) before the journal exists; a
+    replay that fails later, or in which no bar passed validation, deletes its journal.
+    """
     validator = BarValidator("replay")
     bars = CsvBars(data, validator, symbol)
+    bars.check()
+    journal = open_journal(settings, journal_path, ExecutorKind.PAPER, durable=False,
+                           fresh=True)
+    try:
+        return _run(settings, data, strategies, journal, validator, bars, progress)
+    except BaseException:
+        journal.discard()
+        raise
+
+
+def _run(settings: Settings, data: Path, strategies: list[StrategySpec], journal: Journal,
+         validator: BarValidator, bars: CsvBars, progress: bool,
+         ) -> tuple[ReplaySummary, list[Trade]]:
+    engine = build_engine(settings, journal, executor=ExecutorKind.PAPER, strategies=strategies,
+                          log_decisions=False, keep_trades=True)
     bar_progress = None
     if progress:
         from rich.console import Console  # only on a terminal
@@ -94,6 +109,10 @@ def run_replay(settings: Settings, data: Path, strategies: list[StrategySpec], *
         if bar_progress is not None:
             bar_progress.stop()
     elapsed = time.perf_counter() - started
+    if not engine.bars:
+        reasons = ", ".join(f"{k}: {v}" for k, v in validator.reasons.most_common())
+        raise ReplayFormatError(f"{data}: no bar passed validation ({validator.rejected} "
+                                f"rows rejected{': ' + reasons if reasons else ''})")
     engine.snapshot()
     journal.flush()
     journal.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
+import quantshift.feeds.replay as replay_module
 from quantshift.domain import NS_PER_SECOND, Bar
 from quantshift.feeds.base import BarValidator
 from quantshift.feeds.replay import CsvBars, ReplayFeed, ReplayFormatError
@@ -58,6 +59,9 @@ NAN, INF = math.nan, math.inf
     ({"close": 11.5}, "open/close outside high-low"),
     ({"close": 8.9}, "open/close outside high-low"),
     ({"volume": -1.0}, "negative volume"),
+    ({"open": 5e-324, "low": 5e-324}, "price out of range"),  # equity / price is infinite
+    ({"low": 1e-13, "open": 1e-13, "close": 1e-13}, "price out of range"),
+    ({"high": 1e16}, "price out of range"),
 ])
 def test_bad_values_are_rejected(fields: dict, reason: str, warnings: list[str]) -> None:
     v = BarValidator("test")
@@ -255,3 +259,51 @@ def test_replay_feed_validates_and_delivers(tmp_path: Path) -> None:
     assert feed.finished
     assert feed.validator.reasons == {"duplicate timestamp": 1, "high < low": 1}
     assert feed.validator.accepted == 2
+
+
+def test_extreme_but_possible_prices_pass() -> None:
+    v = BarValidator("test")
+    assert v.accept(good(ts=T0, open=1e-12, high=1e-12, low=1e-12, close=1e-12))
+    assert v.accept(good(ts=T0 + 1, open=1e15, high=1e15, low=1e15, close=1e15))
+
+
+@pytest.mark.parametrize("read", [7, 64, 1 << 20])  # lines across every read boundary
+def test_long_rows_are_rejected_without_losing_the_rows_around_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: int) -> None:
+    monkeypatch.setattr(replay_module, "MAX_LINE", 100)
+    monkeypatch.setattr(replay_module, "_READ", read)
+    long_row = f"{TS_S + 60},10,11,9,10.5,1{'0' * 200}"
+    path = write(tmp_path, f"{HEADER}\r\n{TS_S},10,11,9,10.5,100\r\n{long_row}\r\n"
+                           f"{TS_S + 120},10,11,9,10.5,100\r\n{'9' * 150}")  # no final LF
+    bars, v = parse(path)
+    assert [b.ts for b in bars] == [TS_NS, TS_NS + 120 * NS_PER_SECOND]
+    assert v.reasons == {"row too long": 2}
+
+
+def test_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "AAPL.csv"
+    path.write_bytes(f"\ufeff{HEADER}\r\n{TS_S},10,11,9,10.5,100\r\n".encode())
+    (b,), v = parse(path)
+    assert (b.ts, b.volume, v.rejected) == (TS_NS, 100.0, 0)
+
+
+@pytest.mark.parametrize(("good_stamp", "stamp"), [
+    *((str(TS_S), s) for s in ("1.5e400", "1e30", "1.0e30", "-1e30", "nan", "inf",
+                               "99999999999")),
+    ("2024-01-02T03:04:05Z", "9999-12-31T00:00:00Z"),
+    ("2024-01-02T03:04:05Z", "0001-01-01T00:00:00+05:00"),
+])
+def test_impossible_timestamps_are_rejected_and_counted(tmp_path: Path, good_stamp: str,
+                                                        stamp: str) -> None:
+    path = write(tmp_path, f"{HEADER}\n{stamp},10,11,9,10.5,100\n{good_stamp},10,11,9,10.5,100"
+                           f"\n{stamp},10,11,9,10.5,100\n")
+    (b,), v = parse(path)  # first and after the first: the format is fixed either way
+    assert b.ts == TS_NS
+    assert v.reasons == {"impossible timestamp": 2}
+
+
+def test_replay_feed_refuses_a_file_that_is_not_bars_when_made(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))
+    with pytest.raises(ReplayFormatError, match="binary content"):
+        ReplayFeed(path)

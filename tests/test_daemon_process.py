@@ -135,14 +135,21 @@ def test_persisted_halt_stays_halted_after_restart(daemon, tmp_path: Path) -> No
 
 
 def test_crashed_component_stops_the_daemon_with_nonzero_status(daemon, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.csv"
-    bad.write_text("time,open,high,low,close\n1,1,1,1,1\n")  # no timestamp/volume columns
-    d = daemon(QUANTSHIFT_FEED="replay", QUANTSHIFT_REPLAY_FILE=str(bad)).start()
+    # A fault put into the feed at interpreter start (bad input no longer crashes one: a
+    # replay file that is not bars is refused at start with 78).
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "from quantshift.feeds import sim\n\n"
+        "async def run(self, on_bar):\n"
+        "    raise RuntimeError('injected feed fault')\n\n"
+        "sim.SimFeed.run = run\n")
+    d = daemon(PYTHONPATH=str(inject)).start()
     code = d.proc.wait(20)
     log = d.log()
     assert code == 70
     assert "component feed crashed" in log
-    assert "Traceback" in log and "ReplayFormatError" in log  # the traceback is logged
+    assert "Traceback" in log and "injected feed fault" in log  # the traceback is logged
     assert "shutdown complete" in log
 
 

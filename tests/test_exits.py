@@ -121,6 +121,7 @@ def test_a_restart_keeps_the_trailing_stop_and_the_atr_from_the_history_bars(
     assert e1.exits._held[("s", "X")].trail_stop == pytest.approx(104.0)
     assert e1.portfolio.position_qty("s", "X") == 10
     e1.journal.flush()  # then the daemon dies: no snapshot after the entry's bar
+    e1.journal.close()  # and its ledger lock goes with it
 
     e2 = make_engine(rule)
     e2.restore()

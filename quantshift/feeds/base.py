@@ -12,6 +12,9 @@ from loguru import logger
 from quantshift.domain import Bar
 
 _INF = math.inf
+# No instrument trades outside these; a price past them is a broken source, and would
+# overflow the sizing downstream (equity / 5e-324 is infinite).
+MIN_PRICE, MAX_PRICE = 1e-12, 1e15
 _LOG_FIRST = 20  # rejects logged one by one per feed; after that one line per 1000
 
 
@@ -31,8 +34,9 @@ class Feed(Protocol):
 
 
 class BarValidator:
-    """Rejects NaN or non-positive prices, high < low, open/close outside the bar's range,
-    negative volume, and out-of-order or duplicate timestamps (per symbol)."""
+    """Rejects NaN or non-positive prices, prices outside MIN_PRICE..MAX_PRICE, high < low,
+    open/close outside the bar's range, negative volume, and out-of-order or duplicate
+    timestamps (per symbol)."""
 
     def __init__(self, feed: str) -> None:
         self.feed = feed
@@ -46,7 +50,7 @@ class BarValidator:
         hi = bar.high
         last = self._last.get(bar.symbol)
         # NaN fails every comparison, so these two chains also catch NaN.
-        if (0.0 < lo <= hi < _INF and lo <= bar.open <= hi and lo <= bar.close <= hi
+        if (MIN_PRICE <= lo <= hi <= MAX_PRICE and lo <= bar.open <= hi and lo <= bar.close <= hi
                 and 0.0 <= bar.volume < _INF and (last is None or bar.ts > last)):
             self._last[bar.symbol] = bar.ts
             self.accepted += 1
@@ -77,6 +81,8 @@ class BarValidator:
             return "infinite value"
         if any(p <= 0 for p in prices):
             return "non-positive price"
+        if bar.low < MIN_PRICE or bar.high > MAX_PRICE:
+            return "price out of range"
         if bar.high < bar.low:
             return "high < low"
         if not (bar.low <= bar.open <= bar.high and bar.low <= bar.close <= bar.high):

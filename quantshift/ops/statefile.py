@@ -16,7 +16,8 @@ import orjson
 
 from quantshift.domain import Position
 from quantshift.ops.status import positions
-from quantshift.state.journal import count_orders
+from quantshift.state.journal import check_ledger, count_orders
+from quantshift.state.ledger import LedgerError
 
 __all__ = ["StateFileError", "read_state"]
 
@@ -32,7 +33,11 @@ def _iso(ns: int | None) -> str | None:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    try:
+        meta = check_ledger(path)  # read-only, as every reader
+    except LedgerError as exc:
+        raise StateFileError(str(exc)) from None
+    if meta is None:
         raise StateFileError(f"no state file at {path}: this bot has not run with this "
                              "executor here")
     try:

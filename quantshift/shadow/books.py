@@ -80,8 +80,9 @@ class VersionBooks:
                 if v.status is VersionStatus.RETIRED:
                     continue
                 path = book_path(settings, strategy, v.version)
+                # Unlocked: the daemon's lock on its own ledger covers its books.
                 journal = Journal(path, bot=settings.bot, executor=ExecutorKind.PAPER.value,
-                                  durable=False)
+                                  durable=False, lock=False)
                 engine = build_engine(settings, journal, executor=ExecutorKind.PAPER,
                                       strategies=[_spec(strategy, v)], log_decisions=False)
                 # The version's own maker, so its instances and decisions carry the version.

@@ -4,7 +4,8 @@ One SQLite file (WAL) per bot and executor. The hot path only appends rows to an
 in-memory queue; ``flush`` writes everything queued so far in one transaction (group
 commit) and is run off the event loop by the daemon, every ``flush_interval``. A
 snapshot is queued behind the fills it includes, so a snapshot on disk never claims a
-fill that is not on disk too.
+fill that is not on disk too. What a flush does when the disk refuses the rows:
+``state/writer.py``. Which files are a ledger, and the one-writer lock: ``state/ledger.py``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
+from loguru import logger
 
 from quantshift.domain import Fill, OrderIntent, OrderState, Side, Trade, trade_return
+from quantshift.state import ledger
+from quantshift.state.ledger import LedgerError
+from quantshift.state.writer import GROUP as _GROUP
+from quantshift.state.writer import JournalHealth, Writer, rows_of
+
+__all__ = ["SCHEMA_VERSION", "Journal", "JournalHealth", "JournalOwnerError", "LedgerError",
+           "check_ledger", "count_orders"]
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +92,8 @@ _INSERT = {
           "SET value = excluded.value, updated_ns = excluded.updated_ns",
 }
 _KEEP_SNAPSHOTS = 50
-_GROUP = "group"  # a queue item of several rows, committed together or not at all
+_AFTER = {"snapshot": ("DELETE FROM snapshots WHERE id <= (SELECT max(id) FROM snapshots) - ?",
+                       (_KEEP_SNAPSHOTS,))}
 # Columns added to intents after the first release: (name, type), added where missing.
 _INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "TEXT"),
                    ("leg", "TEXT"))
@@ -131,46 +142,93 @@ def _intent(r: tuple[Any, ...]) -> OrderIntent:
                        r[9], r[10], r[11] or "", r[12] or "")
 
 
-class JournalOwnerError(Exception):
+class JournalOwnerError(LedgerError):
     """The file belongs to another bot or executor."""
 
 
+@cache
+def _schema_objects() -> frozenset[str]:
+    """The names of the tables, indexes and views of ``_SCHEMA``."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        return frozenset(r[0] for r in db.execute("SELECT name FROM sqlite_master"))
+    finally:
+        db.close()
+
+
+def check_ledger(path: Path) -> dict[str, str] | None:
+    """The meta rows of the ledger at ``path``, None when there is none; raises
+    ``ledger.NotALedger`` (one line naming the file) for a file that is not a QuantShift
+    ledger this release can use. Read-only: readers call it too."""
+    return ledger.inspect(path, _schema_objects(), SCHEMA_VERSION)
+
+
 class Journal:
-    def __init__(self, path: Path, *, bot: str, executor: str, durable: bool = True) -> None:
+    """The ledger, opened for writing: only by one process at a time (``LedgerInUse``
+    otherwise), and only when it is a QuantShift ledger or absent (``NotALedger``). With
+    ``fresh``, an existing ledger of the same bot and executor is replaced by an empty
+    one (a replay's). ``lock=False`` is for a ledger that belongs to another one whose
+    lock the caller holds (the version books of the daemon's ledger)."""
+
+    def __init__(self, path: Path, *, bot: str, executor: str, durable: bool = True,
+                 fresh: bool = False, lock: bool = True) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed batch survives a power cut, not only a crash of the daemon.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        self._db.executescript(_SCHEMA)
-        have = {r[1] for r in self._db.execute("PRAGMA table_info(intents)")}
-        for name, kind in _INTENT_COLUMNS:  # a ledger written before these columns existed
-            if name not in have:
-                self._db.execute(f"ALTER TABLE intents ADD COLUMN {name} {kind}")
-        if "version" not in {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}:
-            self._db.execute("ALTER TABLE decisions ADD COLUMN version TEXT")
+        self._file_lock = ledger.LedgerLock(path)
+        if lock:
+            self._file_lock.acquire()
         try:
-            self._check_owner(bot, executor)
-        except JournalOwnerError:
-            self._db.close()
+            self._db = self._open(bot, executor, durable, fresh)
+        except BaseException:
+            self._file_lock.release()
             raise
-        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._queue: deque[tuple[str, Any]] = deque()
         self._lock = threading.Lock()
-        self.rows_written = 0
-        self.last_error: str | None = None
+        self._writer = Writer(self._db, path.name, _INSERT, _AFTER)
 
-    def _check_owner(self, bot: str, executor: str) -> None:
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("schema_version", str(SCHEMA_VERSION)), ("bot", bot), ("executor", executor),
-                ("created_ns", str(time.time_ns()))])
-            return
-        if meta.get("bot") != bot or meta.get("executor") != executor:
+    def _open(self, bot: str, executor: str, durable: bool, fresh: bool) -> sqlite3.Connection:
+        meta = check_ledger(self.path)
+        if meta and (meta["bot"] != bot or meta["executor"] != executor):
             raise JournalOwnerError(
-                f"{self.path} is the ledger of bot {meta.get('bot')!r} with executor "
-                f"{meta.get('executor')!r}, not {bot!r}/{executor!r}")
+                f"{self.path} is the ledger of bot {meta['bot']!r} with executor "
+                f"{meta['executor']!r}, not {bot!r}/{executor!r}")
+        if meta is not None and fresh:
+            self._remove_files()
+            meta = None
+        if meta is None:  # a new ledger: created whole, its meta rows in it from the start
+            ledger.create(self.path, lambda db: self._initialise(db, bot, executor))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed batch survives a power cut, not only a crash of the daemon.
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+            db.executescript(_SCHEMA)  # tables a ledger of an earlier release lacks
+            have = {r[1] for r in db.execute("PRAGMA table_info(intents)")}
+            for name, kind in _INTENT_COLUMNS:  # a ledger written before these columns
+                if name not in have:
+                    db.execute(f"ALTER TABLE intents ADD COLUMN {name} {kind}")
+            if "version" not in {r[1] for r in db.execute("PRAGMA table_info(decisions)")}:
+                db.execute("ALTER TABLE decisions ADD COLUMN version TEXT")
+            if meta == {}:  # an earlier release's creation, cut short before its meta rows
+                self._initialise(db, bot, executor)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _initialise(db: sqlite3.Connection, bot: str, executor: str) -> None:
+        """The schema and the meta rows, in one transaction."""
+        db.executescript(f"BEGIN;{_SCHEMA}")
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+            ("schema_version", str(SCHEMA_VERSION)), ("bot", bot), ("executor", executor),
+            ("created_ns", str(time.time_ns()))])
+        db.execute("COMMIT")
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     # -- queued writes (the hot path: an append each) ------------------------------------
     def decision(self, ts: int, strategy: str, symbol: str, target: int, outcome: str,
@@ -219,49 +277,55 @@ class Journal:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Queue items not on disk yet (a fill and the round trip it closed are one)."""
+        return len(self._queue) + self._writer.held
+
+    @property
+    def health(self) -> JournalHealth:
+        """Whether writes succeed, the last error, what waits to be written, and what was
+        dropped (poison rows) or not kept (superseded, or past the cap) while failing."""
+        return self._writer.health(len(self._queue))
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    @property
+    def last_error(self) -> str | None:
+        return self._writer.last_error
 
     # -- group commit ------------------------------------------------------------------
     def flush(self) -> int:
-        """Write everything queued so far in one transaction; return the rows written.
+        """Write everything queued so far; return the rows written.
 
         Safe to call from another thread than the one queueing: the queue is a deque and
-        only items present when the flush started are taken. On a failure the rows go
-        back to the front of the queue and the error is re-raised, so nothing is lost.
+        only items present when the flush started are taken. When the disk refuses them
+        the rows are kept, in order, and the error is raised; the next flushes retry them
+        in chunks (``state/writer.py``). A row that can never be written is dropped alone,
+        logged and counted, and raises nothing.
         """
         with self._lock:
             q = self._queue
-            n = len(q)
-            if n == 0:
-                return 0
-            batch = [q.popleft() for _ in range(n)]
-            groups: dict[str, list[tuple[Any, ...]]] = {}
-            rows_in = 0
-            for kind, row in batch:
-                for k, r in (row if kind == _GROUP else ((kind, row),)):
-                    groups.setdefault(k, []).append(r)
-                    rows_in += 1
-            try:
-                self._db.execute("BEGIN")
-                for kind, rows in groups.items():
-                    self._db.executemany(_INSERT[kind], rows)
-                if "snapshot" in groups:
-                    self._db.execute("DELETE FROM snapshots WHERE id <= (SELECT max(id) FROM "
-                                     "snapshots) - ?", (_KEEP_SNAPSHOTS,))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                q.extendleft(reversed(batch))
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                raise
-            self.rows_written += rows_in
-            self.last_error = None
-            return rows_in
+            return self._writer.write([q.popleft() for _ in range(len(q))])
 
     def close(self) -> None:
         with self._lock:
+            left = [*self._writer.unwritten(), *self._queue]
+            if left:
+                kinds = Counter(k for item in left for k, _ in rows_of(item))
+                logger.error("journal {}: closed with {} rows not written ({}): {}",
+                             self.path.name, sum(kinds.values()), self.last_error or "no "
+                             "flush since", dict(kinds))
             self._db.close()
+            self._file_lock.release()
+
+    def discard(self) -> None:
+        """Close and delete the ledger (a replay that did not finish leaves none)."""
+        with self._lock:
+            self._queue.clear()
+            self._db.close()
+            self._remove_files()
+            self._file_lock.release()
 
     # -- reads (start-up and tools; not on the hot path) ---------------------------------
     def get(self, key: str, default: Any = None) -> Any:
