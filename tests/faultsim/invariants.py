@@ -206,6 +206,8 @@ def restarts(ev: Evidence, final: ledger.Journal, kept: list[ledger.Journal],
             text = log[run.log_offset:run.log_end]
             if not COMPILED["restored"].search(text):
                 continue  # it never got as far as reading its state (e.g. refused it)
+            if pattern == "demoted_at_start" and run.ready is None:
+                continue  # a demotion is restored, and said, once the start is through
             if not COMPILED[pattern].search(text):
                 out.append(Violation("4", "halt_lost" if "halt" in what else "demotion_lost",
                                      f"run {run.n} started {run.started - start:.2f}s after "
@@ -239,44 +241,44 @@ def exits(ev: Evidence, log: str) -> list[Violation]:
 
 def _exit_status(ev: Evidence, run: Run, err: str, text: str) -> list[Violation]:
     code = run.code
+    out = []
     crash = COMPILED["crashed"].search(text)
     if code == 70 or crash:  # whatever the harness did meanwhile: it had crashed
-        return [Violation("5", "crashed", f"run {run.n} exited with status {code}: "
-                          f"{crash.group(0) if crash else 'no crash line in the log'}")]
-    if run.signal == "KILL":
-        return []
+        out.append(Violation("5", "crashed", f"run {run.n} exited with status {code}: "
+                             f"{crash.group(0) if crash else 'no crash line in the log'}"))
+    if run.note.startswith("corrupt:") and run.ready is not None:
+        out.append(Violation("5", "damaged_ledger_adopted",
+                             f"run {run.n} started on a damaged ledger ({run.note}) instead "
+                             "of refusing it with exit 78"))
+    if out or run.signal == "KILL":
+        return out
     if run.signal == "TERM":
         took = (run.exited or math.inf) - (run.signalled or 0.0)
-        bad = []
         if took > TERM_GRACE:
-            bad.append(Violation("5", "sigterm_slow", f"run {run.n}: SIGTERM -> exit took "
+            out.append(Violation("5", "sigterm_slow", f"run {run.n}: SIGTERM -> exit took "
                                  f"{took:.2f}s (bound {TERM_GRACE:g}s = shutdown timeout + 1)"
                                  f"{'; ' + run.note if run.note else ''}"))
         # With the disk full the last snapshot may fail: a non-zero status tells the truth.
         if code != 0 and not _disk_full_at(ev, run.signalled or 0.0):
-            bad.append(Violation("5", "sigterm_status", f"run {run.n}: exit status {code} "
+            out.append(Violation("5", "sigterm_status", f"run {run.n}: exit status {code} "
                                  "after SIGTERM (documented: 0)"))
-        return bad
+        return out
     last = err.strip().splitlines()[-1] if err.strip() else ""
     one_line = last.startswith("quantshift: ") and TRACEBACK not in err
     if run.note.startswith("corrupt:"):
-        if run.ready is not None:
-            return [Violation("5", "damaged_ledger_adopted",
-                              f"run {run.n} started on a damaged ledger ({run.note}) instead "
-                              f"of refusing it with exit 78")]
-        if code != 78 or not one_line:
-            return [Violation("5", "damaged_ledger_status",
-                              f"run {run.n} ({run.note}): exit {code}, last line {last!r} "
-                              "(documented: 78 and one line)")]
-        return []
+        if code == 78 and one_line:
+            return []
+        return [Violation("5", "damaged_ledger_status",
+                          f"run {run.n} ({run.note}): exit {code}, last line {last!r} "
+                          "(documented: 78 and one line)")]
     if code == 78 and one_line and (run.expect_refusal or _disk_full_at(ev, run.started)):
         return []
     if code == 69 and run.ready is None and one_line:
         return []  # broker unreachable at start-up: documented, systemd retries
-    return [Violation("5", "crash_70" if code == 70 else "unexpected_exit",
+    return [Violation("5", "unexpected_exit",
                       f"run {run.n} exited on its own with status {code}"
-                      f"{' after ready' if run.ready else ' before ready'}"
-                      f"{': ' + crash.group(0) if crash else ''}; last stderr line {last!r}")]
+                      f"{' after ready' if run.ready else ' before ready'}; last stderr line "
+                      f"{last!r}")]
 
 
 def _disk_full_at(ev: Evidence, t: float) -> bool:
