@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faultsim import ledger
-from tests.faultsim.patterns import COMPILED, TRACEBACK
+from tests.faultsim.patterns import COMPILED, TRACEBACK, line_time
 from tests.faultsim.runner import TERM_GRACE, Evidence, Run
 from tests.faultsim.schedule import BROKER_TIMEOUT, LIVENESS_SECONDS
 from tests.faultsim.world import Secrets
@@ -70,6 +70,9 @@ def check(ev: Evidence, secrets: Secrets) -> list[Violation]:
     out += leaks(ev, secrets)
     out += endpoint(ev)
     out += liveness(ev, final)
+    for v in out:  # the evidence names a leak; it never repeats the secret
+        for name, value in secrets.items():
+            v.message = v.message.replace(value, f"<{name}>")
     return out
 
 
@@ -255,9 +258,13 @@ def _exit_status(ev: Evidence, run: Run, err: str, text: str) -> list[Violation]
     if run.signal == "TERM":
         took = (run.exited or math.inf) - (run.signalled or 0.0)
         if took > TERM_GRACE:
+            done = COMPILED["shutdown_complete"].search(text)
+            at = line_time(text, done.start()) if done else None
+            said = f"; its log said 'shutdown complete' {at - run.signalled:.2f}s after the " \
+                   "signal" if at is not None and run.signalled else ""
             out.append(Violation("5", "sigterm_slow", f"run {run.n}: SIGTERM -> exit took "
                                  f"{took:.2f}s (bound {TERM_GRACE:g}s = shutdown timeout + 1)"
-                                 f"{'; ' + run.note if run.note else ''}"))
+                                 f"{said}{'; ' + run.note if run.note else ''}"))
         # With the disk full the last snapshot may fail: a non-zero status tells the truth.
         if code != 0 and not _disk_full_at(ev, run.signalled or 0.0):
             out.append(Violation("5", "sigterm_status", f"run {run.n}: exit status {code} "

@@ -7,6 +7,7 @@ triggers fire on them, and invariant 4 reads the restarts' trading state from th
 from __future__ import annotations
 
 import re
+import time
 
 PATTERNS: dict[str, str] = {
     # start-up and shutdown
@@ -45,3 +46,15 @@ COMPILED: dict[str, re.Pattern[str]] = {name: re.compile(rx, re.M)
 
 def found(name: str, text: str) -> bool:
     return COMPILED[name].search(text) is not None
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d{3})", re.M)
+
+
+def line_time(text: str, pos: int) -> float | None:
+    """The time stamp (epoch seconds) of the log line at ``pos``: the daemon logs local
+    time to the millisecond."""
+    m = _STAMP.match(text, text.rfind("\n", 0, pos) + 1)
+    if not m:
+        return None
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + float(m.group(2))

@@ -12,7 +12,6 @@ import codecs
 import contextlib
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faultsim import api
-from tests.faultsim.patterns import COMPILED
+from tests.faultsim.patterns import COMPILED, line_time
 from tests.faultsim.schedule import Action, Event, Schedule, Trigger
 from tests.faultsim.venue import Loop, Venue
 from tests.faultsim.world import RECONCILE_INTERVAL, SHUTDOWN_TIMEOUT, World, outside_address
@@ -351,7 +350,7 @@ class ScheduleRunner:
         while time.monotonic() < deadline:
             m = rx.search(self._log(), run.log_offset)
             if m:
-                run.ready = _stamp(self._log(), m.start()) or time.time()
+                run.ready = line_time(self._log(), m.start()) or time.time()
                 return True
             code = self.procs[run.pid].poll()
             if code is not None:
@@ -428,15 +427,3 @@ class ScheduleRunner:
             self._supervise()
             time.sleep(min(left, 0.05))
 
-
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})", re.M)
-
-
-def _stamp(text: str, pos: int) -> float | None:
-    """The time stamp of the log line at ``pos`` (the daemon logs local time)."""
-    start = text.rfind("\n", 0, pos) + 1
-    m = _STAMP.match(text, start)
-    if not m:
-        return None
-    return time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) \
-        + float(m.group(1)[19:])

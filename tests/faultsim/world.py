@@ -182,9 +182,17 @@ class World:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range, so no emulator (bound to port 0) of
+    a schedule running beside this one can take it before the daemon binds it."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def outside_address() -> str | None:
