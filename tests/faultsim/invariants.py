@@ -18,6 +18,7 @@ from tests.faultsim import ledger
 from tests.faultsim.patterns import COMPILED, TRACEBACK, line_time
 from tests.faultsim.runner import TERM_GRACE, Evidence, Run
 from tests.faultsim.schedule import BROKER_TIMEOUT, LIVENESS_SECONDS
+from tests.faultsim.venue import REST_ERRORS
 from tests.faultsim.world import Secrets
 
 INVARIANTS = {
@@ -339,7 +340,7 @@ def liveness(ev: Evidence, final: ledger.Journal) -> list[Violation]:
         return []
     bound = LIVENESS_SECONDS
     rest = [(f["armed"], f["done"] or math.inf) for f in ev.faults
-            if f["name"] in _REST and f["scope"] != "stream"]
+            if f["name"] in REST_ERRORS and f["scope"] != "stream"]
     out = []
     for f in ev.venue_state.get("fills", []):
         t, coid = f["time"], f["client_order_id"]
@@ -354,9 +355,6 @@ def liveness(ev: Evidence, final: ledger.Journal) -> list[Violation]:
                                  f"venue fill of {coid} ({f['qty']:g} {f['symbol']} at "
                                  f"{_t(t)}) reached the journal {booked - t:.2f}s later"))
     return out
-
-
-_REST = {"rate_limit", "server_error", "slow", "duplicate_id", "lost_ack", "reject"}
 
 
 def _running(ev: Evidence, a: float, b: float) -> bool:

@@ -55,10 +55,6 @@ class FaultRecord:
     fired: list[float] = field(default_factory=list)
     done: float | None = None  # used up, or cleared
 
-    @property
-    def rest(self) -> bool:
-        return self.name in REST_ERRORS and self.scope != "stream"
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
