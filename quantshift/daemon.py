@@ -290,6 +290,9 @@ class Daemon:
         self.db_thread.shutdown(wait=False, cancel_futures=True)
         if self.journal is not None:
             self.journal.close()
+        books = self._books()
+        if books is not None:
+            books.close()
         self.notifier.close()
         logger.info("shutdown complete in {:.3f}s, exit status {}", time.monotonic() - started,
                     self.exit_code)

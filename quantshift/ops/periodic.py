@@ -154,9 +154,16 @@ async def flush(journal: Journal, books: VersionBooks | None, db_thread: ThreadP
 
 
 async def flush_books(books: VersionBooks | None, db_thread: ThreadPool) -> None:
-    """Write the version books' queued rows (off the loop, on the journal's thread)."""
-    if books is not None and books.pending:  # no thread hop for an idle tick
+    """Write the version books' queued rows (off the loop, on the journal's thread). They
+    are a record, not the write-ahead: a failure is logged and the rows wait for the next
+    flush; it never stops the daemon."""
+    if books is None or not books.pending:  # no thread hop for an idle tick
+        return
+    try:
         await asyncio.get_running_loop().run_in_executor(db_thread, books.flush)
+    except Exception as exc:
+        logger.warning("version books: write failed ({}); their rows wait for the next "
+                       "flush", exc)
 
 
 async def snapshot(engine: Engine, books: VersionBooks | None) -> None:
