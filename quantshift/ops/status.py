@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from datetime import time as dtime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,6 +83,10 @@ def ready_reasons(d: DaemonView) -> list[str]:
     view = engine.control.view()
     if view.demoted:
         reasons.append(f"demoted: {view.demoted_reason or 'no reason given'}")
+    health = d.journal.health if d.journal is not None else None
+    if health is not None and not health.healthy:
+        reasons.append(f"the journal cannot be written ({health.last_error}); "
+                       f"{health.queued} rows wait in memory")
     return reasons
 
 
@@ -135,6 +140,8 @@ def build_status(d: DaemonView) -> dict[str, Any]:
                      "in_flight": engine.in_flight(),
                      "protective_legs": len(legs()) if legs is not None else 0}
     out["risk"] = gate.status()
+    if d.journal is not None:
+        out["journal"] = asdict(d.journal.health)
     return out
 
 
