@@ -60,6 +60,7 @@ class Daemon:
         self._force_event: asyncio.Event | None = None
         self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._persisted = False
+        self._unwritable = False  # the final flush failed: no second try, no second line
         self._started_at = time.monotonic()
         self.heartbeat = Heartbeat()
         self.http: HttpServer | None = None
@@ -327,12 +328,20 @@ class Daemon:
                 await executor.drain(self.settings.shutdown_timeout / 2)
         await periodic.snapshot(engine, self._books())  # the engine's and the version books'
         await self._flush_books()
-        rows = await asyncio.get_running_loop().run_in_executor(self.db_thread, journal.flush)
-        self._persisted = True
-        pf = engine.portfolio
-        logger.info("shutdown: journal flushed ({} rows) and snapshot written: cash {:.2f}, "
-                    "equity {:.2f}, realized P&L {:.2f}, {} open positions", rows, pf.cash,
-                    pf.equity, pf.realized_pnl, pf.open_symbols())
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self.db_thread,
+                                                                    journal.flush)
+        except Exception as exc:  # a full disk: said once, nothing claimed, exit 1
+            logger.error("shutdown: the journal cannot be written ({}); {} rows are not on "
+                         "disk and the exit status says so", exc, journal.pending)
+            self.exit_code = self.exit_code or 1
+            self._unwritable = True
+        else:
+            self._persisted = True
+            pf = engine.portfolio
+            logger.info("shutdown: journal flushed ({} rows) and snapshot written: cash "
+                        "{:.2f}, equity {:.2f}, realized P&L {:.2f}, {} open positions", rows,
+                        pf.cash, pf.equity, pf.realized_pnl, pf.open_symbols())
         for executor in control.executors():
             await executor.close()
         logger.info("shutdown: broker sessions closed")
@@ -364,7 +373,7 @@ class Daemon:
         self.last_error.detach()
 
     def _persist_now(self) -> None:
-        if self._persisted or self.engine is None or self.journal is None:
+        if self._persisted or self._unwritable or self.engine is None or self.journal is None:
             return
         try:
             self.engine.snapshot()
