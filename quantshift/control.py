@@ -266,8 +266,12 @@ class ControlPlane:
         return self._real
 
     def executors(self) -> list[Executor]:
-        return [e for e in (self._current, self._real) if e is not None] if \
-            self._current is not self._real else [e for e in (self._real,) if e is not None]
+        """Every executor with orders to mind: the current one and, while demoted, the real
+        one set aside (each once)."""
+        out = [self._current] if self._current is not None else []
+        if self._real is not None and self._real is not self._current:
+            out.append(self._real)
+        return out
 
     def view(self) -> ControlView:
         ex = self._current
