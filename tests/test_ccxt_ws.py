@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from quantshift import clients as vc
+from quantshift.backoff import Backoff
 from quantshift.domain import NS_PER_SECOND, Bar, ExecutorKind, OrderIntent, OrderState, Side
 from quantshift.emulators.exchange import ExchangeEmulator
 from quantshift.errors import ConfigError
@@ -429,6 +430,29 @@ async def test_a_stalled_order_stream_is_redialled_and_the_poll_takes_over_meanw
     finally:
         await executor.close()
     assert venue._exchange.session is None and not venue._exchange.clients
+
+
+async def test_a_quiet_healthy_order_stream_starts_the_redial_backoff_over(
+        book: ExchangeEmulator) -> None:
+    # No order update for a long while is health too: after reset_after seconds of a
+    # quiet stream, the next stall redials as quickly as the first did.
+    now = [0.0]
+    backoff = Backoff(base=0.05, cap=30.0, reset_after=30.0, clock=lambda: now[0])
+    venue = CcxtVenue("binance", key="key", secret="secret", api_url=book.base_url,
+                      websocket="on", heartbeat=0.1, pong_deadline=0.3, backoff=backoff)
+    await venue.connect()
+    try:
+        for stall in range(1, 4):
+            await until(lambda n=stall: venue.stream_up and book.user_subscriptions == n,
+                        f"stream {stall}")
+            if stall == 3:
+                now[0] += 31.0  # the stream has been up, quiet, for half a minute
+            book.faults.stall()
+            await until(lambda n=stall: venue.stream_errors == n, f"stall {stall} noticed")
+        assert backoff.attempts == 1  # started over: not the third failure in a row
+        await until(lambda: venue.stream_up and book.user_subscriptions == 4, "stream 4")
+    finally:
+        await venue.close()
 
 
 async def test_the_ping_of_a_socket_without_an_api_is_the_protocols_own(

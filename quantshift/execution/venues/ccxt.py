@@ -102,8 +102,8 @@ class CcxtVenue:
     def __init__(self, exchange_id: str, *, key: str | None, secret: str | None,
                  password: str | None = None, api_url: str | None = None, sandbox: bool = True,
                  timeout: float = 10.0, poll_every: float = 1.0, websocket: str = "off",
-                 heartbeat: float = _HEARTBEAT, pong_deadline: float = _PONG_DEADLINE
-                 ) -> None:
+                 heartbeat: float = _HEARTBEAT, pong_deadline: float = _PONG_DEADLINE,
+                 backoff: Backoff | None = None) -> None:
         self.name = exchange_id
         self._exchange = ccxt_exchange(exchange_id, key=key or "", secret=secret or "",
                                        password=password or "", api_url=api_url,
@@ -120,6 +120,7 @@ class CcxtVenue:
         self._poll_every = poll_every
         self._heartbeat_every = heartbeat
         self._pong_deadline = pong_deadline
+        self.backoff = backoff or Backoff(cap=30.0)  # between redials of the order stream
         self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
         self._symbols: set[str] = set()  # the markets this bot trades (instruments())
         self._poll_now = asyncio.Event()
@@ -210,7 +211,7 @@ class CcxtVenue:
         self._streamed = seen
 
     async def _watch_orders(self) -> None:
-        backoff = Backoff(cap=30.0)
+        backoff = self.backoff
         while True:
             error = await self._order_session(backoff)
             self._stream_is(False)
@@ -239,6 +240,9 @@ class CcxtVenue:
                         return heartbeat.result()
                     if not watch.done():  # pending without failing: subscribed
                         self._stream_is(True)
+                        # Healthy, though quiet: 30 s of this and the next loss starts
+                        # the backoff over (an order stream may see no update for hours).
+                        backoff.succeeded()
                         self._take_streamed([])
                         heartbeat = heartbeat or asyncio.create_task(self._heartbeat())
                 if watch.cancelled():
