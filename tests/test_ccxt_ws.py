@@ -18,11 +18,13 @@ import aiohttp
 import pytest
 
 from quantshift import clients as vc
-from quantshift.domain import NS_PER_SECOND, Bar, OrderIntent, OrderState, Side
+from quantshift.backoff import Backoff
+from quantshift.domain import NS_PER_SECOND, Bar, ExecutorKind, OrderIntent, OrderState, Side
 from quantshift.emulators.exchange import ExchangeEmulator
 from quantshift.errors import ConfigError
+from quantshift.execution.broker import BrokerExecutor
 from quantshift.execution.venues.base import VenueOrder
-from quantshift.execution.venues.ccxt import CcxtVenue
+from quantshift.execution.venues.ccxt import CcxtVenue, ws_ping
 from quantshift.feeds.ccxt import CcxtFeed
 from quantshift.settings import Settings
 from tests.conftest import DaemonProcess, clean_env
@@ -362,6 +364,113 @@ async def test_a_fill_missed_while_the_order_stream_was_down_is_found_by_polling
     finally:
         await updates.close()
         await venue.close()
+
+
+class FillSink:
+    """What the executor passes on: the fills, as (client order id, qty)."""
+
+    def __init__(self) -> None:
+        self.fills: list[tuple[str, float]] = []
+
+    def on_order_state(self, intent: OrderIntent, state: OrderState, detail: str = "") -> None:
+        return None
+
+    def on_fill(self, intent: OrderIntent, qty: float, price: float, commission: float,
+                ts: int) -> None:
+        self.fills.append((intent.client_order_id, qty))
+
+    def on_leg(self, parent: OrderIntent, leg: OrderIntent) -> bool:
+        return True
+
+    def filled(self, coid: str) -> float:
+        return round(sum(q for c, q in self.fills if c == coid), 9)
+
+
+async def _on_disk() -> None:
+    return None
+
+
+async def test_a_stalled_order_stream_is_redialled_and_the_poll_takes_over_meanwhile(
+        book: ExchangeEmulator) -> None:
+    # The daemon's poll: every second while the stream is down, every ten while it is up.
+    venue = CcxtVenue("binance", key="key", secret="secret", api_url=book.base_url,
+                      websocket="on", poll_every=1.0)
+    sink = FillSink()
+    executor = BrokerExecutor(ExecutorKind.SANDBOX, venue, sink, durable=_on_disk,
+                              permit=lambda _intent: None, timeout=2.0)
+    await executor.start()
+    try:
+        await venue.instruments(["BTC/USDT"])
+        await until(lambda: venue.stream_up and book.user_streams == 1, "the order stream")
+        book.faults.partial_fill(0.5)
+        executor.submit(intent("ws-stall-1"))
+        await until(lambda: sink.filled("ws-stall-1") == 0.005, "the partial fill")
+        await asyncio.sleep(0.5)  # the stream's own updates of it are in
+        dialled, updates = book.ws_connections, venue.stream_updates
+        # The order socket goes silent both ways and stays open; then the rest fills.
+        book.faults.stall()
+        assert book.stream_state()["stalled_sockets"] == 1
+        book.engine.fill_rest()
+        # Well before the ten-second safety-net poll (a functional bound, not a speed one).
+        await until(lambda: sink.filled("ws-stall-1") == 0.01, "the fill, by the poll",
+                    timeout=6.0)
+        assert venue.stream_updates == updates  # the stalled stream delivered nothing
+        await until(lambda: venue.stream_up and book.user_subscriptions >= 2
+                    and book.user_streams == 1, "the stream dialled again")
+        assert book.ws_connections == dialled + 1 and venue.stream_errors >= 1
+        assert book.stream_state()["stalled_sockets"] == 0  # the stalled socket was closed
+        # The new stream carries updates again.
+        book.faults.partial_fill(0.5)
+        executor.submit(intent("ws-stall-2"))
+        await until(lambda: sink.filled("ws-stall-2") == 0.005, "the second partial fill")
+        book.engine.fill_rest()
+        await until(lambda: venue.stream_updates > updates
+                    and sink.filled("ws-stall-2") == 0.01, "a fill by the new stream")
+        assert sink.fills.count(("ws-stall-1", 0.005)) == 2  # each fill once, none twice
+    finally:
+        await executor.close()
+    assert venue._exchange.session is None and not venue._exchange.clients
+
+
+async def test_a_quiet_healthy_order_stream_starts_the_redial_backoff_over(
+        book: ExchangeEmulator) -> None:
+    # No order update for a long while is health too: after reset_after seconds of a
+    # quiet stream, the next stall redials as quickly as the first did.
+    now = [0.0]
+    backoff = Backoff(base=0.05, cap=30.0, reset_after=30.0, clock=lambda: now[0])
+    venue = CcxtVenue("binance", key="key", secret="secret", api_url=book.base_url,
+                      websocket="on", heartbeat=0.1, pong_deadline=0.3, backoff=backoff)
+    await venue.connect()
+    try:
+        for stall in range(1, 4):
+            await until(lambda n=stall: venue.stream_up and book.user_subscriptions == n,
+                        f"stream {stall}")
+            if stall == 3:
+                now[0] += 31.0  # the stream has been up, quiet, for half a minute
+            book.faults.stall()
+            await until(lambda n=stall: venue.stream_errors == n, f"stall {stall} noticed")
+        assert backoff.attempts == 1  # started over: not the third failure in a row
+        await until(lambda: venue.stream_up and book.user_subscriptions == 4, "stream 4")
+    finally:
+        await venue.close()
+
+
+async def test_the_ping_of_a_socket_without_an_api_is_the_protocols_own(
+        emu: ExchangeEmulator) -> None:
+    # A market socket has no ping method of its own: its check is a protocol ping and the
+    # pong ccxt records; a socket that is gone fails it at once.
+    ex = vc.ccxt_exchange("binance", api_url=emu.base_url, pro=True)
+    try:
+        await ex.watch_ohlcv("BTC/USDT", "1s")
+        (client,) = ex.clients.values()
+        pong = client.lastPong
+        await asyncio.wait_for(ws_ping(ex), 5)
+        assert client.lastPong != pong
+        await client.close()
+        with pytest.raises(ConnectionError):
+            await ws_ping(ex)
+    finally:
+        await ex.close()
 
 
 # -- the daemon ------------------------------------------------------------------------------

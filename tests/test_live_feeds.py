@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import requests
 
 from quantshift import clients as vc
 from quantshift.backoff import Backoff
@@ -242,6 +243,18 @@ async def test_alpaca_history_then_live_bars(alpaca_emu: AlpacaEmulator) -> None
     assert feed.validator.rejected == 0
     assert run.max_lag < 0.5  # REST in threads: the loop never blocks
     assert await run.stop() < 1.0
+
+
+async def test_alpaca_rest_calls_give_up_in_their_thread_at_the_timeout(
+        alpaca_emu: AlpacaEmulator) -> None:
+    # The feed abandons a slow call at once on stop(), but its thread stays in the call
+    # until requests gives up: each request carries the feed's timeout.
+    feed = alpaca_feed(alpaca_emu, timeout=0.5)
+    alpaca_emu.faults.slow("status", count=2, delay=3.0)
+    with pytest.raises(requests.exceptions.Timeout):
+        await asyncio.to_thread(feed._trading.get_clock)
+    with pytest.raises(requests.exceptions.Timeout):
+        await asyncio.to_thread(feed._fetch_latest, "AAPL", 2)
 
 
 async def test_alpaca_dropped_stream_reconnects_and_backfills_despite_rest_errors(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -136,6 +137,11 @@ class AlpacaFeed:
         self._bar_ns = int(self.bar_seconds * NS_PER_SECOND)
         self._data = vc.alpaca_data_client(self._key, self._secret, data_url)
         self._trading = vc.alpaca_trading_client(self._key, self._secret, trading_url, paper)
+        for client in (self._data, self._trading):
+            # The SDK sends requests without a timeout: a call to a broker that stopped
+            # answering would hold its thread for good (abandoning it frees no thread).
+            session = client._session
+            session.request = functools.partial(session.request, timeout=timeout)
         self._rest_backoff = Backoff(cap=min(reconnect_max_seconds, 5.0))
         self._order = {s: i for i, s in enumerate(self.symbols)}
         self._last: dict[str, int] = {}  # ts of the last bar delivered (or warmed) per symbol

@@ -45,6 +45,9 @@ _STATES = {
     "rejected": OrderState.REJECTED, "stopped": OrderState.SUBMITTED,
     "suspended": OrderState.SUBMITTED,
 }
+# The SDK's own, but a dead socket is given up after 20 s of unanswered pings (not 180),
+# and closing one waits at most a second for the server's close frame (not 10).
+_WS_PARAMS = {"ping_interval": 10, "ping_timeout": 20, "max_queue": 1024, "close_timeout": 1}
 
 
 def _value(x: Any) -> str:
@@ -152,7 +155,8 @@ class AlpacaVenue:
         # raw_data: the update is read straight from the JSON; building the SDK's pydantic
         # models for every event costs more than the rest of the order path.
         self._stream = TradingStream(self._key, self._secret, paper=self._paper,
-                                     raw_data=True, url_override=url)
+                                     raw_data=True, url_override=url,
+                                     websocket_params=dict(_WS_PARAMS))
         self._stream.subscribe_trade_updates(self._on_update)
         # TradingStream.run() would start its own event loop; its coroutine runs in ours.
         self._stream_task = asyncio.create_task(self._stream._run_forever(),
@@ -165,12 +169,20 @@ class AlpacaVenue:
             logger.warning("alpaca: unreadable trade update skipped: {}", exc)
 
     async def close(self) -> None:
-        if self._stream is not None:
-            await self._stream.stop_ws()
-        if self._stream_task is not None:
-            self._stream_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._stream_task
+        stream, task = self._stream, self._stream_task
+        self._stream = self._stream_task = None
+        if stream is not None:
+            await stream.stop_ws()
+        if task is not None and not task.done():
+            # The stream looks at a stop request only between 5 s receive timeouts: cancel.
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if stream is not None:
+            # A cancelled stream leaves its socket open, and with it the socket's own tasks,
+            # which the event loop's close would wait for (ten seconds and more).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stream.close(), 2.0)
+        self._client._session.close()  # the pooled HTTP connections
 
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
         out = {}

@@ -32,6 +32,53 @@ _STATES = {"open": OrderState.SUBMITTED, "closed": OrderState.FILLED,
            "expired": OrderState.EXPIRED, "rejected": OrderState.REJECTED}
 _STREAM_POLL_FACTOR = 10  # while the order stream is up, the poll is only a safety net
 _SETTLE = 0.25  # a watch pending this long without failing: the stream is subscribed
+# An order stream is quiet for hours, so its silence says nothing: a ping says whether the
+# socket still answers. Every second, at most 1.5 s for the answer: a stall is noticed
+# within about 2.5 s, and the poll runs every second from then on.
+_HEARTBEAT = 1.0
+_PONG_DEADLINE = 1.5
+_PONG_CHECK = 0.02  # seconds between looks at a socket's last pong
+
+
+def _api_url(exchange: Any) -> str | None:
+    """The exchange's WebSocket API (Binance's ``ws-api``, where ccxt watches spot orders)."""
+    ws = (exchange.urls.get("api") or {}).get("ws")
+    api = ws.get("ws-api") if isinstance(ws, dict) else None
+    url = api.get("spot") if isinstance(api, dict) else None
+    return url if isinstance(url, str) else None
+
+
+async def ws_ping(exchange: Any) -> None:
+    """One round trip through each of the exchange's open websockets; raises when one
+    fails. On a WebSocket API socket the request is the API's own ``ping`` method, answered
+    by the server's application: a socket that still answers the protocol's pings but has
+    stopped serving (the stall) fails it. Elsewhere a protocol ping and its pong (ccxt's
+    ``lastPong``). Everything this needs of ccxt's websocket internals is here."""
+    api_url = _api_url(exchange)
+    clients = list((getattr(exchange, "clients", None) or {}).items())
+    if not clients:
+        raise ConnectionError("no websocket is open")
+    for url, client in clients:
+        if client.closed():
+            raise ConnectionError(f"the websocket {url} is closed")
+        if url != api_url:
+            before = client.lastPong
+            await client.connection.ping()
+            while client.lastPong == before:
+                await asyncio.sleep(_PONG_CHECK)
+            continue
+        rid = str(exchange.request_id(url))
+
+        def answered(c: Any, message: Any, rid: str = rid) -> None:
+            c.subscriptions.pop(rid, None)
+            c.resolve(message, rid)
+
+        try:  # ccxt routes an answer by its id to the "subscription" of that id
+            await exchange.watch(url, rid, {"id": rid, "method": "ping"}, rid,
+                                 {"id": rid, "method": answered})
+        finally:
+            client.subscriptions.pop(rid, None)
+            client.futures.pop(rid, None)
 
 
 def to_venue_order(o: dict[str, Any]) -> VenueOrder:
@@ -54,8 +101,9 @@ def to_venue_order(o: dict[str, Any]) -> VenueOrder:
 class CcxtVenue:
     def __init__(self, exchange_id: str, *, key: str | None, secret: str | None,
                  password: str | None = None, api_url: str | None = None, sandbox: bool = True,
-                 timeout: float = 10.0, poll_every: float = 1.0, websocket: str = "off"
-                 ) -> None:
+                 timeout: float = 10.0, poll_every: float = 1.0, websocket: str = "off",
+                 heartbeat: float = _HEARTBEAT, pong_deadline: float = _PONG_DEADLINE,
+                 backoff: Backoff | None = None) -> None:
         self.name = exchange_id
         self._exchange = ccxt_exchange(exchange_id, key=key or "", secret=secret or "",
                                        password=password or "", api_url=api_url,
@@ -70,6 +118,9 @@ class CcxtVenue:
         first = urlsplit(hosts[0] if hosts else str(api))
         self.endpoint = f"{first.scheme}://{first.netloc}" + (" (sandbox)" if sandbox else "")
         self._poll_every = poll_every
+        self._heartbeat_every = heartbeat
+        self._pong_deadline = pong_deadline
+        self.backoff = backoff or Backoff(cap=30.0)  # between redials of the order stream
         self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
         self._symbols: set[str] = set()  # the markets this bot trades (instruments())
         self._poll_now = asyncio.Event()
@@ -160,32 +211,74 @@ class CcxtVenue:
         self._streamed = seen
 
     async def _watch_orders(self) -> None:
-        backoff = Backoff(cap=30.0)
+        backoff = self.backoff
         while True:
-            watch = asyncio.ensure_future(self._exchange.watch_orders())
-            try:
+            error = await self._order_session(backoff)
+            self._stream_is(False)
+            self.stream_errors += 1
+            await self._close_sockets()  # a stalled socket is still open: the next dials anew
+            delay = backoff.next_delay()
+            logger.warning("order stream of {} lost ({}); polling meanwhile, reconnecting "
+                           "in {:.2f} s", self.name, error, delay)
+            await asyncio.sleep(delay)
+
+    async def _order_session(self, backoff: Backoff) -> str:
+        """Watch the orders until the stream fails or stalls; return why it ended. While it
+        is up, a heartbeat checks that the socket still answers (an order stream has no
+        regular traffic, so silence alone says nothing)."""
+        heartbeat: asyncio.Task[str] | None = None
+        watch: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                watch = asyncio.ensure_future(self._exchange.watch_orders())
                 while not watch.done():
-                    await asyncio.wait({watch}, timeout=_SETTLE)
-                    if not watch.done():
+                    waits: set[asyncio.Future[Any]] = {watch} if heartbeat is None \
+                        else {watch, heartbeat}
+                    await asyncio.wait(waits, timeout=_SETTLE,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if heartbeat is not None and heartbeat.done():
+                        return heartbeat.result()
+                    if not watch.done():  # pending without failing: subscribed
                         self._stream_is(True)
+                        # Healthy, though quiet: 30 s of this and the next loss starts
+                        # the backoff over (an order stream may see no update for hours).
+                        backoff.succeeded()
                         self._take_streamed([])
-            except asyncio.CancelledError:
-                watch.cancel()
-                raise
-            error = None if not watch.cancelled() else "the websocket was closed"
-            if error is None and watch.exception() is not None:
-                error = repr(watch.exception())[:200]
-            if error is not None:
-                self._stream_is(False)
-                self.stream_errors += 1
-                delay = backoff.next_delay()
-                logger.warning("order stream of {} lost ({}); polling meanwhile, reconnecting "
-                               "in {:.2f} s", self.name, error, delay)
-                await asyncio.sleep(delay)
-                continue
-            self._stream_is(True)
-            backoff.succeeded()
-            self._take_streamed(list(watch.result() or ()))
+                        heartbeat = heartbeat or asyncio.create_task(self._heartbeat())
+                if watch.cancelled():
+                    return "the websocket was closed"
+                if watch.exception() is not None:
+                    return repr(watch.exception())[:200]
+                self._stream_is(True)
+                backoff.succeeded()
+                self._take_streamed(list(watch.result() or ()))
+                heartbeat = heartbeat or asyncio.create_task(self._heartbeat())
+        finally:
+            for task in (watch, heartbeat):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    async def _heartbeat(self) -> str:
+        """Ping the order socket every ``heartbeat`` seconds; return (the stream is stalled)
+        when an answer takes longer than ``pong_deadline``."""
+        while True:
+            await asyncio.sleep(self._heartbeat_every)
+            try:
+                await asyncio.wait_for(ws_ping(self._exchange), self._pong_deadline)
+            except TimeoutError:
+                return f"stalled: no answer to a ping within {self._pong_deadline:g} s"
+            except Exception as exc:  # a socket that fails under the ping is as good as gone
+                return f"ping failed: {exc!r}"[:200]
+
+    async def _close_sockets(self) -> None:
+        """Close the order websockets (the REST session stays); the next watch dials anew."""
+        clients = getattr(self._exchange, "clients", None)
+        if not isinstance(clients, dict):
+            return
+        for url, client in list(clients.items()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)
+            clients.pop(url, None)
 
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:
         markets = self._exchange.markets or await self._call(self._exchange.load_markets())
