@@ -4,6 +4,7 @@ to a running daemon (status, halt, resume, flatten, reduce, safe-to-restart)."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from dataclasses import asdict
 from enum import Enum
@@ -14,11 +15,10 @@ import orjson
 from pydantic import SecretStr
 
 from quantshift import __version__
-from quantshift.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError
+from quantshift.errors import EX_CONFIG, EX_IOERR, EX_UNAVAILABLE, ConfigError
 
 EX_NOPERM = 77  # sysexits.h: the daemon refused the token, or control is off
 EX_NOT_RUNNING = 3  # as `systemctl status`: the status came from the state file
-EX_IOERR = 74  # sysexits.h: a replay could not read its file or write its ledger
 
 
 def _fail_config(exc: ConfigError) -> int:
@@ -82,6 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except VenueError as exc:  # unreachable at start-up: systemd retries later
         print(f"quantshift: broker unreachable at start-up: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
+    except (sqlite3.Error, OSError) as exc:  # a full disk: no order may go without its journal
+        print(f"quantshift: the journal cannot be written at start-up ({exc}); nothing was "
+              "sent", file=sys.stderr)
+        return EX_IOERR
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

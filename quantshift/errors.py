@@ -2,6 +2,7 @@
 
 EX_CONFIG = 78  # sysexits.h: configuration error; the systemd units do not restart on it
 EX_SOFTWARE = 70  # a component crashed
+EX_IOERR = 74  # the journal or a replay file cannot be read or written (a full disk)
 EX_UNAVAILABLE = 69  # a broker could not be reached at start-up (systemd retries)
 
 

@@ -300,3 +300,25 @@ def test_close_with_rows_the_disk_refused_says_how_many(journal: Journal,
     [line] = [e for e in errors if "closed with" in e]
     assert "3 rows not written" in line and "'fill': 1" in line and "no such table" in line
 
+
+
+@pytest.mark.process
+def test_a_daemon_that_cannot_write_its_journal_at_start_exits_74_in_one_line(
+        tmp_path: Path, daemon: Any) -> None:
+    disk = Tmpfs(tmp_path)
+    try:
+        d = daemon(QUANTSHIFT_STATE_DIR=str(disk.dir / "var"))
+        (disk.dir / "var").mkdir()
+        first = d.start()
+        first.wait_for(r"\| ready$")
+        assert first.stop()[0] == 0
+        disk.fill(None)  # type: ignore[arg-type]
+        again = daemon(QUANTSHIFT_STATE_DIR=str(disk.dir / "var")).start()
+        code = again.proc.wait(60)  # type: ignore[union-attr]
+        _, err = again.communicate()
+        assert code == 74, err[-2000:]
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("quantshift: the journal cannot be written at start-up")
+    finally:
+        disk.close()

@@ -279,8 +279,10 @@ def _exit_status(ev: Evidence, run: Run, err: str, text: str) -> list[Violation]
         return [Violation("5", "damaged_ledger_status",
                           f"run {run.n} ({run.note}): exit {code}, last line {last!r} "
                           "(documented: 78 and one line)")]
-    if code == 78 and one_line and (run.expect_refusal or _disk_full_at(ev, run.started)):
+    if code == 78 and one_line and run.expect_refusal:
         return []
+    if code == 74 and one_line and _disk_full_at(ev, run.started):
+        return []  # the journal cannot be written at start-up: documented, systemd retries
     if code == 69 and run.ready is None and one_line:
         return []  # broker unreachable at start-up: documented, systemd retries
     return [Violation("5", "unexpected_exit",
