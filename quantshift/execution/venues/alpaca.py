@@ -136,6 +136,8 @@ class AlpacaVenue:
         self._queue: asyncio.Queue[VenueOrder] = asyncio.Queue()
         self._stream: Any = None
         self._stream_task: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self._stream_was_up = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -256,5 +258,21 @@ class AlpacaVenue:
             out[p.symbol] = qty
         return out
 
+    def _poll_interval(self) -> float:
+        """Poll every second while the trade-updates stream is down, at once when it is back
+        (Alpaca does not replay what it missed), and as a safety net while it is up."""
+        up = _stream_connected(self._stream)
+        if up and not self._stream_was_up:
+            self._poll_now.set()
+        self._stream_was_up = up
+        return self._poll_every if up else min(self._poll_every, 1.0)
+
     def updates(self, tracked: Callable[[], list[tuple[str, str]]]) -> AsyncIterator[VenueOrder]:
-        return stream_and_poll(self._queue, tracked, self.order, self._poll_every)
+        return stream_and_poll(self._queue, tracked, self.order, self._poll_interval,
+                               poll_now=self._poll_now)
+
+
+def _stream_connected(stream: Any) -> bool:
+    """Whether alpaca-py's TradingStream is connected and listening (its private flag,
+    read here and nowhere else)."""
+    return bool(getattr(stream, "_running", False)) and getattr(stream, "_ws", None) is not None

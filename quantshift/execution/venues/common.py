@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -35,34 +36,39 @@ async def stream_and_poll(
     lookup: Callable[[str, str], Awaitable[VenueOrder]],
     poll_every: float | Callable[[], float], *, poll_now: asyncio.Event | None = None,
 ) -> AsyncIterator[VenueOrder]:
-    """Yield pushed updates as they come; every ``poll_every`` seconds without one (a
-    number, or a function asked each time), and at once whenever ``poll_now`` is set (the
+    """Yield pushed updates as they come; every ``poll_every`` seconds (a number, or a
+    function asked each time; updates that keep coming do not put it off, since an update
+    the stream dropped is not told by the ones it delivered), and at once whenever
+    ``poll_now`` is set (the
     stream reconnected: what it missed meanwhile is not coming), look the tracked orders
     up, so an update the stream dropped is never lost for good. An update that repeats the
     last one yielded for its order (same filled quantity and state) is left out."""
     seen = _Seen()
     getter: asyncio.Future[VenueOrder] | None = None
     waker: asyncio.Future[bool] | None = None
+    last_poll = time.monotonic()
     try:
         while True:
             interval = poll_every() if callable(poll_every) else poll_every
+            wait = max(0.0, last_poll + interval - time.monotonic())
             if getter is None:
                 getter = asyncio.ensure_future(queue.get())
             if poll_now is not None and waker is None:
                 waker = asyncio.ensure_future(poll_now.wait())
             waits = {getter} if waker is None else {getter, waker}
-            done, _ = await asyncio.wait(waits, timeout=interval,
+            done, _ = await asyncio.wait(waits, timeout=wait,
                                          return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
                 vo, getter = getter.result(), None
                 if seen.fresh(vo):
                     yield vo
-                if waker not in done:
+                if waker not in done and time.monotonic() < last_poll + interval:
                     continue
             if waker is not None and waker in done:
                 waker = None
                 assert poll_now is not None
                 poll_now.clear()
+            last_poll = time.monotonic()
             for coid, symbol in tracked():
                 try:
                     vo = await asyncio.wait_for(lookup(coid, symbol), interval * 4)
