@@ -281,7 +281,7 @@ def _exit_status(ev: Evidence, run: Run, err: str, text: str) -> list[Violation]
                           "(documented: 78 and one line)")]
     if code == 78 and one_line and run.expect_refusal:
         return []
-    if code == 74 and one_line and _disk_full_at(ev, run.started):
+    if code == 74 and one_line and _disk_full_during(ev, run.started, run.exited):
         return []  # the journal cannot be written at start-up: documented, systemd retries
     if code == 69 and run.ready is None and one_line:
         return []  # broker unreachable at start-up: documented, systemd retries
@@ -293,6 +293,12 @@ def _exit_status(ev: Evidence, run: Run, err: str, text: str) -> list[Violation]
 
 def _disk_full_at(ev: Evidence, t: float) -> bool:
     return any(a is not None and a <= t <= (b or math.inf) for a, b in ev.disk)
+
+
+def _disk_full_during(ev: Evidence, start: float, end: float | None) -> bool:
+    """Whether the disk was full at some moment of [start, end]."""
+    return any(a is not None and a <= (end or math.inf) and start <= (b or math.inf)
+               for a, b in ev.disk)
 
 
 # -- 6: secrets -------------------------------------------------------------------------------
