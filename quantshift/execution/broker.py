@@ -24,8 +24,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import Enum
 from typing import cast
 
 from loguru import logger
@@ -33,6 +31,7 @@ from loguru import logger
 from quantshift.domain import Bar, ExecutorKind, OrderIntent, OrderState
 from quantshift.execution.legs import LEGS_REFUSED, Legs, LegSink
 from quantshift.execution.reconcile import ReconcileReport, Reconciliation
+from quantshift.execution.tracked import Lookup, Tracked
 from quantshift.execution.venues.base import (
     BracketVenue,
     DuplicateOrder,
@@ -50,27 +49,6 @@ __all__ = ["BrokerExecutor", "Lookup", "ReconcileReport", "Tracked"]
 _EPS = 1e-9
 _MAX_DELAY = 30.0
 Permit = Callable[[OrderIntent], "str | None"]
-
-
-class Lookup(Enum):
-    """What a lookup by client order id told: the venue has it, has not, or no answer."""
-
-    FOUND = "found"
-    ABSENT = "absent"
-    UNKNOWN = "unknown"
-
-
-@dataclass(slots=True)
-class Tracked:
-    intent: OrderIntent
-    state: OrderState = OrderState.NEW
-    filled: float = 0.0
-    avg_price: float = 0.0
-    venue_id: str = ""
-    status: str = ""  # the venue's last word on it (legs: held, new, ...)
-    sending: bool = False  # a submission loop owns it (attempts, lookups, back-off)
-    stop: str | None = None  # why it must not go out (any more): a halt, a shutdown
-    unresolved: bool = False  # an attempt's outcome is unknown and no lookup could tell
 
 
 class BrokerExecutor(Reconciliation, Legs):

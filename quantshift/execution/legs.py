@@ -24,9 +24,9 @@ from loguru import logger
 
 from quantshift.domain import OrderIntent, OrderState
 from quantshift.execution.base import ExecutionSink
+from quantshift.execution.tracked import Tracked
 
 if TYPE_CHECKING:
-    from quantshift.execution.broker import Tracked
     from quantshift.execution.venues.base import BracketVenue, Venue, VenueOrder
 
 _EPS = 1e-9
@@ -85,7 +85,6 @@ class Legs:
 
     # -- learning the legs ---------------------------------------------------------------------
     def _adopt_legs(self, parent: OrderIntent, legs: list[VenueOrder]) -> None:
-        from quantshift.execution.broker import Tracked
 
         for vo in legs:
             coid = vo.client_order_id

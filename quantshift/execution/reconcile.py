@@ -15,15 +15,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from loguru import logger
 
 from quantshift.domain import OrderIntent, OrderState
+from quantshift.execution.tracked import Lookup, Tracked
 from quantshift.execution.venues.base import RateLimited, Venue, VenueError, VenueUnavailable
-
-if TYPE_CHECKING:
-    from quantshift.execution.broker import Lookup, Tracked
 
 T = TypeVar("T")
 _READ_ATTEMPTS = 4
@@ -81,8 +79,6 @@ class Reconciliation:
 
         ``expected`` gives the journal's net position per symbol once the settled fills
         are booked (it is called after the orders are settled)."""
-        from quantshift.execution.broker import Lookup
-
         report = ReconcileReport()
         now_ns = now_ns or time.time_ns()
         for tracked in list(self._orders.values()):
