@@ -117,6 +117,24 @@ def _m6(venue: str) -> Regression:
                       final_resume=False)
 
 
+def _disk_full_start(venue: str) -> Regression:
+    return Regression(venue, "D1", "a start on a full disk: a traceback and exit 1, not one "
+                                   "line and exit 74",
+                      (Event(Trigger("count", what="bars", n=3), Action("disk", {"op": "fill"})),
+                       Event(at(0.0), kill("KILL", restart=False)),
+                       Event(at(0.0), Action("start")),
+                       Event(at(0.5), Action("disk", {"op": "free"})),
+                       Event(at(0.0), Action("start"))))
+
+
+def _disk_full_stop(venue: str) -> Regression:
+    return Regression(venue, "D2", "a SIGTERM on a full disk: the final flush's traceback",
+                      (Event(Trigger("count", what="bars", n=3), Action("disk", {"op": "fill"})),
+                       Event(at(0.3), kill("TERM", restart=False)),
+                       Event(at(0.0), Action("disk", {"op": "free"})),
+                       Event(at(0.0), Action("start"))))
+
+
 NAMED: dict[str, Regression] = {
     "h1_halt_between_retries_alpaca": _h1("alpaca"),
     "h1_halt_between_retries_exchange": _h1("exchange"),
@@ -136,4 +154,7 @@ NAMED: dict[str, Regression] = {
     "m5_slow_sigterm_exit_alpaca": _m5(),
     "m6_disk_full_halt_lost_exchange": _m6("exchange"),
     "m6_disk_full_halt_lost_alpaca": _m6("alpaca"),
+    "d1_disk_full_at_start_alpaca": _disk_full_start("alpaca"),
+    "d1_disk_full_at_start_exchange": _disk_full_start("exchange"),
+    "d2_disk_full_at_sigterm_exchange": _disk_full_stop("exchange"),
 }
