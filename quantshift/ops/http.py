@@ -11,7 +11,8 @@ plane (quantshift/control.py), which answers only once it holds: a halt after th
 submission attempts in flight have returned, every command after the journal commit that
 makes it durable (503 when it cannot be made durable). Reads come from a status source
 (the daemon's read-only view). Every answer is JSON; an unexpected failure is logged with
-its traceback and answered 500 without one.
+its traceback and answered 500 without one; a request that cannot be parsed gets a short
+4xx that quotes nothing of it (``quantshift.ops.http_limits``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import SecretStr
 from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
 from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
+from quantshift.ops.http_limits import GuardedRequestHandler
 
 __all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpServer", "StatusSource"]
 
@@ -108,6 +110,7 @@ class HttpServer:
         self.heartbeat = heartbeat
         self.deadline = deadline
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
 
     @property
     def url(self) -> str:
@@ -126,8 +129,16 @@ class HttpServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
+        server, loop = runner.server, asyncio.get_running_loop()
+        assert server is not None
+
+        def connection() -> GuardedRequestHandler:
+            return GuardedRequestHandler(server, loop=loop, access_log=None)
+
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            # Our own listener rather than a TCPSite: each connection gets the guarded
+            # protocol; the runner still closes the open ones at the end.
+            self._listener = await loop.create_server(connection, self.host, self.port)
         except OSError as exc:
             await runner.cleanup()
             raise _bind_error(self.host, self.port, exc) from None
@@ -140,6 +151,9 @@ class HttpServer:
                            "keep it behind a firewall or a TLS proxy", self.host)
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
