@@ -11,8 +11,11 @@ plane (quantshift/control.py), which answers only once it holds: a halt after th
 submission attempts in flight have returned, every command after the journal commit that
 makes it durable (503 when it cannot be made durable). Reads come from a status source
 (the daemon's read-only view). Every answer is JSON; an unexpected failure is logged with
-its traceback and answered 500 without one; a request that cannot be parsed gets a short
-4xx that quotes nothing of it (``quantshift.ops.http_limits``).
+its traceback and answered 500 without one.
+
+No client can wedge it (``quantshift.ops.http_limits``): connections are capped, a request
+head must arrive within a deadline, and a malformed request gets a short 4xx that quotes
+nothing of it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,16 @@ from pydantic import SecretStr
 from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
 from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
-from quantshift.ops.http_limits import GuardedRequestHandler
+from quantshift.ops.http_limits import (
+    BUSY,
+    LISTEN_BACKLOG,
+    ConnectionGate,
+    GuardedRequestHandler,
+    HttpLimits,
+    fd_headroom,
+)
 
-__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpServer", "StatusSource"]
+__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpLimits", "HttpServer", "StatusSource"]
 
 HEARTBEAT_INTERVAL = 0.5
 # A heartbeat older than this means the loop (or the heartbeat) is stuck: /healthz 503.
@@ -82,9 +92,18 @@ def _json(payload: dict[str, Any], status: int = 200,
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer in JSON: aiohttp's own 404/405/413 too, and never a traceback."""
+    """Every answer in JSON: aiohttp's own 404/405/413 too, and never a traceback. Also
+    the first code to see a parsed request: its connection is serving from here on."""
+    proto = request.protocol
+    if isinstance(proto, GuardedRequestHandler) and not proto.request_started(request.path):
+        busy = _json({"error": BUSY}, 503, {"Retry-After": "1"})
+        busy.force_close()
+        return busy
     try:
-        return await handler(request)
+        response = await handler(request)
+        if isinstance(proto, GuardedRequestHandler) and proto.health_only:
+            response.force_close()  # a reserve slot past the cap: one answer, then free
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -92,6 +111,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": exc.reason}, exc.status, headers)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        # The client hung up, or its body broke off: its fault, not the daemon's.
+        logger.debug("http: {} {} from {}: body not received ({})", request.method,
+                     request.path, request.remote or "?", type(exc).__name__)
+        return _json({"error": "the request body could not be read"}, 400)
     except Exception:
         logger.opt(exception=True).error("http: {} {} failed", request.method, request.path)
         return _json({"error": "internal error; the daemon's log has the details"}, 500)
@@ -100,7 +124,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 class HttpServer:
     def __init__(self, control: ControlPlane, source: StatusSource, host: str, port: int,
                  token: SecretStr | None, heartbeat: Heartbeat, *, bot: str,
-                 deadline: float = HEALTH_DEADLINE) -> None:
+                 deadline: float = HEALTH_DEADLINE, limits: HttpLimits | None = None) -> None:
         self.control = control
         self.source = source
         self.bot = bot
@@ -109,6 +133,8 @@ class HttpServer:
         self._token = token.get_secret_value().encode() if token is not None else None
         self.heartbeat = heartbeat
         self.deadline = deadline
+        self.limits = limits = limits or HttpLimits()
+        self.gate = ConnectionGate(limits.max_connections)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
 
@@ -126,19 +152,24 @@ class HttpServer:
         app.router.add_get("/metrics", self.metrics)
         for action in ACTIONS:
             app.router.add_post(f"/{action}", self._control(action))
+        self.gate.limit = fd_headroom(self.limits.max_connections)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
-        server, loop = runner.server, asyncio.get_running_loop()
+        server, loop, lim = runner.server, asyncio.get_running_loop(), self.limits
         assert server is not None
 
         def connection() -> GuardedRequestHandler:
-            return GuardedRequestHandler(server, loop=loop, access_log=None)
+            return GuardedRequestHandler(server, loop=loop, gate=self.gate,
+                                         head_timeout=lim.head_timeout,
+                                         keepalive_timeout=lim.keepalive_timeout,
+                                         access_log=None)
 
         try:
             # Our own listener rather than a TCPSite: each connection gets the guarded
             # protocol; the runner still closes the open ones at the end.
-            self._listener = await loop.create_server(connection, self.host, self.port)
+            self._listener = await loop.create_server(connection, self.host, self.port,
+                                                      backlog=LISTEN_BACKLOG)
         except OSError as exc:
             await runner.cleanup()
             raise _bind_error(self.host, self.port, exc) from None
@@ -172,7 +203,7 @@ class HttpServer:
         return _json({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(self.source.status())
+        return _json({**self.source.status(), "http": self.gate.stats()})
 
     async def metrics(self, request: web.Request) -> web.Response:
         rendered = self.source.metrics()
