@@ -160,7 +160,7 @@ class Daemon:
         if s.http_port:
             # Before the broker: a port in use fails the start before any session opens.
             limits = HttpLimits(s.http_max_connections, s.http_head_timeout,
-                                s.http_keepalive_timeout)
+                                s.http_keepalive_timeout, s.http_status_ttl)
             self.http = HttpServer(control, _StatusView(self), s.http_host, s.http_port,
                                    s.api_token, self.heartbeat, bot=s.bot, limits=limits)
             try:

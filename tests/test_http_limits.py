@@ -1,10 +1,11 @@
 """No client can wedge the operator API: malformed requests get a short 4xx with nothing of
 the request echoed or logged (the token least of all), slow and silent connections are
-closed, and connections are capped without locking out /healthz.
+closed, connections are capped without locking out /healthz, and a flood of /status costs
+one build.
 
 The in-process tests run a real Daemon on the sim feed and talk to it over sockets; the
 process tests run `quantshift run`, as systemd would, with its open-file limit at 1,024
-(systemd's default soft LimitNOFILE). Holding 1,100 sockets at once needs more
+(systemd's default soft LimitNOFILE). Holding 1,100 or 500 sockets at once needs more
 than that in this process too, so the tests raise their own soft limit
 (resource.setrlimit, up to the hard limit) and put it back afterwards.
 """
@@ -19,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
-from tests.test_http_api import TOKEN, call, free_port, make_settings, running, wait_until
+from quantshift.ops import status as status_module
+from tests.test_http_api import AUTH, TOKEN, call, free_port, make_settings, running, wait_until
 
 FLOOD = 1_100
 BATCH = 50
@@ -279,3 +282,66 @@ async def test_beyond_the_cap_only_health_checks_are_answered(clean: Path) -> No
         assert d.engine.gate.state == "active"  # type: ignore[union-attr]
         # Clients that hung up in the middle of a body are not the daemon's errors.
         assert d.last_error.last is None
+
+
+# -- /status under a flood (in-process) ---------------------------------------------------
+async def test_500_concurrent_status_requests_all_answered_with_one_build(
+        clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs_files(2 * 500 + 200)
+    builds = []
+    real = status_module.build_status
+
+    def counted(daemon: Any) -> dict[str, Any]:
+        builds.append(1)
+        return real(daemon)
+
+    monkeypatch.setattr(status_module, "build_status", counted)  # what /status builds
+    settings = make_settings(clean, http_status_ttl=1)
+    with open_files(2 * 500 + 1024):
+        async with running(settings) as (d, _):
+            await wait_until(lambda: d.engine.bars >= 2)  # type: ignore[union-attr]
+            connector = aiohttp.TCPConnector(limit=0)  # 500 connections at once
+            timeout = aiohttp.ClientTimeout(total=60)
+            async with aiohttp.ClientSession(d.http.url, connector=connector,  # type: ignore[union-attr]
+                                             timeout=timeout) as client:
+
+                async def one() -> tuple[int, str | None, bytes]:
+                    async with client.get("/status") as r:
+                        return r.status, r.headers.get("Retry-After"), await r.read()
+
+                answers = await asyncio.gather(*(one() for _ in range(500)))
+                for code, retry_after, body in answers:
+                    assert code == 200 or (code == 503 and retry_after), (code, body[:200])
+                ok = [orjson.loads(body) for code, _, body in answers if code == 200]
+                assert ok and all(s["bot"] == "equity" for s in ok)
+                # Builds at least a second apart: a few served them all.
+                assert len(builds) < 10, len(builds)
+                # Yet no answer predates its request: a halt just done is in the next one.
+                before = len(builds)
+                code, _ = await call(client, "POST", "/halt", headers=AUTH)
+                assert code == 200
+                code, status = await call(client, "GET", "/status")
+                assert status["trading"]["state"] == "halted" and len(builds) == before + 1
+
+
+async def test_a_burst_of_metrics_scrapes_shares_renders(clean: Path) -> None:
+    settings = make_settings(clean, http_status_ttl=1)
+    async with running(settings) as (d, client):
+        await wait_until(lambda: d.engine.bars >= 2)  # type: ignore[union-attr]
+        assert d.metrics is not None
+        renders = []
+        real = d.metrics.render
+
+        def counted() -> tuple[bytes, str]:
+            renders.append(1)
+            return real()
+
+        d.metrics.render = counted  # type: ignore[method-assign]
+
+        async def scrape() -> tuple[int, str]:
+            async with client.get("/metrics") as r:
+                return r.status, await r.text()
+
+        answers = await asyncio.gather(*(scrape() for _ in range(100)))
+        assert all(code == 200 and "quantshift_bars_total" in text for code, text in answers)
+        assert len(renders) < 10, len(renders)

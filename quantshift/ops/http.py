@@ -14,8 +14,9 @@ makes it durable (503 when it cannot be made durable). Reads come from a status 
 its traceback and answered 500 without one.
 
 No client can wedge it (``quantshift.ops.http_limits``): connections are capped, a request
-head must arrive within a deadline, and a malformed request gets a short 4xx that quotes
-nothing of it.
+head must arrive within a deadline, a malformed request gets a short 4xx, and ``/status``
+and ``/metrics`` are built at most once per ``status_ttl`` however many ask for them
+(each answer is still built after its request came in).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_bod
 from quantshift.ops.http_limits import (
     BUSY,
     LISTEN_BACKLOG,
+    BuildFailed,
     ConnectionGate,
     GuardedRequestHandler,
     HttpLimits,
+    SharedBuild,
     fd_headroom,
 )
 
@@ -52,6 +55,7 @@ HEARTBEAT_INTERVAL = 0.5
 HEALTH_DEADLINE = 5.0
 MAX_BODY = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_INTERNAL = "internal error; the daemon's log has the details"
 
 
 class StatusSource(Protocol):
@@ -118,7 +122,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": "the request body could not be read"}, 400)
     except Exception:
         logger.opt(exception=True).error("http: {} {} failed", request.method, request.path)
-        return _json({"error": "internal error; the daemon's log has the details"}, 500)
+        return _json({"error": _INTERNAL}, 500)
 
 
 class HttpServer:
@@ -135,6 +139,9 @@ class HttpServer:
         self.deadline = deadline
         self.limits = limits = limits or HttpLimits()
         self.gate = ConnectionGate(limits.max_connections)
+        # A flood of /status or /metrics costs one build per status_ttl, not one a request.
+        self._status = SharedBuild(self._status_body, limits.status_ttl)
+        self._metrics = SharedBuild(self._metrics_body, limits.status_ttl)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
 
@@ -182,6 +189,8 @@ class HttpServer:
                            "keep it behind a firewall or a TLS proxy", self.host)
 
     async def close(self) -> None:
+        self._status.flush()  # answer who waits, then close
+        self._metrics.flush()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -203,14 +212,27 @@ class HttpServer:
         return _json({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json({**self.source.status(), "http": self.gate.stats()})
+        try:
+            body = await self._status.get()
+        except BuildFailed:
+            return _json({"error": _INTERNAL}, 500)
+        return web.Response(body=body, content_type="application/json")
+
+    def _status_body(self) -> bytes:
+        return orjson.dumps({**self.source.status(), "http": self.gate.stats()}, default=str)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        rendered = self.source.metrics()
+        try:
+            rendered = await self._metrics.get()
+        except BuildFailed:
+            return _json({"error": _INTERNAL}, 500)
         if rendered is None:
             return _json({"error": "metrics are not available yet"}, 503)
         body, content_type = rendered
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _metrics_body(self) -> tuple[bytes, str] | None:
+        return self.source.metrics()
 
     # -- control -------------------------------------------------------------------------
     def _control(self, action: str) -> Handler:

@@ -16,6 +16,9 @@
   too large) get a short JSON answer: 400, 414 or 431. aiohttp's own answer quotes the
   raw bytes (the token in an ``Authorization`` header with them) and logs a traceback;
   here nothing of the request is echoed or logged but its address and the kind of fault.
+* ``/status`` and ``/metrics`` are built once for many requests (``SharedBuild``), and
+  the answers go out in batches, so a flood of them costs a build per interval and never
+  one long turn of the loop.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from loguru import logger
 
-__all__ = ["BUSY", "LISTEN_BACKLOG", "ConnectionGate", "GuardedRequestHandler", "HttpLimits",
-           "fd_headroom"]
+__all__ = ["BUSY", "LISTEN_BACKLOG", "BuildFailed", "ConnectionGate", "GuardedRequestHandler",
+           "HttpLimits", "SharedBuild", "fd_headroom"]
 
 # The request line holds only a method and one of a few short paths: 4 KiB is plenty,
 # and a limit unlike the header's tells a too-long URL (414) from a too-long header (431).
@@ -48,6 +53,8 @@ LISTEN_BACKLOG = 1024
 # Files the daemon needs besides its API connections (journal, logs, broker sockets),
 # plus a backlog's worth of sockets accepted in one go only to be refused.
 FD_RESERVE = LISTEN_BACKLOG + 128
+ANSWER_BATCH = 32  # shared answers released per turn of the loop
+T = TypeVar("T")
 
 
 def _raw_answer(status: int, reason: str, error: str, extra: str = "") -> bytes:
@@ -66,6 +73,7 @@ class HttpLimits:
     max_connections: int = 512
     head_timeout: float = 5.0  # s to send a whole request head
     keepalive_timeout: float = 15.0  # s an idle kept-alive connection stays open
+    status_ttl: float = 0.2  # s at least between two builds of /status (and /metrics)
 
 
 class ConnectionGate:
@@ -226,6 +234,63 @@ def _parse_fault(exc: HttpProcessingError) -> tuple[int, str]:
     if "Too many headers" in exc.message:
         return 431, "too many request headers"
     return 400, "malformed request"
+
+
+class BuildFailed(Exception):
+    """The shared build raised (logged once, with its traceback, by SharedBuild)."""
+
+
+class SharedBuild(Generic[T]):
+    """An answer built for many requests at once. Each request waits for the next build
+    and shares it with every request that came in meanwhile, so an answer never
+    predates its request; builds are at least ``ttl`` apart (the first after a quiet
+    spell goes at once); and the answers go out a batch per turn of the loop, since 500
+    written in one turn would hold a bar up for tens of milliseconds. A build that fails
+    is logged once and raises BuildFailed in every request that waited for it."""
+
+    def __init__(self, build: Callable[[], T], ttl: float) -> None:
+        self._build = build
+        self.ttl = ttl
+        self._waiters: list[asyncio.Future[T]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._built_at = -float("inf")
+
+    async def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        self._waiters.append(answer)
+        if self._timer is None:
+            wait = max(0.0, self._built_at + self.ttl - time.monotonic())
+            self._timer = loop.call_later(wait, self._run)
+        return await answer
+
+    def flush(self) -> None:
+        """Build now for whoever waits (the server is closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._run()
+
+    def _run(self) -> None:
+        self._timer = None
+        waiters, self._waiters = self._waiters, []
+        self._built_at = time.monotonic()
+        try:
+            body = self._build()
+        except Exception:
+            logger.opt(exception=True).error("http: building an answer failed")
+            for answer in waiters:
+                if not answer.done():
+                    answer.set_exception(BuildFailed())
+            return
+        self._answer(waiters, body, 0)
+
+    def _answer(self, waiters: list[asyncio.Future[T]], body: T, start: int) -> None:
+        end = start + ANSWER_BATCH
+        for answer in waiters[start:end]:
+            if not answer.done():  # its request may have been cancelled
+                answer.set_result(body)
+        if end < len(waiters):
+            asyncio.get_running_loop().call_soon(self._answer, waiters, body, end)
 
 
 def fd_headroom(connections: int) -> int:
