@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     quiet_window: str | None = None  # "HH:MM-HH:MM" UTC: restarts are harmless then
     # What keeps the API answerable whatever a client does (quantshift.ops.http_limits).
     http_max_connections: int = Field(512, ge=8, le=65_535)
-    http_head_timeout: float = Field(5.0, gt=0, le=300)  # s to send a request's head
+    http_head_timeout: float = Field(5.0, gt=0, le=300)  # s for a head, again for a body
     http_keepalive_timeout: float = Field(15.0, gt=0, le=3600)  # s an idle connection stays
     http_status_ttl: float = Field(0.2, ge=0, le=10)  # s a built /status answers every ask
 

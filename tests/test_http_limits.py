@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from quantshift.ops import status as status_module
+from tests.conftest import read_db
 from tests.test_http_api import AUTH, TOKEN, call, free_port, make_settings, running, wait_until
 
 FLOOD = 1_100
@@ -224,6 +225,33 @@ async def test_an_idle_keep_alive_connection_is_closed(clean: Path) -> None:
             writer.close()
 
 
+async def test_a_control_body_that_stalls_is_answered_408_and_closed(clean: Path) -> None:
+    settings = make_settings(clean, http_head_timeout=0.5, http_keepalive_timeout=60)
+    ledger = clean / "var" / "equity-paper.sqlite"
+    async with running(settings) as (d, _):
+        port, gate = settings.http_port, d.http.gate  # type: ignore[union-attr]
+        head = (b"POST /halt HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+                + b"\r\nContent-Type: application/json\r\n")
+        stalled_r, stalled_w = await asyncio.open_connection("127.0.0.1", port)
+        stalled_w.write(head + b"Content-Length: 50\r\n\r\n{")  # then nothing
+        huge_r, huge_w = await asyncio.open_connection("127.0.0.1", port)
+        huge_w.write(head + b"Content-Length: 99999999\r\n\r\n{")
+        try:
+            stalled = await read_until_closed(stalled_r)
+            assert status_of(stalled) == 408 and b"request body not received" in stalled
+            huge = await read_until_closed(huge_r)  # refused before its body is awaited
+            assert status_of(huge) == 413
+        finally:
+            stalled_w.close()
+            huge_w.close()
+        await wait_until(lambda: gate.stats()["open"] == 0)
+        assert d.engine.gate.state == "active"  # type: ignore[union-attr]  # nothing halted
+        assert await healthz(port) == 200
+    # Written to the journal like any control request that carried the token.
+    rows = read_db(ledger, "SELECT action, result FROM control ORDER BY id")
+    assert [(a, orjson.loads(r)["status"]) for a, r in rows] == [("halt", 408)]
+
+
 # -- the connection cap (in-process) ------------------------------------------------------
 async def test_a_new_connection_takes_the_place_of_the_oldest_idle_one(clean: Path) -> None:
     settings = make_settings(clean, http_max_connections=8, http_head_timeout=60)
@@ -243,7 +271,7 @@ async def test_a_new_connection_takes_the_place_of_the_oldest_idle_one(clean: Pa
 
 
 async def test_beyond_the_cap_only_health_checks_are_answered(clean: Path) -> None:
-    settings = make_settings(clean, http_max_connections=8)
+    settings = make_settings(clean, http_max_connections=8, http_head_timeout=60)
     async with running(settings) as (d, client):
         port = settings.http_port
         gate = d.http.gate  # type: ignore[union-attr]

@@ -14,9 +14,10 @@ makes it durable (503 when it cannot be made durable). Reads come from a status 
 its traceback and answered 500 without one.
 
 No client can wedge it (``quantshift.ops.http_limits``): connections are capped, a request
-head must arrive within a deadline, a malformed request gets a short 4xx, and ``/status``
-and ``/metrics`` are built at most once per ``status_ttl`` however many ask for them
-(each answer is still built after its request came in).
+head (and a control request's body) must arrive within a deadline, a malformed request
+gets a short 4xx, and ``/status`` and ``/metrics`` are built at most once per
+``status_ttl`` however many ask for them (each answer is still built after its request
+came in).
 """
 
 from __future__ import annotations
@@ -255,7 +256,14 @@ class HttpServer:
         actor = _actor(request.headers.get("X-QuantShift-Actor", ""), remote)
         params: dict[str, Any] = {}
         try:
-            body = parse_body(action, await request.read())
+            raw = await self._read_body(request)
+        except TimeoutError:
+            answer = await self._refused(action, params, actor, 408,
+                                         "request body not received in time")
+            answer.force_close()  # what is left of the body would be read as a request
+            return answer
+        try:
+            body = parse_body(action, raw)
             params = body.model_dump(exclude_none=True)
             if body.bot is not None and body.bot != self.bot:
                 raise ControlRefused(f"this daemon runs bot {self.bot!r}, not {body.bot!r}")
@@ -285,6 +293,15 @@ class HttpServer:
         logger.info("control: {} by {} {} -> {} {}", action, actor, params or "{}", code,
                     message)
         return _json({"error": message}, code)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within the head's deadline again: a stalled client (a token holder's
+        too) cannot keep a connection serving, and a slot under the cap taken, forever.
+        One declared too large is refused before a byte of it is awaited."""
+        declared = request.content_length
+        if declared is not None and declared > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=declared)
+        return await asyncio.wait_for(request.read(), self.limits.head_timeout)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")

@@ -71,7 +71,7 @@ _HEAD_TIMEOUT = _raw_answer(408, "Request Timeout", "request head not received i
 @dataclass(frozen=True)
 class HttpLimits:
     max_connections: int = 512
-    head_timeout: float = 5.0  # s to send a whole request head
+    head_timeout: float = 5.0  # s to send a whole request head (and a control body)
     keepalive_timeout: float = 15.0  # s an idle kept-alive connection stays open
     status_ttl: float = 0.2  # s at least between two builds of /status (and /metrics)
 
