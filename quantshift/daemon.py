@@ -31,7 +31,7 @@ from quantshift.errors import EX_SOFTWARE, ConfigError
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.feeds.base import Feed
 from quantshift.ops import periodic, status
-from quantshift.ops.http import Heartbeat, HttpServer
+from quantshift.ops.http import Heartbeat, HttpLimits, HttpServer
 from quantshift.ops.logging import LastError
 from quantshift.ops.metrics import Metrics
 from quantshift.ops.notify import TelegramAlerter
@@ -159,8 +159,10 @@ class Daemon:
         self._spawn(self.heartbeat.run(), "heartbeat")
         if s.http_port:
             # Before the broker: a port in use fails the start before any session opens.
+            limits = HttpLimits(s.http_max_connections, s.http_head_timeout,
+                                s.http_keepalive_timeout, s.http_status_ttl)
             self.http = HttpServer(control, _StatusView(self), s.http_host, s.http_port,
-                                   s.api_token, self.heartbeat, bot=s.bot)
+                                   s.api_token, self.heartbeat, bot=s.bot, limits=limits)
             try:
                 await self.http.start()
             except ConfigError as exc:  # the CLI prints it too; the log file should say why

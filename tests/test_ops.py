@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,15 +18,24 @@ import pytest
 from loguru import logger
 
 from quantshift.daemon import Daemon
-from quantshift.ops.logging import CopyTruncateFile, setup_logging
+from quantshift.ops.logging import CopyTruncateFile, StdlibHandler, setup_logging
 from quantshift.ops.systemd import Notifier
 from quantshift.settings import Settings
 
 
 @pytest.fixture(autouse=True)
 def _reset_logger():
+    root, hook, unraisable = logging.getLogger(), threading.excepthook, sys.unraisablehook
+    level = root.level
     yield
     logger.remove()
+    # setup_logging routes the standard library's logging through loguru: undo it.
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    threading.excepthook = hook
+    sys.unraisablehook = unraisable
 
 
 def test_rotation_keeps_the_live_file_in_place(tmp_path: Path) -> None:
@@ -74,6 +86,62 @@ def test_secrets_are_redacted_and_shadow_lines_split(tmp_path: Path) -> None:
     assert secret not in main and "connecting with key ***" in main
     assert "would execute" in main and "would execute" in shadow
     assert "connecting" not in shadow
+
+
+def test_libraries_log_through_the_same_sinks_and_redaction(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "stdlib-redaction-0c9e"
+    setup_logging(bot="s", log_dir=tmp_path, console=True, secrets=[secret])
+    server = logging.getLogger("aiohttp.server")
+    server.debug("below the level %s", secret)
+    server.warning("header was %s", secret)
+    try:
+        raise ValueError(f"Invalid header value char: Bearer {secret}")
+    except ValueError:
+        server.exception("Error handling request from %s", "127.0.0.1")
+    logging.getLogger("urllib3.connectionpool").info("GET /v2/account?key=%s", secret)
+    try:
+        raise RuntimeError(f"venue refused key {secret}")
+    except RuntimeError:
+        logger.exception("order failed")  # the daemon's own traceback: masked too
+
+    def poll() -> None:
+        raise ConnectionError(f"stream closed for key {secret}")
+
+    thread = threading.Thread(target=poll, name="venue-poll")
+    thread.start()
+    thread.join()
+
+    class Session:
+        def __del__(self) -> None:
+            raise RuntimeError(f"session for key {secret} not closed")
+
+    Session()  # gone at once: its __del__ raises where nothing can catch it
+    stderr = capsys.readouterr().err
+    main = (tmp_path / "quantshift-s.log").read_text()
+    for text in (stderr, main):
+        assert secret not in text
+        assert "| WARNING | s | aiohttp.server: header was ***" in text  # level kept
+        assert "| ERROR   | s | aiohttp.server: Error handling request from 127.0.0.1" in text
+        assert "ValueError: Invalid header value char: Bearer ***" in text
+        assert "| INFO    | s | urllib3.connectionpool: GET /v2/account?key=***" in text
+        assert "RuntimeError: venue refused key ***" in text
+        assert "thread venue-poll crashed" in text and "stream closed for key ***" in text
+        assert "Exception ignored in" in text and "session for key *** not closed" in text
+        assert "below the level" not in text
+
+
+def test_json_log_lines_are_redacted_whole(tmp_path: Path) -> None:
+    secret = "json-redaction-5d1f"
+    setup_logging(bot="j", log_dir=tmp_path, console=False, json=True, secrets=[secret])
+    try:
+        raise RuntimeError(f"refused {secret}")
+    except RuntimeError:
+        logger.bind(order={"key": secret}).exception("submit failed")
+    logging.getLogger("ccxt.base.exchange").error("binance %s", secret)
+    main = (tmp_path / "quantshift-j.log").read_text()
+    assert secret not in main
+    assert '"exception":"refused ***"' in main and "ccxt.base.exchange: binance ***" in main
 
 
 def test_notifier_speaks_the_protocol(tmp_path: Path) -> None:

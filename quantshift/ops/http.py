@@ -12,6 +12,12 @@ submission attempts in flight have returned, every command after the journal com
 makes it durable (503 when it cannot be made durable). Reads come from a status source
 (the daemon's read-only view). Every answer is JSON; an unexpected failure is logged with
 its traceback and answered 500 without one.
+
+No client can wedge it (``quantshift.ops.http_limits``): connections are capped, a request
+head (and a control request's body) must arrive within a deadline, a malformed request
+gets a short 4xx, and ``/status`` and ``/metrics`` are built at most once per
+``status_ttl`` however many ask for them (each answer is still built after its request
+came in).
 """
 
 from __future__ import annotations
@@ -32,14 +38,25 @@ from pydantic import SecretStr
 from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
 from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
+from quantshift.ops.http_limits import (
+    BUSY,
+    LISTEN_BACKLOG,
+    BuildFailed,
+    ConnectionGate,
+    GuardedRequestHandler,
+    HttpLimits,
+    SharedBuild,
+    fd_headroom,
+)
 
-__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpServer", "StatusSource"]
+__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpLimits", "HttpServer", "StatusSource"]
 
 HEARTBEAT_INTERVAL = 0.5
 # A heartbeat older than this means the loop (or the heartbeat) is stuck: /healthz 503.
 HEALTH_DEADLINE = 5.0
 MAX_BODY = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_INTERNAL = "internal error; the daemon's log has the details"
 
 
 class StatusSource(Protocol):
@@ -80,9 +97,18 @@ def _json(payload: dict[str, Any], status: int = 200,
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer in JSON: aiohttp's own 404/405/413 too, and never a traceback."""
+    """Every answer in JSON: aiohttp's own 404/405/413 too, and never a traceback. Also
+    the first code to see a parsed request: its connection is serving from here on."""
+    proto = request.protocol
+    if isinstance(proto, GuardedRequestHandler) and not proto.request_started(request.path):
+        busy = _json({"error": BUSY}, 503, {"Retry-After": "1"})
+        busy.force_close()
+        return busy
     try:
-        return await handler(request)
+        response = await handler(request)
+        if isinstance(proto, GuardedRequestHandler) and proto.health_only:
+            response.force_close()  # a reserve slot past the cap: one answer, then free
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -90,15 +116,20 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _json({"error": exc.reason}, exc.status, headers)
     except asyncio.CancelledError:
         raise
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        # The client hung up, or its body broke off: its fault, not the daemon's.
+        logger.debug("http: {} {} from {}: body not received ({})", request.method,
+                     request.path, request.remote or "?", type(exc).__name__)
+        return _json({"error": "the request body could not be read"}, 400)
     except Exception:
         logger.opt(exception=True).error("http: {} {} failed", request.method, request.path)
-        return _json({"error": "internal error; the daemon's log has the details"}, 500)
+        return _json({"error": _INTERNAL}, 500)
 
 
 class HttpServer:
     def __init__(self, control: ControlPlane, source: StatusSource, host: str, port: int,
                  token: SecretStr | None, heartbeat: Heartbeat, *, bot: str,
-                 deadline: float = HEALTH_DEADLINE) -> None:
+                 deadline: float = HEALTH_DEADLINE, limits: HttpLimits | None = None) -> None:
         self.control = control
         self.source = source
         self.bot = bot
@@ -107,7 +138,13 @@ class HttpServer:
         self._token = token.get_secret_value().encode() if token is not None else None
         self.heartbeat = heartbeat
         self.deadline = deadline
+        self.limits = limits = limits or HttpLimits()
+        self.gate = ConnectionGate(limits.max_connections)
+        # A flood of /status or /metrics costs one build per status_ttl, not one a request.
+        self._status = SharedBuild(self._status_body, limits.status_ttl)
+        self._metrics = SharedBuild(self._metrics_body, limits.status_ttl)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
 
     @property
     def url(self) -> str:
@@ -123,11 +160,24 @@ class HttpServer:
         app.router.add_get("/metrics", self.metrics)
         for action in ACTIONS:
             app.router.add_post(f"/{action}", self._control(action))
+        self.gate.limit = fd_headroom(self.limits.max_connections)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
+        server, loop, lim = runner.server, asyncio.get_running_loop(), self.limits
+        assert server is not None
+
+        def connection() -> GuardedRequestHandler:
+            return GuardedRequestHandler(server, loop=loop, gate=self.gate,
+                                         head_timeout=lim.head_timeout,
+                                         keepalive_timeout=lim.keepalive_timeout,
+                                         access_log=None)
+
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            # Our own listener rather than a TCPSite: each connection gets the guarded
+            # protocol; the runner still closes the open ones at the end.
+            self._listener = await loop.create_server(connection, self.host, self.port,
+                                                      backlog=LISTEN_BACKLOG)
         except OSError as exc:
             await runner.cleanup()
             raise _bind_error(self.host, self.port, exc) from None
@@ -140,6 +190,11 @@ class HttpServer:
                            "keep it behind a firewall or a TLS proxy", self.host)
 
     async def close(self) -> None:
+        self._status.flush()  # answer who waits, then close
+        self._metrics.flush()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -158,14 +213,27 @@ class HttpServer:
         return _json({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(self.source.status())
+        try:
+            body = await self._status.get()
+        except BuildFailed:
+            return _json({"error": _INTERNAL}, 500)
+        return web.Response(body=body, content_type="application/json")
+
+    def _status_body(self) -> bytes:
+        return orjson.dumps({**self.source.status(), "http": self.gate.stats()}, default=str)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        rendered = self.source.metrics()
+        try:
+            rendered = await self._metrics.get()
+        except BuildFailed:
+            return _json({"error": _INTERNAL}, 500)
         if rendered is None:
             return _json({"error": "metrics are not available yet"}, 503)
         body, content_type = rendered
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _metrics_body(self) -> tuple[bytes, str] | None:
+        return self.source.metrics()
 
     # -- control -------------------------------------------------------------------------
     def _control(self, action: str) -> Handler:
@@ -188,7 +256,14 @@ class HttpServer:
         actor = _actor(request.headers.get("X-QuantShift-Actor", ""), remote)
         params: dict[str, Any] = {}
         try:
-            body = parse_body(action, await request.read())
+            raw = await self._read_body(request)
+        except TimeoutError:
+            answer = await self._refused(action, params, actor, 408,
+                                         "request body not received in time")
+            answer.force_close()  # what is left of the body would be read as a request
+            return answer
+        try:
+            body = parse_body(action, raw)
             params = body.model_dump(exclude_none=True)
             if body.bot is not None and body.bot != self.bot:
                 raise ControlRefused(f"this daemon runs bot {self.bot!r}, not {body.bot!r}")
@@ -218,6 +293,15 @@ class HttpServer:
         logger.info("control: {} by {} {} -> {} {}", action, actor, params or "{}", code,
                     message)
         return _json({"error": message}, code)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within the head's deadline again: a stalled client (a token holder's
+        too) cannot keep a connection serving, and a slot under the cap taken, forever.
+        One declared too large is refused before a byte of it is awaited."""
+        declared = request.content_length
+        if declared is not None and declared > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=declared)
+        return await asyncio.wait_for(request.read(), self.limits.head_timeout)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")

@@ -3,12 +3,16 @@
 The file rotates by copy-and-truncate: the live file keeps its name and inode, so a
 plain ``tail -f logs/quantshift-<bot>.log`` keeps following it across rotations
 (GNU tail reports the truncation and reads on). Older contents move to ``.1``, ``.2``...
-Every message passes a redactor that masks the values of configured secrets.
+Every message passes a redactor that masks the values of configured secrets, and so does
+every line a sink writes (the traceback too: an exception's text may quote a secret). The
+standard library's logging (aiohttp, asyncio, urllib3, websockets, ccxt, alpaca-py...) is
+routed through the same sinks, so no library writes to stderr on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 import threading
@@ -76,11 +80,80 @@ def _json_line(record: Any) -> str:
 
 
 class _JsonSink:
-    def __init__(self, target: CopyTruncateFile) -> None:
+    def __init__(self, target: CopyTruncateFile, hide: Callable[[str], str]) -> None:
         self._target = target
+        self._hide = hide
 
     def write(self, message: Any) -> None:
-        self._target.write(_json_line(message.record))
+        self._target.write(self._hide(_json_line(message.record)))
+
+
+def _redacted(write: Callable[[str], object], hide: Callable[[str], str]) -> Callable[[str], None]:
+    """A sink that masks secrets in the whole formatted line, traceback included (the
+    patcher only sees the message)."""
+
+    def sink(message: str) -> None:
+        write(hide(message))
+
+    return sink
+
+
+def _stderr_write(text: str) -> None:
+    sys.stderr.write(text)  # looked up at each call: whatever stderr is now
+
+
+class StdlibHandler(logging.Handler):
+    """The standard library's log records as loguru lines: the same sinks, format and
+    redaction as the daemon's own; the level is kept and the logger's name leads the
+    message (``aiohttp.server: ...``) and names the component (metrics, /status)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:  # a custom level number: loguru takes the number
+            level = record.levelno
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's broken format string is still a line
+            text = str(record.msg)
+        if record.stack_info:
+            text = f"{text}\n{record.stack_info}"
+        name = record.name
+        logger.patch(lambda r: r.update(name=name)).opt(
+            exception=record.exc_info or None).log(level, "{}: {}", name, text)
+
+
+def route_stdlib_logging(level: str = "INFO") -> None:
+    """Send every standard-library log record (and ``warnings``) through loguru, from
+    ``level`` up; thread crashes and unraisable exceptions too, which Python would print
+    to stderr itself."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(StdlibHandler())
+    root.setLevel(logger.level(level).no)
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_crashed
+    sys.unraisablehook = _unraisable
+
+
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logger.opt(exception=(args.exc_type, args.exc_value, args.exc_traceback)).error(
+        "thread {} crashed", name)
+
+
+def _unraisable(args: Any) -> None:
+    """An exception Python cannot raise (in a ``__del__``, a finalizer): logged, since
+    Python would print it and its traceback to stderr itself."""
+    try:
+        what = repr(args.object) if args.object is not None else "?"
+    except Exception:  # a broken __repr__ is no reason to lose the line
+        what = type(args.object).__name__
+    logger.opt(exception=(args.exc_type, args.exc_value, args.exc_traceback)).error(
+        "{}: {}", args.err_msg or "Exception ignored in", what)
 
 
 _files: list[CopyTruncateFile] = []
@@ -107,9 +180,13 @@ def setup_logging(*, bot: str, log_dir: Path | None, level: str = "INFO", json: 
         # the shadow log only; LogOnly's "would execute" lines go to both.
         return not record["extra"].get("shadow_only")
 
+    lowest = min((console_level or level, level) if console else (level,),
+                 key=lambda name: logger.level(name).no)
+    route_stdlib_logging(lowest)
     if console:
-        logger.add(sys.stderr, level=console_level or level, format=TEXT_FORMAT,
-                   backtrace=False, diagnose=False, filter=not_shadow_only)
+        logger.add(_redacted(_stderr_write, hide), level=console_level or level,
+                   format=TEXT_FORMAT, backtrace=False, diagnose=False,
+                   filter=not_shadow_only)
     if log_dir is None:
         return None
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -119,15 +196,15 @@ def setup_logging(*, bot: str, log_dir: Path | None, level: str = "INFO", json: 
     shadow = CopyTruncateFile(log_dir / f"quantshift-{bot}-shadow.log", max_bytes, keep)
     _files.extend([main, shadow])
     if json:
-        logger.add(_JsonSink(main), level=level, format="{message}", diagnose=False,
+        logger.add(_JsonSink(main, hide), level=level, format="{message}", diagnose=False,
                    filter=not_shadow_only)
-        logger.add(_JsonSink(shadow), level="INFO", format="{message}", diagnose=False,
-                   filter=lambda r: bool(r["extra"].get("shadow")))
+        logger.add(_JsonSink(shadow, hide), level="INFO", format="{message}",
+                   diagnose=False, filter=lambda r: bool(r["extra"].get("shadow")))
     else:
-        logger.add(main.write, level=level, format=TEXT_FORMAT, diagnose=False,
-                   filter=not_shadow_only)
-        logger.add(shadow.write, level="INFO", format=TEXT_FORMAT, diagnose=False,
-                   filter=lambda r: bool(r["extra"].get("shadow")))
+        logger.add(_redacted(main.write, hide), level=level, format=TEXT_FORMAT,
+                   diagnose=False, filter=not_shadow_only)
+        logger.add(_redacted(shadow.write, hide), level="INFO", format=TEXT_FORMAT,
+                   diagnose=False, filter=lambda r: bool(r["extra"].get("shadow")))
     return main_path
 
 
