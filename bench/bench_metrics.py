@@ -32,7 +32,7 @@ import uvloop
 from _common import flush_every, percentile, rss_mb, save, timed_on_bar
 
 from quantshift.app import build_engine, build_feed, open_journal
-from quantshift.daemon import Daemon
+from quantshift.daemon import Daemon, StatusView
 from quantshift.ops.metrics import Metrics
 from quantshift.settings import Settings, StrategySpec
 
@@ -88,7 +88,8 @@ async def _serve(d: Daemon, port: int) -> Any:
         return runner.cleanup, "aiohttp app serving Metrics.render()"
     heartbeat = Heartbeat()
     beat = asyncio.create_task(heartbeat.run())
-    server = HttpServer(d, "127.0.0.1", port, None, heartbeat)
+    server = HttpServer(d.engine.control, StatusView(d), "127.0.0.1", port, None,  # type: ignore[union-attr]
+                        heartbeat, bot=d.settings.bot)
     await server.start()
 
     async def close() -> None:

@@ -161,7 +161,7 @@ class Daemon:
             # Before the broker: a port in use fails the start before any session opens.
             limits = HttpLimits(s.http_max_connections, s.http_head_timeout,
                                 s.http_keepalive_timeout, s.http_status_ttl)
-            self.http = HttpServer(control, _StatusView(self), s.http_host, s.http_port,
+            self.http = HttpServer(control, StatusView(self), s.http_host, s.http_port,
                                    s.api_token, self.heartbeat, bot=s.bot, limits=limits)
             try:
                 await self.http.start()
@@ -493,7 +493,7 @@ class Daemon:
         return code
 
 
-class _StatusView:
+class StatusView:
     """The daemon as the HTTP API reads it (ops/http.py StatusSource): reads only."""
 
     def __init__(self, daemon: Daemon) -> None:
