@@ -12,12 +12,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values  # pydantic-settings reads the env file with it too
 from pydantic import AliasChoices, SecretStr, ValidationError
 from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
 
 from quantshift.domain import ExecutorKind
 from quantshift.errors import ConfigError
-from quantshift.settings import DOTENV_FILE, ENV_PREFIX, TOML_FILE, Settings, read_toml
+from quantshift.setting_names import check_env_file, check_environment, check_toml
+from quantshift.settings import (
+    DOTENV_FILE,
+    ENV_PREFIX,
+    TOML_FILE,
+    Settings,
+    load_toml,
+    read_toml,
+)
 
 
 def env_name(field: str) -> str:
@@ -75,8 +84,13 @@ def load_settings(bot: str | None = None, **overrides: Any) -> Settings:
 def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Settings, dict[str, str]]:
     """Settings plus, for each setting, where its value came from."""
     dotenv_path = _dotenv_path()
-    dotenv_raw = DotEnvSettingsSource(Settings, env_file=dotenv_path)() if dotenv_path.is_file() \
-        else {}
+    # A misspelt name is refused before any value is read: ignored, it would run the bot
+    # on a default the operator meant to change.
+    check_environment(os.environ)
+    dotenv_raw: dict[str, Any] = {}
+    if dotenv_path.is_file():
+        check_env_file(dotenv_values(dotenv_path, encoding="utf-8"), dotenv_path)
+        dotenv_raw = DotEnvSettingsSource(Settings, env_file=dotenv_path)()
     dotenv_upper = {k.upper(): str(v) for k, v in dotenv_raw.items()}
     name = _preselect_bot(bot, dotenv_upper)
     if bot:
@@ -84,6 +98,7 @@ def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Setting
     config_dir = Path(overrides.get("config_dir") or os.environ.get("QUANTSHIFT_CONFIG_DIR")
                       or dotenv_upper.get("QUANTSHIFT_CONFIG_DIR") or "config")
     toml_path = config_dir / f"{name}.toml"
+    check_toml(load_toml(toml_path), toml_path)
     t1, t2 = TOML_FILE.set(toml_path), DOTENV_FILE.set(dotenv_path if dotenv_path.is_file()
                                                           else None)
     try:

@@ -78,17 +78,25 @@ class _TomlSource(PydanticBaseSettingsSource):
         return read_toml(path) if path is not None else {}
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+TOML_TABLES = ("risk", "trigger")  # [risk] max_exposure = 10 is risk_max_exposure
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """The bot's TOML file as written (empty when there is none)."""
     if not path.is_file():
         return {}
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The bot's TOML file with its tables flattened into the model's field names."""
     flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in ("risk", "trigger") and isinstance(value, dict):  # [risk] max_... = 10
+    for key, value in load_toml(path).items():
+        if key in TOML_TABLES and isinstance(value, dict):
             flat.update({f"{key}_{k}": v for k, v in value.items()})
         else:
             flat[key] = value
