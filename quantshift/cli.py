@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantshift.daemon import Daemon
     from quantshift.execution.venues.base import VenueError
     from quantshift.feeds.replay import ReplayFormatError
+    from quantshift.ops.http import probe_bind
     from quantshift.ops.logging import setup_logging
     from quantshift.state.ledger import LedgerError
 
@@ -65,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = load_settings(bot=args.bot)
         check_startup(settings)
         _check_dirs(settings)
+        if settings.http_port:  # before the first log line: a port in use is one line
+            probe_bind(settings.http_host, settings.http_port)
     except ConfigError as exc:
         return _fail_config(exc)
     setup_logging(bot=settings.bot, log_dir=settings.log_dir, level=settings.log_level,

@@ -8,18 +8,22 @@ the daemon exits 78 with a message the operator can act on.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values  # pydantic-settings reads the env file with it too
 from pydantic import AliasChoices, SecretStr, ValidationError
-from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
+from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource, SettingsError
 
 from quantshift.domain import ExecutorKind
 from quantshift.errors import ConfigError
 from quantshift.setting_names import check_env_file, check_environment, check_toml
 from quantshift.settings import (
+    BOT_NAME,
     DOTENV_FILE,
     ENV_PREFIX,
     TOML_FILE,
@@ -65,6 +69,32 @@ def _config_error(exc: ValidationError) -> ConfigError:
     return ConfigError(setting, msg)
 
 
+def _decode_error(exc: SettingsError, dotenv_path: Path) -> ConfigError:
+    """pydantic-settings' "error parsing value for field ... from source ..." as one line;
+    the value is not shown (the JSON error says where it breaks)."""
+    found = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    field, source = found.groups() if found else ("", "")
+    where = f" (in {dotenv_path})" if source.startswith("DotEnv") else ""
+    cause = exc.__cause__
+    detail = f": {cause}" if isinstance(cause, json.JSONDecodeError) else ""
+    name = env_name(field) if field in Settings.model_fields else "settings"
+    return ConfigError(name, f"not valid JSON{where}{detail}")
+
+
+def _read_env_file(path: Path) -> dict[str, Any]:
+    """The env file's values, once every name in it is known to be a setting."""
+    try:
+        check_env_file(dotenv_values(path, encoding="utf-8"), path)
+        return DotEnvSettingsSource(Settings, env_file=path)()
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not UTF-8 text, so not an env file (named by "
+                                     "QUANTSHIFT_ENV_FILE, or .env)") from None
+    except SettingsError as exc:
+        raise _decode_error(exc, path) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
+
+
 def _preselect_bot(bot: str | None, dotenv: dict[str, str]) -> str:
     if bot:
         return bot
@@ -87,10 +117,7 @@ def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Setting
     # A misspelt name is refused before any value is read: ignored, it would run the bot
     # on a default the operator meant to change.
     check_environment(os.environ)
-    dotenv_raw: dict[str, Any] = {}
-    if dotenv_path.is_file():
-        check_env_file(dotenv_values(dotenv_path, encoding="utf-8"), dotenv_path)
-        dotenv_raw = DotEnvSettingsSource(Settings, env_file=dotenv_path)()
+    dotenv_raw = _read_env_file(dotenv_path) if dotenv_path.is_file() else {}
     dotenv_upper = {k.upper(): str(v) for k, v in dotenv_raw.items()}
     name = _preselect_bot(bot, dotenv_upper)
     if bot:
@@ -98,7 +125,8 @@ def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Setting
     config_dir = Path(overrides.get("config_dir") or os.environ.get("QUANTSHIFT_CONFIG_DIR")
                       or dotenv_upper.get("QUANTSHIFT_CONFIG_DIR") or "config")
     toml_path = config_dir / f"{name}.toml"
-    check_toml(load_toml(toml_path), toml_path)
+    if BOT_NAME.fullmatch(name):  # else no file of it is read: the model names the bad bot
+        check_toml(load_toml(toml_path), toml_path)
     t1, t2 = TOML_FILE.set(toml_path), DOTENV_FILE.set(dotenv_path if dotenv_path.is_file()
                                                           else None)
     try:
@@ -106,6 +134,8 @@ def load_with_sources(bot: str | None = None, **overrides: Any) -> tuple[Setting
             settings = Settings(**overrides)
         except ValidationError as exc:
             raise _config_error(exc) from None
+        except SettingsError as exc:  # a JSON setting that is not JSON
+            raise _decode_error(exc, dotenv_path) from None
         layers = [
             ("environment", EnvSettingsSource(Settings)()),
             (str(dotenv_path), dotenv_raw),
@@ -149,8 +179,21 @@ def _check_strategies(settings: Settings) -> None:
                               "; ".join(m.strip() for m in message[:3])) from None
 
 
+def _check_exchange(exchange_id: str) -> None:
+    """An exchange ccxt does not have is refused before anything dials it."""
+    import ccxt.async_support as ccxt  # only here: importing ccxt takes half a second
+
+    if exchange_id not in ccxt.exchanges:
+        close = difflib.get_close_matches(exchange_id, ccxt.exchanges, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (see ccxt.exchanges)"
+        raise ConfigError(env_name("ccxt_exchange"), f"{exchange_id!r} is not an exchange "
+                                                     f"of ccxt {ccxt.__version__}{hint}")
+
+
 def check_startup(settings: Settings) -> None:
     """Refuse what cannot run yet, and live trading without its confirmation."""
+    if settings.feed == "ccxt" and settings.ccxt_exchange:
+        _check_exchange(settings.ccxt_exchange)
     kind = settings.executor
     if kind is ExecutorKind.LIVE and settings.live_confirm != settings.bot:
         source = "SHADOW_MODE=live" if settings.shadow_mode else f"phase {settings.phase.value}"

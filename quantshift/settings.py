@@ -38,6 +38,7 @@ ENV_PREFIX = "QUANTSHIFT_"
 # Read when Settings are made, not when the class is, so a test suite can keep its daemons
 # off a port that a real daemon on the same machine may hold.
 DEFAULT_HTTP_PORT = 8720
+BOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _QUIET_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 ALERT_KINDS = ("start", "stop", "fill", "halt", "breaker", "reconcile", "demotion",
                "promotion", "rollback", "error")
@@ -48,6 +49,12 @@ _PHASE_ALIASES = {"0": Phase.OBSERVATION, "1": Phase.DRY_RUN, "2": Phase.MICRO_C
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "", "none"}
 _SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,31}$")
+# Upper bounds of the number settings: far past any sensible value yet finite, so that a
+# few digits too many are refused instead of overflowing a sum or an SQLite integer.
+_MONEY = 1e12
+_COUNT = 1_000_000
+_DAY = 86_400
+_YEAR = 365 * _DAY
 
 
 def _choices(enum: type[StrEnum]) -> str:
@@ -90,6 +97,10 @@ def load_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:  # tomllib decodes the whole file before it parses
+        raise ConfigError(str(path), "not UTF-8 text, so not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read ({exc.strerror or exc})") from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -106,6 +117,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, populate_by_name=True, extra="ignore", validate_default=True,
+        # inf, nan and 1e309 are no cash, interval or limit; an env file is UTF-8 text.
+        allow_inf_nan=False, env_file_encoding="utf-8",
     )
 
     bot: str = "equity"
@@ -117,29 +130,29 @@ class Settings(BaseSettings):
     strategies: list[StrategySpec] = Field(
         default_factory=lambda: [StrategySpec(name="ma_cross")])
 
-    sim_interval: float = Field(1.0, ge=0)
-    sim_seed: int = 7
+    sim_interval: float = Field(1.0, ge=0, le=_DAY)
+    sim_seed: int = Field(7, ge=0, le=2**63 - 1)  # an SQLite integer
     warmup_bars: int = Field(100, ge=0, le=100_000)
     # Live feeds: the bar length, when a feed counts as stale, how hard to reconnect.
     bar_seconds: int = Field(60, ge=1, le=86_400)
-    stale_bars: float = Field(3.0, gt=0)
-    reconnect_max_seconds: float = Field(60.0, gt=0)
+    stale_bars: float = Field(3.0, gt=0, le=10_000)
+    reconnect_max_seconds: float = Field(60.0, gt=0, le=_DAY)
     market_hours_only: bool = True  # equities: act only while the venue's clock is open
-    reconcile_interval: float = Field(60.0, ge=0)  # 0 = only at start
+    reconcile_interval: float = Field(60.0, ge=0, le=_DAY)  # 0 = only at start
     broker_timeout: float = Field(10.0, gt=0, le=120)
-    sim_start_price: float = Field(100.0, gt=0)
+    sim_start_price: float = Field(100.0, gt=0, le=1e12)
     replay_file: Path | None = None
-    replay_pace: float = Field(0.0, ge=0)
+    replay_pace: float = Field(0.0, ge=0, le=1e9)
 
     state_dir: Path = Path("var")
     log_dir: Path = Path("logs")
     config_dir: Path = Path("config")
     log_json: bool = False
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
-    log_rotate_mb: float = Field(20.0, gt=0)
-    log_keep: int = Field(5, ge=1)
+    log_rotate_mb: float = Field(20.0, gt=0, le=100_000)
+    log_keep: int = Field(5, ge=1, le=1000)
 
-    paper_cash: float = Field(100_000.0, gt=0)
+    paper_cash: float = Field(100_000.0, gt=0, le=_MONEY)
     paper_slippage_bps: float = Field(5.0, ge=0, le=1000)
     paper_commission_bps: float = Field(0.0, ge=0, le=1000)
     paper_fill: Literal["close", "next_open"] = "close"
@@ -147,16 +160,20 @@ class Settings(BaseSettings):
     fractional: bool = False
 
     # Overrides of the phase's risk profile; unset means the profile's value, 0 means no limit.
-    risk_max_position_notional: float | None = Field(None, ge=0)
-    risk_max_exposure: float | None = Field(None, ge=0)
-    risk_max_open_positions: int | None = Field(None, ge=0)
-    risk_max_daily_loss: float | None = Field(None, ge=0)
-    risk_max_trades_per_day: int | None = Field(None, ge=0)
-    risk_max_trades_per_hour: int | None = Field(None, ge=0)  # orders in the last 60 min
-    risk_max_drawdown: float | None = Field(None, ge=0)  # money below the peak: entries stop
-    risk_loss_cooldown_seconds: float | None = Field(None, ge=0)  # per symbol, after a loss
-    risk_min_price: float | None = Field(None, ge=0)
-    risk_min_avg_volume: float | None = Field(None, ge=0)  # mean volume of the last 20 bars
+    risk_max_position_notional: float | None = Field(None, ge=0, le=_MONEY)
+    risk_max_exposure: float | None = Field(None, ge=0, le=_MONEY)
+    risk_max_open_positions: int | None = Field(None, ge=0, le=_COUNT)
+    risk_max_daily_loss: float | None = Field(None, ge=0, le=_MONEY)
+    risk_max_trades_per_day: int | None = Field(None, ge=0, le=_COUNT)
+    # orders in the last 60 min
+    risk_max_trades_per_hour: int | None = Field(None, ge=0, le=_COUNT)
+    # money below the peak: entries stop
+    risk_max_drawdown: float | None = Field(None, ge=0, le=_MONEY)
+    # per symbol, after a loss
+    risk_loss_cooldown_seconds: float | None = Field(None, ge=0, le=_YEAR)
+    risk_min_price: float | None = Field(None, ge=0, le=1e12)
+    # mean volume of the last 20 bars
+    risk_min_avg_volume: float | None = Field(None, ge=0, le=1e15)
     risk_htf_factor: int | None = Field(None, ge=0, le=1000)  # higher timeframe, in bars
     risk_htf_sma: int | None = Field(None, ge=1, le=1000)  # its SMA, in higher-tf bars
     risk_max_position_fraction: float | None = Field(None, ge=0, le=1)  # atr/kelly sizes
@@ -173,9 +190,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, gt=0, le=600)
     cancel_on_shutdown: bool = True
     flatten_on_shutdown: bool = False
-    snapshot_interval: float = Field(5.0, gt=0)
+    snapshot_interval: float = Field(5.0, gt=0, le=_DAY)
     flush_interval: float = Field(0.1, gt=0, le=5)
-    status_interval: float = Field(60.0, gt=0)
+    status_interval: float = Field(60.0, gt=0, le=_DAY)
 
     # The operator's HTTP surface: loopback by default; port 0 turns it off. Control
     # endpoints need the token; without one they are off.
@@ -216,26 +233,27 @@ class Settings(BaseSettings):
     shadow_n_bootstrap: int = Field(10_000, ge=100, le=1_000_000,
                                     validation_alias=AliasChoices("SHADOW_N_BOOTSTRAP",
                                                                   "shadow_n_bootstrap"))
-    shadow_mdd_tolerance: float = Field(1.20, gt=0, validation_alias=AliasChoices(
+    shadow_mdd_tolerance: float = Field(1.20, gt=0, le=1000, validation_alias=AliasChoices(
         "SHADOW_MDD_TOLERANCE", "shadow_mdd_tolerance"))
-    shadow_min_trades: int = Field(500, ge=1, validation_alias=AliasChoices(
+    shadow_min_trades: int = Field(500, ge=1, le=_COUNT, validation_alias=AliasChoices(
         "SHADOW_MIN_TRADES", "shadow_min_trades"))
     shadow_alpha: float = Field(0.05, gt=0, lt=1, validation_alias=AliasChoices(
         "SHADOW_ALPHA", "shadow_alpha"))
     # Automatic rollback triggers (shadow/triggers.py): None = the phase's default, 0 = off.
-    trigger_daily_loss: float | None = Field(None, ge=0)
+    trigger_daily_loss: float | None = Field(None, ge=0, le=_MONEY)
     trigger_broker_error_rate: float | None = Field(None, ge=0, le=1)
     trigger_position_mismatch: bool | None = None
     trigger_paper_drawdown: float | None = Field(None, ge=0, le=1)
-    trigger_latency_p99_ms: float | None = Field(None, ge=0)
+    trigger_latency_p99_ms: float | None = Field(None, ge=0, le=_DAY * 1000)
     trigger_error_rate: float | None = Field(None, ge=0, le=1)
     trigger_drawdown: float | None = Field(None, ge=0, le=1)
     trigger_win_rate_drop: float | None = Field(None, ge=0, le=1)
     trigger_crashed_component: bool | None = None
-    trigger_min_samples: int | None = Field(None, ge=1)
-    trigger_interval: float = Field(10.0, ge=0)  # seconds between checks; 0 = never
+    trigger_min_samples: int | None = Field(None, ge=1, le=_COUNT)
+    trigger_interval: float = Field(10.0, ge=0, le=_DAY)  # seconds between checks; 0 = never
     trigger_flatten: bool = False  # a demotion also flattens every position
-    canary_check_interval: float = Field(3600.0, gt=0)  # adaptive canaries: how often to ask
+    # adaptive canaries: how often to ask
+    canary_check_interval: float = Field(3600.0, gt=0, le=_YEAR)
     # Which alert kinds go out: "all", or a comma list of start,stop,fill,halt,breaker,
     # reconcile,demotion,promotion,rollback,error.
     alerts: Annotated[list[str], NoDecode] = ["all"]
@@ -253,7 +271,7 @@ class Settings(BaseSettings):
     @field_validator("bot")
     @classmethod
     def _bot(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", v):
+        if not BOT_NAME.fullmatch(v):
             raise ValueError("expected a short lower-case name (a-z, 0-9, '_', '-')")
         return v
 

@@ -49,7 +49,8 @@ from quantshift.ops.http_limits import (
     fd_headroom,
 )
 
-__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpLimits", "HttpServer", "StatusSource"]
+__all__ = ["HEALTH_DEADLINE", "Heartbeat", "HttpLimits", "HttpServer", "StatusSource",
+           "probe_bind"]
 
 HEARTBEAT_INTERVAL = 0.5
 # A heartbeat older than this means the loop (or the heartbeat) is stuck: /healthz 503.
@@ -316,6 +317,21 @@ def _actor(claimed: str, remote: str) -> str:
     the address the request came from."""
     name = "".join(c for c in claimed if c.isprintable())[:64].strip() or "api"
     return f"{name} from {remote}"
+
+
+def probe_bind(host: str, port: int) -> None:
+    """Bind (and let go) what the server will bind, as ``loop.create_server`` binds it
+    (SO_REUSEADDR, each address of the host): a port in use is then refused before the
+    daemon logs a line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise _bind_error(host, port, exc) from None
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
