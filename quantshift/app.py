@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantshift.clients import reveal
 from quantshift.control import ControlPlane
 from quantshift.domain import ExecutorKind
+from quantshift.endpoints import describe, executor_kind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
 from quantshift.execution.venues.base import Venue
@@ -22,6 +24,10 @@ from quantshift.risk.profiles import RiskLimits, limits_for
 from quantshift.settings import Settings, StrategySpec
 from quantshift.state.journal import Journal
 from quantshift.strategies import factory
+
+if TYPE_CHECKING:
+    from quantshift.execution.venues.alpaca import AlpacaVenue
+    from quantshift.execution.venues.ccxt import CcxtVenue
 
 
 def risk_limits(settings: Settings) -> RiskLimits:
@@ -40,23 +46,31 @@ def open_journal(settings: Settings, path: Path | None = None,
 
 
 def make_venue(settings: Settings, kind: ExecutorKind) -> Venue:
-    """The broker adapter: Sandbox and Live differ only in endpoint and credentials."""
+    """The broker adapter: Sandbox and Live differ only in endpoint and credentials. The
+    endpoint decides which of them it is (a sandbox at a live endpoint is live)."""
+    endpoint = settings.endpoint(kind)
+    kind = executor_kind(kind, endpoint)
     sandbox = kind is ExecutorKind.SANDBOX
+    venue: AlpacaVenue | CcxtVenue
     if settings.broker == "alpaca":
         from quantshift.execution.venues.alpaca import AlpacaVenue
 
-        return AlpacaVenue(reveal(settings.apca_api_key_id), reveal(settings.apca_api_secret_key),
-                           paper=sandbox, base_url=settings.apca_api_base_url,
-                           timeout=settings.broker_timeout)
-    if settings.broker == "ccxt":
+        venue = AlpacaVenue(reveal(settings.apca_api_key_id),
+                            reveal(settings.apca_api_secret_key), paper=sandbox,
+                            base_url=settings.apca_api_base_url, timeout=settings.broker_timeout)
+    elif settings.broker == "ccxt":
         from quantshift.execution.venues.ccxt import CcxtVenue
 
-        return CcxtVenue(settings.ccxt_exchange or "", key=reveal(settings.ccxt_api_key),
-                         secret=reveal(settings.ccxt_secret),
-                         password=reveal(settings.ccxt_password) or None,
-                         api_url=settings.ccxt_api_url, sandbox=sandbox,
-                         timeout=settings.broker_timeout, websocket=settings.ccxt_websocket)
-    raise ValueError("no broker configured")
+        venue = CcxtVenue(settings.ccxt_exchange or "", key=reveal(settings.ccxt_api_key),
+                          secret=reveal(settings.ccxt_secret),
+                          password=reveal(settings.ccxt_password) or None,
+                          api_url=settings.ccxt_api_url, sandbox=sandbox,
+                          timeout=settings.broker_timeout, websocket=settings.ccxt_websocket)
+    else:
+        raise ValueError("no broker configured")
+    if endpoint is not None:  # the start-up line and /status say which class and why
+        venue.endpoint_label = describe(kind, endpoint)
+    return venue
 
 
 def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind | None = None,
@@ -77,6 +91,7 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
                     journal=journal, log_decisions=log_decisions, keep_trades=keep_trades,
                     exits=ExitManager(rules) if rules else None)
     kind = executor or settings.executor
+    kind = executor_kind(kind, settings.endpoint(kind))  # the endpoint's, not the label's
     venue = make_venue(settings, kind) if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) \
         else None
     control.install(make_executor(

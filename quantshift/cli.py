@@ -158,6 +158,7 @@ def _show(value: Any) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     from quantshift.app import risk_limits
     from quantshift.config import check_startup, env_name, load_with_sources
+    from quantshift.endpoints import describe
 
     try:
         settings, sources = load_with_sources(bot=args.bot)
@@ -167,6 +168,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     rows = [(env_name(name), _show(getattr(settings, name)), sources[name])
             for name in type(settings).model_fields]
     derived = [("executor", settings.executor.value), ("ledger", str(settings.ledger_path()))]
+    endpoint = settings.endpoint()
+    if endpoint is not None:  # classified by its host (quantshift/endpoints.py), not by name
+        where = describe(settings.executor, endpoint)
+        venue = settings.ccxt_exchange if settings.broker == "ccxt" else settings.broker
+        derived.append(("orders go to", f"{venue} ({where}) at {endpoint.url}"))
     derived += [(f"risk.{k}", f"{v:g}") for k, v in asdict(risk_limits(settings)).items()]
     if args.json:
         sys.stdout.write(orjson.dumps({

@@ -6,7 +6,9 @@ same way: same endpoints, same credentials handling, same timeouts.
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -173,6 +175,50 @@ def _ccxt_class(exchange_id: str, pro: bool) -> Any:
     if cls is None or not isinstance(cls, type):
         raise ValueError(f"unknown ccxt exchange {exchange_id!r}")
     return cls
+
+
+@dataclass(frozen=True, slots=True)
+class CcxtHosts:
+    """An exchange's own endpoints as ccxt knows them: ``urls['api']`` (live) and
+    ``urls['test']`` (its sandbox/testnet, which ``set_sandbox_mode`` switches to)."""
+
+    live: frozenset[str] = frozenset()
+    paper: frozenset[str] = frozenset()
+    live_url: str | None = None  # the first REST URL of each, as the venue shows it
+    paper_url: str | None = None
+
+
+def _urls(node: Any, hostname: str) -> list[str]:
+    if isinstance(node, dict):
+        return [u for v in node.values() for u in _urls(v, hostname)]
+    if isinstance(node, list):
+        return [u for v in node for u in _urls(v, hostname)]
+    if isinstance(node, str) and _ORIGIN.match(node):
+        return [node.replace("{hostname}", hostname)]  # bybit, okx: 'https://api.{hostname}'
+    return []
+
+
+@functools.cache
+def ccxt_hosts(exchange_id: str) -> CcxtHosts:
+    """The hosts of an exchange (websockets included), read from ccxt without a network
+    call; empty for an exchange ccxt does not have (check_startup refuses it)."""
+    from urllib.parse import urlsplit
+
+    try:
+        exchange = _ccxt_class(exchange_id, pro=True)({})
+    except (ValueError, TypeError):
+        return CcxtHosts()
+    hostname = str(getattr(exchange, "hostname", "") or "")
+    api = _urls(exchange.urls.get("api"), hostname)
+    test = _urls(exchange.urls.get("test"), hostname)
+
+    def hosts(urls: list[str]) -> frozenset[str]:
+        return frozenset(h.lower() for h in (urlsplit(u).hostname for u in urls) if h)
+
+    def first_rest(urls: list[str]) -> str | None:
+        return next((u for u in urls if u.startswith("http")), None)
+
+    return CcxtHosts(hosts(api), hosts(test), first_rest(api), first_rest(test))
 
 
 def ccxt_streams(exchange: Any, mode: str, feature: str) -> bool:

@@ -20,6 +20,7 @@ from pydantic import AliasChoices, SecretStr, ValidationError
 from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource, SettingsError
 
 from quantshift.domain import ExecutorKind
+from quantshift.endpoints import Why
 from quantshift.errors import ConfigError
 from quantshift.setting_names import check_env_file, check_environment, check_toml
 from quantshift.settings import (
@@ -190,17 +191,40 @@ def _check_exchange(exchange_id: str) -> None:
                                                      f"of ccxt {ccxt.__version__}{hint}")
 
 
+def _check_endpoint(settings: Settings, kind: ExecutorKind) -> None:
+    """A live executor, or a sandbox whose endpoint is live, needs the confirmation."""
+    endpoint = settings.endpoint()
+    requested = settings.requested_executor
+    url_setting = env_name("apca_api_base_url" if settings.broker == "alpaca"
+                           else "ccxt_api_url")
+    if requested is ExecutorKind.SANDBOX and endpoint is None and settings.broker == "ccxt" \
+            and settings.ccxt_exchange:
+        raise ConfigError(env_name("shadow_mode"), f"sandbox, but ccxt knows no sandbox/testnet "
+                                                   f"of {settings.ccxt_exchange}: point "
+                                                   f"{url_setting} at a paper endpoint, or "
+                                                   "use paper")
+    if kind is not ExecutorKind.LIVE or settings.live_confirm == settings.bot:
+        return
+    confirm = f"set it to the bot's name ({settings.bot!r}) to confirm real orders"
+    if requested is ExecutorKind.SANDBOX and endpoint is not None:
+        # The label said sandbox; the endpoint says otherwise, and the endpoint decides.
+        declare = f", or name {endpoint.host} in QUANTSHIFT_ENDPOINT_IS_PAPER if it is " \
+                  "one" if endpoint.why is Why.UNKNOWN else ""
+        raise ConfigError(env_name("live_confirm"), f"SHADOW_MODE=sandbox, but orders would "
+                          f"go to {endpoint.host}, a live endpoint ({endpoint.why.value}); "
+                          f"{confirm}, or point {url_setting} at a paper endpoint{declare}")
+    source = "SHADOW_MODE=live" if settings.shadow_mode else f"phase {settings.phase.value}"
+    where = f" (orders to {endpoint.host}, {endpoint.label})" if endpoint is not None else ""
+    raise ConfigError(env_name("live_confirm"), f"{source} selects the live executor{where}; "
+                                                f"{confirm}, or choose SHADOW_MODE=paper")
+
+
 def check_startup(settings: Settings) -> None:
     """Refuse what cannot run yet, and live trading without its confirmation."""
     if settings.feed == "ccxt" and settings.ccxt_exchange:
         _check_exchange(settings.ccxt_exchange)
     kind = settings.executor
-    if kind is ExecutorKind.LIVE and settings.live_confirm != settings.bot:
-        source = "SHADOW_MODE=live" if settings.shadow_mode else f"phase {settings.phase.value}"
-        raise ConfigError(
-            env_name("live_confirm"),
-            f"{source} selects the live executor; set it to the bot's name "
-            f"({settings.bot!r}) to confirm real orders, or choose SHADOW_MODE=paper")
+    _check_endpoint(settings, kind)
     if kind in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) and settings.broker is None:
         source = env_name("shadow_mode") if settings.shadow_mode else env_name("phase")
         raise ConfigError(source, f"the {kind.value} executor needs a broker: no broker "

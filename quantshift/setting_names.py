@@ -21,11 +21,9 @@ from quantshift.errors import ConfigError
 from quantshift.settings import ENV_PREFIX, TOML_TABLES, Settings
 
 # QUANTSHIFT_ variables that the model does not read, but the project does: where the env
-# file is (config.py), the scripts' virtual environment and system packages (scripts/),
-# the fault simulator's paper endpoint (tests/faultsim).
+# file is (config.py), the scripts' virtual environment and system packages (scripts/).
 NOT_IN_THE_MODEL = frozenset({
     "QUANTSHIFT_ENV_FILE",
-    "QUANTSHIFT_ENDPOINT_IS_PAPER",
     "QUANTSHIFT_VENV",
     "QUANTSHIFT_NO_SYSTEM_PACKAGES",
     "QUANTSHIFT_SYSTEM_PACKAGES",

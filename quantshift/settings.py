@@ -8,6 +8,7 @@ Loading them (and the start-up checks) lives in ``quantshift/config.py``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from contextvars import ContextVar
@@ -29,7 +30,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from quantshift.clients import ALPACA_LIVE_URL, ALPACA_PAPER_URL, ccxt_hosts
 from quantshift.domain import PHASE_EXECUTOR, ExecutorKind, Phase
+from quantshift.endpoints import Endpoint, Why, classify, executor_kind, host_of
 from quantshift.errors import ConfigError
 from quantshift.risk.sizing import Sizing
 from quantshift.shadow.versions import StrategyVersions
@@ -55,6 +58,17 @@ _MONEY = 1e12
 _COUNT = 1_000_000
 _DAY = 86_400
 _YEAR = 365 * _DAY
+
+
+_HOST_RE = re.compile(r"[a-z0-9.:-]{1,253}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _choices(enum: type[StrEnum]) -> str:
@@ -219,6 +233,9 @@ class Settings(BaseSettings):
     alpaca_data_feed: Literal["iex", "sip"] = "iex"
     ccxt_exchange: str | None = _env("CCXT_EXCHANGE", "ccxt_exchange")
     ccxt_api_url: str | None = _env("CCXT_API_URL", "ccxt_api_url")
+    # Hosts that are paper endpoints although QuantShift cannot know it (a proxy in front
+    # of a sandbox, an emulator on another machine); any other unknown host is live.
+    endpoint_is_paper: Annotated[list[str], NoDecode] = []
     # Bars and order updates by ccxt.pro websocket: auto = where the exchange offers them,
     # on = required (exit 78 without), off = REST polling only.
     ccxt_websocket: Literal["auto", "on", "off"] = Field(
@@ -364,6 +381,17 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL such as https://host[:port]")
         return text
 
+    @field_validator("endpoint_is_paper", mode="before")
+    @classmethod
+    def _paper_hosts(cls, v: Any) -> Any:
+        items = [h.strip() for h in v.split(",")] if isinstance(v, str) else list(v or [])
+        hosts = [h.lower().strip("[]").rstrip(".") for h in items if h]
+        bad = [h for h in hosts if not _HOST_RE.fullmatch(h) or (":" in h and not _is_ip(h))]
+        if bad:
+            raise ValueError("expected host names or addresses, comma-separated, without "
+                             "scheme or port, e.g. 192.0.2.2")
+        return hosts
+
     @field_validator("http_host", mode="before")
     @classmethod
     def _host(cls, v: Any) -> Any:
@@ -406,9 +434,35 @@ class Settings(BaseSettings):
         return self.feed if self.feed in ("alpaca", "ccxt") else None
 
     @property
-    def executor(self) -> ExecutorKind:
-        """The executor: SHADOW_MODE if set, otherwise the phase's default."""
+    def requested_executor(self) -> ExecutorKind:
+        """What the operator asked for: SHADOW_MODE if set, otherwise the phase's default."""
         return self.shadow_mode or PHASE_EXECUTOR[self.phase]
+
+    @property
+    def executor(self) -> ExecutorKind:
+        """The executor that runs: the one asked for, but live when a sandbox's endpoint
+        is live (quantshift/endpoints.py); the ledger, the venue and the feed follow it."""
+        requested = self.requested_executor
+        return executor_kind(requested, self.endpoint(requested))
+
+    def endpoint(self, kind: ExecutorKind | None = None) -> Endpoint | None:
+        """Where a broker executor's orders go, classified; None without a broker, or for a
+        ccxt sandbox the exchange has none of (check_startup refuses that)."""
+        kind = kind or self.requested_executor
+        if kind not in (ExecutorKind.SANDBOX, ExecutorKind.LIVE) or self.broker is None:
+            return None
+        sandbox = kind is ExecutorKind.SANDBOX
+        if self.broker == "alpaca":
+            url = self.apca_api_base_url or (ALPACA_PAPER_URL if sandbox else ALPACA_LIVE_URL)
+            return classify(url, [host_of(ALPACA_LIVE_URL)], [host_of(ALPACA_PAPER_URL)],
+                            self.endpoint_is_paper)
+        hosts = ccxt_hosts(self.ccxt_exchange or "")
+        if self.ccxt_api_url:  # replaces every host of the exchange: it alone decides
+            return classify(self.ccxt_api_url, hosts.live, hosts.paper, self.endpoint_is_paper)
+        own = hosts.paper_url if sandbox else hosts.live_url  # what set_sandbox_mode picks
+        if own is None:
+            return None
+        return Endpoint(own, host_of(own), sandbox, Why.PAPER_HOST if sandbox else Why.LIVE_HOST)
 
     def ledger_path(self) -> Path:
         """One SQLite file per bot and executor: paper and live never share a ledger."""

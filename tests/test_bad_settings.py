@@ -43,6 +43,21 @@ CASES: list[tuple[str, str | bytes, str, str]] = [
     ("env", "QUANTSHIFT_PHSE=observation", "QUANTSHIFT_PHSE", "did you mean QUANTSHIFT_PHASE?"),
     ("env", "QUANTSHIFT_FEED=ccxt\nCCXT_EXCHANGE=binanse", "CCXT_EXCHANGE",
      "'binanse' is not an exchange of ccxt"),
+    # The endpoint, not SHADOW_MODE, says where orders go (nothing is dialled to know it).
+    ("env", "QUANTSHIFT_FEED=alpaca\nAPCA_API_KEY_ID=k\nAPCA_API_SECRET_KEY=s\n"
+     "SHADOW_MODE=sandbox\nAPCA_API_BASE_URL=https://api.alpaca.markets",
+     "QUANTSHIFT_LIVE_CONFIRM", "orders would go to api.alpaca.markets, a live endpoint"),
+    ("env", "QUANTSHIFT_FEED=ccxt\nCCXT_EXCHANGE=binance\nSHADOW_MODE=sandbox\n"
+     "CCXT_API_URL=https://api.binance.com", "QUANTSHIFT_LIVE_CONFIRM",
+     "orders would go to api.binance.com, a live endpoint"),
+    ("env", "QUANTSHIFT_FEED=ccxt\nCCXT_EXCHANGE=binance\nSHADOW_MODE=sandbox\n"
+     "CCXT_API_URL=http://192.0.2.2:8802", "QUANTSHIFT_LIVE_CONFIRM",
+     "name 192.0.2.2 in QUANTSHIFT_ENDPOINT_IS_PAPER"),
+    ("env", "QUANTSHIFT_FEED=alpaca\nAPCA_API_KEY_ID=k\nAPCA_API_SECRET_KEY=s\n"
+     "SHADOW_MODE=live\nAPCA_API_BASE_URL=http://127.0.0.1:8801", "QUANTSHIFT_LIVE_CONFIRM",
+     "orders to 127.0.0.1, paper/testnet: loopback"),
+    ("env", "QUANTSHIFT_ENDPOINT_IS_PAPER=https://192.0.2.2", "QUANTSHIFT_ENDPOINT_IS_PAPER",
+     "without scheme or port"),
     ("env file", "QUANTSHIFT_PAPER_CASH=nan", "QUANTSHIFT_PAPER_CASH", "finite"),
     ("env file", "QUANTSHIFT_STRATEGIES=[{bad", "QUANTSHIFT_STRATEGIES", "not valid JSON (in "),
     ("env file", "QUANTSHIFT_RISK_MAX_EXPOSUR=5", "QUANTSHIFT_RISK_MAX_EXPOSUR",

@@ -61,7 +61,9 @@ class BrokerExecutor(Reconciliation, Legs):
         self.kind = kind
         self.venue = venue
         where = "paper/testnet" if kind is ExecutorKind.SANDBOX else "LIVE, real money"
-        self.description = f"orders go to {venue.name} ({where}) at {venue.endpoint}"
+        self.description = (f"orders go to {venue.name} "  # the endpoint's class (make_venue)
+                            f"({getattr(venue, 'endpoint_label', '') or where}) at "
+                            f"{venue.endpoint}")
         self._sink = sink
         self._durable = durable
         self._permit = permit

@@ -122,6 +122,7 @@ def _translate(exc: Exception) -> VenueError:
 class AlpacaVenue:
     name = "alpaca"
     supports_brackets = True
+    endpoint_label = ""  # the endpoint's class (quantshift/endpoints.py), set by make_venue
 
     def __init__(self, key: str, secret: str, *, paper: bool, base_url: str | None = None,
                  timeout: float = 10.0, poll_every: float = 5.0) -> None:

@@ -99,6 +99,7 @@ def to_venue_order(o: dict[str, Any]) -> VenueOrder:
 
 
 class CcxtVenue:
+    endpoint_label = ""  # the endpoint's class (quantshift/endpoints.py), set by make_venue
     def __init__(self, exchange_id: str, *, key: str | None, secret: str | None,
                  password: str | None = None, api_url: str | None = None, sandbox: bool = True,
                  timeout: float = 10.0, poll_every: float = 1.0, websocket: str = "off",
