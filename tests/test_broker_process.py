@@ -114,9 +114,9 @@ def test_sandbox_trades_stops_and_restarts_with_the_same_positions(venue, tmp_pa
     ledger = tmp_path / "var" / "equity-sandbox.sqlite"
     first = daemon_for(venue, tmp_path).start()
     text = first.wait_for(r"\| fill (buy|sell) ", count=3, timeout=40)
+    code, _ = first.stop()  # first: a failed assertion must not leave the daemon running
     assert "executor=sandbox: orders go to" in text
     assert "(paper/testnet: loopback) at http://127.0.0.1:" in text  # classified by its host
-    code, _ = first.stop()
     assert code == 0
     assert_books_agree(venue, ledger)
     held = journal_positions(ledger)
