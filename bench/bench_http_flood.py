@@ -14,7 +14,7 @@ late it wakes; p50/p99/max), how late each round of bars started against its sch
 the decision latency (``Engine.on_bar``, bars that sent an order; p50/p99), /healthz
 latency and failures from the flooding side, and the /status answers. The status phase
 runs three times, to measure what sharing /status builds is worth: builds at least
-``QUANTSHIFT_HTTP_STATUS_TTL`` apart (the default, 0.2 s), a TTL of 0 (the requests that
+``QUANTSHIFT_HTTP_STATUS_TTL`` apart (the default, 0.05 s), a TTL of 0 (the requests that
 arrive in one turn of the loop share a build), and one build per request (as before
 the builds were shared). Saves bench/results/http_flood.json.
 

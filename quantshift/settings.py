@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(512, ge=8, le=65_535)
     http_head_timeout: float = Field(5.0, gt=0, le=300)  # s for a head, again for a body
     http_keepalive_timeout: float = Field(15.0, gt=0, le=3600)  # s an idle connection stays
-    http_status_ttl: float = Field(0.2, ge=0, le=10)  # s a built /status answers every ask
+    http_status_ttl: float = Field(0.05, ge=0, le=10)  # s a built /status answers every ask
 
     # Broker credentials, read now so that they are masked everywhere; used by the brokers.
     apca_api_key_id: SecretStr | None = _env("APCA_API_KEY_ID", "apca_api_key_id")

@@ -73,7 +73,7 @@ class HttpLimits:
     max_connections: int = 512
     head_timeout: float = 5.0  # s to send a whole request head (and a control body)
     keepalive_timeout: float = 15.0  # s an idle kept-alive connection stays open
-    status_ttl: float = 0.2  # s at least between two builds of /status (and /metrics)
+    status_ttl: float = 0.05  # s at least between two builds of /status (and /metrics)
 
 
 class ConnectionGate:
