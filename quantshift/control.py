@@ -25,12 +25,27 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from loguru import logger
 
+from quantshift.commands import (
+    Command,
+    ControlRefused,
+    Demote,
+    Flatten,
+    Halt,
+    Lift,
+    MarkStale,
+    NotDurable,
+    Promote,
+    Reduce,
+    Resume,
+    Rollback,
+    Source,
+)
 from quantshift.domain import OrderIntent, TradingState
 from quantshift.execution.base import Executor
 from quantshift.execution.log_only import LogOnlyExecutor
@@ -38,7 +53,7 @@ from quantshift.state.journal import Journal
 
 __all__ = ["Command", "ControlPlane", "ControlRefused", "ControlView", "Demote", "Flatten",
            "Halt", "Lift", "MarkStale", "NotDurable", "Promote", "Reduce", "Resume",
-           "Rollback"]
+           "Rollback", "Source"]
 
 STATE_KEY = "trading_state"
 DEMOTION_KEY = "demotion"
@@ -47,101 +62,6 @@ _ACTIVE, _REDUCING, _HALTED, _DEMOTED = (TradingState.ACTIVE, TradingState.REDUC
 _MAX_AUTHORIZED = 1000  # flatten exits kept across a restart (a flatten is a few orders)
 _ALERT_HALT = logger.bind(alert="halt")
 _ALERT_DEMOTION = logger.bind(alert="demotion")
-
-
-class ControlRefused(Exception):
-    """A command understood but not possible now (HTTP 409 unless told otherwise)."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class NotDurable(ControlRefused):
-    """Done in memory, but the journal cannot be written: a restart would not know it, so
-    the command is not claimed as done (HTTP 503)."""
-
-    def __init__(self, message: str, result: dict[str, Any]) -> None:
-        super().__init__(message, 503)
-        self.result = result
-
-
-# -- the commands -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Command:
-    by: str = "operator"  # who: "api from 127.0.0.1", "guard", "reconcile", "journal", ...
-    reason: str = ""
-    name: ClassVar[str] = "command"
-
-    def params(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "by" and v not in ("", None)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Halt(Command):
-    """Nothing new goes out; open orders are cancelled; optionally flatten everything."""
-
-    flatten: bool = False
-    name: ClassVar[str] = "halt"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reduce(Command):
-    """Only exposure-reducing orders pass."""
-
-    name: ClassVar[str] = "reduce"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Resume(Command):
-    """Back to active; a demotion is lifted too."""
-
-    name: ClassVar[str] = "resume"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Flatten(Command):
-    """Send every position to flat (these exits pass while halted)."""
-
-    name: ClassVar[str] = "flatten"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Demote(Command):
-    """Out of trading on the daemon's own evidence: orders go to the log only."""
-
-    flatten: bool = False
-    name: ClassVar[str] = "demote"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lift(Command):
-    """End a demotion (the trading state stays what it is otherwise)."""
-
-    name: ClassVar[str] = "lift"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Promote(Command):
-    strategy: str
-    version: str
-    force: bool = False
-    name: ClassVar[str] = "promote"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rollback(Command):
-    strategy: str
-    name: ClassVar[str] = "rollback"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MarkStale(Command):
-    """The feed fell silent (``reason``) or, with an empty reason, is fresh again: entries
-    stop while it is stale, exits pass."""
-
-    name: ClassVar[str] = "stale"
 
 
 # -- what the control plane works with -------------------------------------------------------

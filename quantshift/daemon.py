@@ -25,7 +25,7 @@ from typing import Any
 from loguru import logger
 
 from quantshift.app import build_engine, build_feed, open_journal, risk_limits
-from quantshift.control import ControlPlane, Flatten
+from quantshift.control import ControlPlane, Flatten, Source
 from quantshift.engine import Engine
 from quantshift.errors import EX_SOFTWARE, ConfigError
 from quantshift.execution.broker import BrokerExecutor
@@ -325,7 +325,8 @@ class Daemon:
         else:
             logger.info("shutdown: leaving {} open orders in place", len(engine.open_orders()))
         if self.settings.flatten_on_shutdown:
-            sent = control.apply(Flatten(by="shutdown", reason="shutdown"))["orders"]
+            sent = control.apply(Flatten(by="shutdown", reason="shutdown",
+                                         source=Source.LOCAL))["orders"]
             logger.info("shutdown: flattening, {} orders sent", sent)
             for executor in control.executors():
                 await executor.drain(self.settings.shutdown_timeout / 2)

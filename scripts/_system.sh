@@ -6,6 +6,7 @@
 # "package:program" pairs; a package whose program is on PATH is left alone.
 QUANTSHIFT_SYSTEM_PACKAGES=(
   "prometheus:prometheus"   # tests/test_metrics.py: a real Prometheus scrapes /metrics
+  "redis-server:redis-server"  # tests/redis_server.py: each test starts its own Redis
 )
 
 ensure_system_packages() {

@@ -40,13 +40,21 @@ def base_seed() -> int:
 BASE = base_seed()
 RANDOM = [Schedule.generate(v, BASE + i) for v in VENUES for i in range(PER_VENUE)]
 BINARY = [Schedule.generate(v, BASE + PER_VENUE) for v in VENUES]  # the console script
+# Random seeds that bench/bench_faults.py once found failing, kept as they were drawn.
+FOUND = {
+    # a full disk during a periodic reconciliation: its closing commit crashed the component
+    ("alpaca", 24): "5:crashed 5:traceback",
+    # a halt, then a reduce: the exits reduce-only allows are no order after a halt
+    ("alpaca", 84): "1:order_after_halt (the invariant, not the daemon)",
+}
+FOUND_SCHEDULES = [Schedule.generate(v, seed) for v, seed in FOUND]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Result]]:
     root = Path(tmp_path_factory.mktemp("faultsim"))
     named = [reg.schedule() for reg in seeds.NAMED.values()]
-    every = [*named, *RANDOM, *BINARY]
+    every = [*named, *RANDOM, *BINARY, *FOUND_SCHEDULES]
     print(f"\nfault simulator: base seed {BASE} (FAULTSIM_SEED={BASE} to repeat), "
           f"{PER_VENUE} random schedules per venue, {len(named)} named, {WORKERS} workers, "
           f"files under {root}")
@@ -69,6 +77,13 @@ def test_named_regression_schedule_runs_clean(results: dict[str, Result], name: 
     r = results[name]
     assert not r.failed, f"{seeds.NAMED[name].finding}: {seeds.NAMED[name].why}\n" \
                          + _explain([r])
+
+
+@pytest.mark.parametrize(("venue", "seed"), sorted(FOUND))
+def test_a_seed_the_benchmark_found_runs_clean(results: dict[str, Result], venue: str,
+                                              seed: int) -> None:
+    r = results[f"{venue}-{seed}-zygote"]
+    assert not r.failed, f"once failed with {FOUND[venue, seed]}\n" + _explain([r])
 
 
 @pytest.mark.parametrize("venue", VENUES)

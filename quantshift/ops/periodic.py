@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from quantshift.control import ControlPlane, Halt, MarkStale
+from quantshift.control import ControlPlane, Halt, MarkStale, Source
 from quantshift.domain import TradingState
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.execution.venues.base import VenueError
@@ -86,14 +86,20 @@ async def reconcile(control: ControlPlane, engine: Engine, guard: Guard | None,
             guard.note_mismatch(sides)
         if control.state is not TradingState.HALTED:
             control.apply(Halt(reason=f"reconciliation: positions differ ({sides})",
-                               by="reconcile"))
+                               by="reconcile", source=Source.RULE))
     elif at_start or report.fills_applied or report.unknown or report.adopted:
         logger.info("reconcile with {}: {} orders looked up, {} with fills applied, {} "
                     "resubmitted, {} held back, {} cancelled, {} unresolved, {} unknown at "
                     "the venue; positions agree", executor.venue.name, report.looked_up,
                     report.fills_applied, report.resubmitted, len(report.held),
                     len(report.cancelled), len(report.unresolved), len(report.unknown))
-    await commit()
+    try:
+        await commit()
+    except Exception as exc:
+        if at_start:
+            raise
+        # The rows stay queued; the journal's own flush halts trading on the same error.
+        logger.error("reconcile: journal write failed ({}); rows kept in memory", exc)
 
 
 # -- the guard and the canary ----------------------------------------------------------
@@ -150,7 +156,8 @@ async def flush(journal: Journal, books: VersionBooks | None, db_thread: ThreadP
         # Intents must be durable before orders go out: without a journal, stop trading.
         logger.error("journal write failed ({}); rows kept in memory", exc)
         if control.state is not TradingState.HALTED:
-            control.apply(Halt(reason=f"journal write failed: {exc}", by="journal"))
+            control.apply(Halt(reason=f"journal write failed: {exc}", by="journal",
+                               source=Source.LOCAL))
 
 
 async def flush_books(books: VersionBooks | None, db_thread: ThreadPool) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quantshift.control import DEMOTION_KEY, ControlPlane, Demote
+from quantshift.control import DEMOTION_KEY, ControlPlane, Demote, Source
 from quantshift.domain import ExecutorKind, TradingState
 from quantshift.engine import LATENCY_BOUNDS_NS, Engine
 from quantshift.shadow.triggers import Health, TriggerLimits, check, limits_for
@@ -151,11 +151,12 @@ class Guard:
     # -- acting (through the control plane) ---------------------------------------------
     def demote(self, reason: str) -> None:
         """Ask the control plane to take the daemon out of trading."""
-        self.control.apply(Demote(reason=reason, by="guard",
+        self.control.apply(Demote(reason=reason, by="guard", source=Source.RULE,
                                   flatten=self.settings.trigger_flatten))
 
     def crash(self, component: str) -> None:
         """A crashed component is a trigger: the restart comes back demoted."""
         self.crashed = component
         if self.limits.crashed_component and not self.control.demoted:
-            self.control.apply(Demote(reason=f"component {component} crashed", by="daemon"))
+            self.control.apply(Demote(reason=f"component {component} crashed", by="daemon",
+                                      source=Source.RULE))

@@ -23,7 +23,8 @@ from tests.faultsim.world import Secrets
 
 INVARIANTS = {
     "1": "no order reaches the venue after an acknowledged halt (or a demotion) until a "
-         "resume, except that halt's authorized flatten",
+         "resume, except that halt's authorized flatten (and exits once a reduce moved the "
+         "halt to reduce-only)",
     "1r": "after an acknowledged reduce, only reduce-only orders until a resume or a halt "
           "(within that run)",
     "2": "no client order id twice at the venue; no venue order the journal does not know",
@@ -101,6 +102,9 @@ def _flattens(ev: Evidence) -> list[float]:
 def halts(ev: Evidence, final: ledger.Journal, kept: list[ledger.Journal]) -> list[Violation]:
     intents = _intents(final, kept)
     flattens = _flattens(ev)
+    # An acknowledged reduce after a halt moves it to reduce-only: exits pass from then on
+    # (the entries are the reduce invariant's to check).
+    reduced = sorted(c.sent for c in ev.commands if c.action == "reduce" and c.acknowledged)
     out = []
     seen: set[str] = set()
     for start, until, what in _windows(ev, [final, *kept]):
@@ -110,8 +114,9 @@ def halts(ev: Evidence, final: ledger.Journal, kept: list[ledger.Journal]) -> li
             if not start <= t < until or o["client_order_id"] in seen:
                 continue
             intent = intents.get(o["client_order_id"])
-            if intent is not None and intent["reduce_only"] and any(
-                    asked <= f <= t for f in flattens):
+            if intent is not None and intent["reduce_only"] and (
+                    any(asked <= f <= t for f in flattens)
+                    or ("halt" in what and any(start < r <= t for r in reduced))):
                 continue
             seen.add(o["client_order_id"])
             why = "a client order id the journal does not have" if intent is None else \
