@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="first seed (then seed+1, ...)")
     parser.add_argument("--out", type=Path, default=None, help="where failing schedules go")
     parser.add_argument("--quiet", action="store_true", help="no line per schedule")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="stop starting schedules after this long and save what ran "
+                             "(0: run them all); Ctrl-C does the same")
     args = parser.parse_args()
 
     venues = VENUES if args.venue == "both" else (args.venue,)
@@ -52,9 +55,20 @@ def main() -> int:
           f"kept under {root}", file=sys.stderr)
     tally = Tally()
     started = time.monotonic()
-    for result in run_many(schedules, root, args.workers,
-                           on_result=None if args.quiet else print_progress):
-        tally.add(result)
+    deadline = started + args.minutes * 60 if args.minutes > 0 else float("inf")
+    stopped = ""
+    results = run_many(schedules, root, args.workers,
+                       on_result=None if args.quiet else print_progress)
+    try:
+        for result in results:
+            tally.add(result)
+            if time.monotonic() > deadline:
+                stopped = f"the {args.minutes:g}-minute budget ran out"
+                break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        results.close()  # the schedules not started are dropped; those running finish
     elapsed = time.monotonic() - started
     print("\n".join(tally.lines()))
     per = sorted(tally.elapsed)
@@ -63,6 +77,7 @@ def main() -> int:
         "schedules_per_venue": args.schedules,
         "workers": args.workers,
         "schedules_run": dict(tally.schedules),
+        "stopped_early": stopped or None,
         "schedules_failed": dict(tally.failed),
         "events_injected": dict(sorted(tally.events.items())),
         "violations_by_invariant": dict(sorted(tally.violations.items())),

@@ -126,11 +126,15 @@ def run_many(schedules: Iterable[Schedule], root: Path, workers: int, *, keep: b
             use = binary if binary and (not chosen or id(s) in chosen) else None
             futures.append(pool.submit(_work, s.as_dict(), str(root / f"{s.venue}-{tag}"),
                                        keep, use))
-        for fut in as_completed(futures):
-            result = Result(**fut.result())
-            if on_result is not None:
-                on_result(result)
-            yield result
+        try:
+            for fut in as_completed(futures):
+                result = Result(**fut.result())
+                if on_result is not None:
+                    on_result(result)
+                yield result
+        finally:  # the caller stopped early: what has not started never starts
+            for fut in futures:
+                fut.cancel()
 
 
 @dataclass
