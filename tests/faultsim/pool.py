@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.faultsim import invariants
+from tests.faultsim import invariants, world
 from tests.faultsim.runner import ScheduleRunner
 from tests.faultsim.schedule import Schedule
 from tests.faultsim.venue import Loop
@@ -87,7 +87,10 @@ def simulate(schedule: Schedule, workdir: Path, launcher: Launcher, loop: Loop,
 _WORKER: dict[str, Any] = {}
 
 
-def _init() -> None:
+def _init(slots: Any) -> None:
+    with slots.get_lock():
+        world.PORT_SLOT = slots.value
+        slots.value += 1
     _WORKER["loop"] = Loop()
 
 
@@ -119,7 +122,9 @@ def run_many(schedules: Iterable[Schedule], root: Path, workers: int, *, keep: b
     only for those; the others start from each worker's zygote."""
     ctx = multiprocessing.get_context("spawn")
     chosen = {id(s) for s in binary_for}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init) as pool:
+    slots = ctx.Value("i", 0)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
+                             initargs=(slots,)) as pool:
         futures: list[Future[dict[str, Any]]] = []
         for s in schedules:
             tag = s.name or f"{s.seed}"

@@ -181,12 +181,22 @@ class World:
             shutil.copy2(f, self.state / f.name)
 
 
+# Each worker process of a pool draws from its own slice of the range (pool.py sets it), so
+# two schedules running side by side never pick the same port for their daemons.
+PORT_SLOT: int | None = None
+_SLICE = 500
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range, so no emulator (bound to port 0) of
     a schedule running beside this one can take it before the daemon binds it."""
     rng = random.SystemRandom()
+    lo, hi = 20_000, 32_000
+    if PORT_SLOT is not None:
+        lo += (PORT_SLOT % ((hi - lo) // _SLICE)) * _SLICE
+        hi = lo + _SLICE
     while True:
-        port = rng.randrange(20_000, 32_000)
+        port = rng.randrange(lo, hi)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
