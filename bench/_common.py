@@ -117,10 +117,12 @@ async def flush_every(journal: Any, interval: float, db: Any) -> None:
 
 
 async def timed_engine_run(settings: Any, seconds: float, interval: float,
-                           seed: int = 5) -> tuple[list[float], list[float], dict[str, int]]:
+                           seed: int = 5, setup: Any = None,
+                           ) -> tuple[list[float], list[float], dict[str, int]]:
     """The daemon's components (journal with its group-commit flusher, engine, executor,
     sim feed) for ``seconds``, every ``Engine.on_bar`` timed. Returns the latencies in ms
-    of bars that produced an intent, of all bars, and the engine's counts."""
+    of bars that produced an intent, of all bars, and the engine's counts. ``setup``:
+    ``async (engine, journal) -> async close()``, run before the first bar."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
@@ -129,6 +131,7 @@ async def timed_engine_run(settings: Any, seconds: float, interval: float,
 
     journal = open_journal(settings)
     engine = build_engine(settings, journal, log_decisions=False)
+    close = await setup(engine, journal) if setup is not None else None
     decision: list[int] = []
     quiet: list[int] = []
     timed = timed_on_bar(engine, lambda took, sent: (decision if sent else quiet).append(took))
@@ -139,6 +142,8 @@ async def timed_engine_run(settings: Any, seconds: float, interval: float,
     feed.stop()
     await feed_task
     flush_task.cancel()
+    if close is not None:
+        await close()
     journal.flush()
     journal.close()
     return ([x / 1e6 for x in decision], [x / 1e6 for x in decision + quiet],

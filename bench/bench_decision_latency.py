@@ -19,13 +19,18 @@ from quantshift.settings import Settings, StrategySpec
 TARGET_P99_MS = 1.0
 
 
-async def run(seconds: float, symbols: int, interval: float, state: Path) -> dict:
-    settings = Settings(
+def bench_settings(state: Path, symbols: int) -> Settings:
+    """ma_cross on ``symbols`` symbols, fixed size, no money limits: many decisions."""
+    return Settings(
         state_dir=state, symbols=[f"S{i:03d}" for i in range(symbols)], sizing="fixed:10",
         risk_max_trades_per_day=0, risk_max_open_positions=0, risk_max_exposure=0,
         risk_max_daily_loss=0, risk_max_drawdown=0, risk_max_position_notional=0,
         strategies=[StrategySpec(name="ma_cross",
                                  params={"fast": 2, "slow": 5, "mode": "long_short"})])
+
+
+async def run(seconds: float, symbols: int, interval: float, state: Path) -> dict:
+    settings = bench_settings(state, symbols)
     ms, all_ms, _ = await timed_engine_run(settings, seconds, interval)
     return {
         "symbols": symbols, "sim_interval_s": interval, "seconds": seconds,

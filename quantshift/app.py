@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from quantshift.clients import reveal
 from quantshift.control import ControlPlane
-from quantshift.domain import ExecutorKind
+from quantshift.domain import ExecutorKind, Phase
 from quantshift.endpoints import describe, executor_kind
 from quantshift.engine import Engine
 from quantshift.execution import make_executor
@@ -28,6 +28,7 @@ from quantshift.strategies import factory
 if TYPE_CHECKING:
     from quantshift.execution.venues.alpaca import AlpacaVenue
     from quantshift.execution.venues.ccxt import CcxtVenue
+    from quantshift.state.shared import AccountStore
 
 
 def risk_limits(settings: Settings) -> RiskLimits:
@@ -97,7 +98,8 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
     control.install(make_executor(
         kind, engine, paper_fill=settings.paper_fill, slippage_bps=settings.paper_slippage_bps,
         commission_bps=settings.paper_commission_bps, venue=venue, durable=durable,
-        permit=control.refusal, timeout=settings.broker_timeout))
+        permit=control.refusal, clear=control.clearance if settings.redis_url else None,
+        timeout=settings.broker_timeout))
     control.settle_timeout = settings.broker_timeout + 1.0
     return engine
 
@@ -117,3 +119,19 @@ def build_feed(settings: Settings, start_prices: dict[str, float]) -> Feed:
     return SimFeed(settings.symbols, settings.sim_interval, settings.sim_seed,
                    start_prices=start_prices, start_price=settings.sim_start_price,
                    batch=1 if settings.sim_interval > 0 else 4)
+
+
+def open_account(settings: Settings, journal: Journal) -> AccountStore:
+    """The link to the account's shared state (QUANTSHIFT_REDIS_URL). Only an instance
+    whose orders reach the broker counts against the account's caps."""
+    from quantshift.state.shared import AccountStore, Caps  # redis only where it is used
+
+    assert settings.redis_url is not None
+    limits = risk_limits(settings)
+    caps = Caps(limits.max_trades_per_day, limits.max_trades_per_hour, limits.max_daily_loss,
+                limits.max_exposure)
+    return AccountStore(settings.redis_url.get_secret_value(), settings.account_name,
+                        settings.instance_name, caps,
+                        sends=settings.executor in (ExecutorKind.SANDBOX, ExecutorKind.LIVE),
+                        live=settings.phase in (Phase.MICRO_CAPITAL, Phase.PRODUCTION),
+                        grace=settings.redis_grace, journal=journal)

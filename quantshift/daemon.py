@@ -20,11 +20,11 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from quantshift.app import build_engine, build_feed, open_journal, risk_limits
+from quantshift.app import build_engine, build_feed, open_account, open_journal, risk_limits
 from quantshift.control import ControlPlane, Flatten, Source
 from quantshift.engine import Engine
 from quantshift.errors import EX_SOFTWARE, ConfigError
@@ -42,6 +42,9 @@ from quantshift.shadow.guard import Guard
 from quantshift.shadow.runtime import VersionControl
 from quantshift.shadow.versions import VersionRegistry
 from quantshift.state.journal import Journal
+
+if TYPE_CHECKING:
+    from quantshift.state.shared import AccountStore
 
 
 class Daemon:
@@ -69,6 +72,7 @@ class Daemon:
         self.last_error = LastError(settings.secret_values())
         self.reconciled = False  # the start-up reconciliation with the broker is done
         self.guard: Guard | None = None
+        self.account: AccountStore | None = None
         self.version_control: VersionControl | None = None
         self.versions: VersionRegistry | None = None
         self.alerter: TelegramAlerter | None = None
@@ -155,6 +159,14 @@ class Daemon:
         # The trading state (a halt, a demotion) comes back here, before any order of the
         # last run is looked at or sent again.
         status.log_restored(self, engine.restore())
+        if s.redis_url is not None:
+            # The account's state next, so that a halt issued on another instance holds
+            # here before anything is sent.
+            self.account = account = open_account(s, journal)
+            control.attach_account(account)
+            await account.open(control.adopt)
+            self._spawn(account.run(), "shared store")
+            self._every("account", 1.0, partial(periodic.report_account, engine, account))
         self.metrics = Metrics(self)
         self.guard = guard = Guard(s, engine, control, vc, self.metrics.errors_total)
         self._spawn(self.heartbeat.run(), "heartbeat")
@@ -374,6 +386,9 @@ class Daemon:
                 logger.warning("shutdown: HTTP server did not close cleanly: {}", exc)
         if self.metrics is not None:
             self.metrics.close()
+        account, self.account = self.account, None
+        if account is not None:
+            await account.close()
         self.last_error.detach()
 
     def _persist_now(self) -> None:

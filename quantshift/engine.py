@@ -385,6 +385,10 @@ class Engine:
                 swapped += 1
         return swapped
 
+    def pending_by_symbol(self) -> dict[str, float]:
+        """The signed quantity of orders sent and not yet filled, per symbol."""
+        return dict(self._pending.by_symbol)
+
     def known_ids(self) -> set[str]:
         """Every client order id the journal has."""
         return self._known_ids

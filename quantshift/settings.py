@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -220,6 +222,12 @@ class Settings(BaseSettings):
     http_keepalive_timeout: float = Field(15.0, gt=0, le=3600)  # s an idle connection stays
     http_status_ttl: float = Field(0.05, ge=0, le=10)  # s a built /status answers every ask
 
+    # Several instances of one account (state/shared.py): unset = this process alone.
+    redis_url: SecretStr | None = None  # redis://[:password@]host:port/db (a secret)
+    account: str | None = None  # the scope bots share; unset = the bot's name
+    instance: str | None = None  # this process; unset = <hostname>-<bot>
+    redis_grace: float = Field(5.0, ge=0, le=_DAY)  # s live phases trade on without Redis
+
     # Broker credentials, read now so that they are masked everywhere; used by the brokers.
     apca_api_key_id: SecretStr | None = _env("APCA_API_KEY_ID", "apca_api_key_id")
     apca_api_secret_key: SecretStr | None = _env("APCA_API_SECRET_KEY", "apca_api_secret_key")
@@ -412,6 +420,39 @@ class Settings(BaseSettings):
                              "(e.g. from `openssl rand -hex 24`)")
         return text
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, v: Any) -> Any:
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if text is None or str(text).strip() == "":
+            return None
+        text = str(text).strip()
+        parts = urlsplit(text)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected redis://[:password@]host:port/db, rediss://... or "
+                             "unix:///path/to/socket")
+        try:
+            port = parts.port
+            db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("no host: expected redis://host:port/db")
+        if port == 0 or (db and not db.isdigit()):
+            raise ValueError("expected redis://host:port/db with a port from 1 to 65535 and "
+                             "a database number")
+        return text
+
+    @field_validator("account", "instance", mode="before")
+    @classmethod
+    def _scope(cls, v: Any) -> Any:
+        if v is None or str(v).strip() == "":
+            return None
+        text = str(v).strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", text):
+            raise ValueError("expected a short name (letters, digits, '_', '.', '-')")
+        return text
+
     @field_validator("quiet_window", mode="before")
     @classmethod
     def _quiet(cls, v: Any) -> Any:
@@ -464,6 +505,15 @@ class Settings(BaseSettings):
             return None
         return Endpoint(own, host_of(own), sandbox, Why.PAPER_HOST if sandbox else Why.LIVE_HOST)
 
+    @property
+    def account_name(self) -> str:
+        return self.account or self.bot
+
+    @property
+    def instance_name(self) -> str:
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+        return self.instance or f"{host}-{self.bot}"
+
     def ledger_path(self) -> Path:
         """One SQLite file per bot and executor: paper and live never share a ledger."""
         return self.state_dir / f"{self.bot}-{self.executor.value}.sqlite"
@@ -471,5 +521,11 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         return [s.get_secret_value() for s in (
             self.apca_api_key_id, self.apca_api_secret_key, self.ccxt_api_key, self.ccxt_secret,
-            self.ccxt_password, self.telegram_bot_token, self.api_token)
-            if s is not None and s.get_secret_value()]
+            self.ccxt_password, self.telegram_bot_token, self.api_token, self.redis_url)
+            if s is not None and s.get_secret_value()] + self._redis_password()
+
+    def _redis_password(self) -> list[str]:
+        if self.redis_url is None:
+            return []
+        password = urlsplit(self.redis_url.get_secret_value()).password
+        return [password] if password else []

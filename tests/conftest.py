@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -174,3 +176,10 @@ def daemon(tmp_path: Path) -> Iterator[Any]:
     yield make
     for d in started:
         d.kill()
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server for this test (tests/redis_server.py)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -49,6 +49,7 @@ __all__ = ["BrokerExecutor", "Lookup", "ReconcileReport", "Tracked"]
 _EPS = 1e-9
 _MAX_DELAY = 30.0
 Permit = Callable[[OrderIntent], "str | None"]
+Clear = Callable[[OrderIntent], Awaitable["str | None"]]
 
 
 class BrokerExecutor(Reconciliation, Legs):
@@ -56,7 +57,7 @@ class BrokerExecutor(Reconciliation, Legs):
 
     def __init__(self, kind: ExecutorKind, venue: Venue, sink: LegSink, *,
                  durable: Callable[[], Awaitable[object]], permit: Permit,
-                 timeout: float = 10.0, max_attempts: int = 6,
+                 clear: Clear | None = None, timeout: float = 10.0, max_attempts: int = 6,
                  resubmit_window_ns: int = 120_000_000_000) -> None:
         self.kind = kind
         self.venue = venue
@@ -67,6 +68,7 @@ class BrokerExecutor(Reconciliation, Legs):
         self._sink = sink
         self._durable = durable
         self._permit = permit
+        self._clear = clear
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._resubmit_window_ns = resubmit_window_ns
@@ -185,6 +187,8 @@ class BrokerExecutor(Reconciliation, Legs):
         intent = tracked.intent
         coid = intent.client_order_id
         why = self._refusal(tracked)
+        if why is None and self._clear is not None:  # the account's caps, once per order
+            why = await self._clear(intent)
         if why is not None:  # before the write-ahead: nothing of it has left the process
             return self._not_sent(tracked, why)
         try:

@@ -168,6 +168,11 @@ class _DaemonCollector(Collector):
         yield final
         yield _counter("quantshift_fills", "Fills booked", c["fills"])
         yield _counter("quantshift_trades", "Round trips closed", c["trades"])
+        account = engine.control.account
+        if account is not None:  # QUANTSHIFT_REDIS_URL: the account's shared store
+            yield _gauge("quantshift_store_up", "Whether the account's shared store (Redis) "
+                         "answers", 1.0 if account.up else 0.0,
+                         {"account": account.account, "instance": account.instance})
         broker = engine.control.real_executor
         if hasattr(broker, "reconcile_errors"):  # a broker executor: its venue's hiccups
             yield _counter("quantshift_reconcile_errors", "Reconciliations a transient venue "

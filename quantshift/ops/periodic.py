@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # ops is used by the daemon, never the reverse
     from quantshift.shadow.guard import Guard
     from quantshift.shadow.runtime import VersionControl
     from quantshift.state.journal import Journal
+    from quantshift.state.shared import AccountStore
 
 Action = Callable[[], Awaitable[None]]
 
@@ -191,6 +192,15 @@ def status_text(engine: Engine | None) -> str:
             f"{c['orders']}, fills {c['fills']}, vetoes {c['vetoed']}; equity "
             f"{pf.equity:.2f}, drawdown {pf.drawdown * 100:.2f}%, positions "
             f"{pf.open_symbols()}")
+
+
+async def report_account(engine: Engine, account: AccountStore) -> None:
+    """This instance's part of the account: its P&L of the day and its gross exposure,
+    orders sent and not yet filled included (the caps' script adds each entry at once)."""
+    pf = engine.portfolio
+    marks = pf.marks
+    pending = sum(abs(q) * marks.get(sym, 0.0) for sym, q in engine.pending_by_symbol().items())
+    account.report(pf.day, pf.day_pnl, pf.exposure() + pending)
 
 
 async def report_status(engine: Engine, notifier: Any) -> None:

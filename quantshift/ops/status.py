@@ -87,6 +87,10 @@ def ready_reasons(d: DaemonView) -> list[str]:
     if health is not None and not health.healthy:
         reasons.append(f"the journal cannot be written ({health.last_error}); "
                        f"{health.queued} rows wait in memory")
+    account = engine.control.account
+    if account is not None and not account.up:
+        reasons.append(f"shared store {account.where} unreachable ({account.last_error}); "
+                       "the account's halts do not reach this instance")
     return reasons
 
 
@@ -142,6 +146,9 @@ def build_status(d: DaemonView) -> dict[str, Any]:
     out["risk"] = gate.status()
     if d.journal is not None:
         out["journal"] = asdict(d.journal.health)
+    account = engine.control.account
+    if account is not None:
+        out["account"] = account.view()
     return out
 
 

@@ -1,0 +1,487 @@
+"""The account's shared state in Redis: the kill switch, the caps' counters, the exposure.
+
+Several instances of one bot, and several bots of one account, see one trading state and
+one set of caps (``QUANTSHIFT_REDIS_URL``; without it nothing here runs). Keys, all under
+``quantshift:<account>:``:
+
+* ``control`` the account's last trading-state change, a JSON document with a sequence
+  number from ``control:seq``; every new one is also published on the ``control`` channel
+  (pub/sub for speed; the key is the truth, read again on every start and reconnect);
+* ``trades:<day>`` the entries sent on a UTC day, ``coids:<day>`` their client order ids
+  (an entry is counted once however often it is asked for), ``hour`` the last hour's
+  entries, ``pnl:<day>`` each instance's P&L of the day, ``exposure`` each instance's gross
+  notional. The day's keys expire at the day's end.
+
+A reservation (``reserve``) checks the caps and counts the entry in one Lua script, so two
+bots racing for the last trade of the day never both get it. While Redis cannot be reached
+the counts go on in memory from the last values read, and are added back on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, InvalidResponse, RedisError, ResponseError
+
+from quantshift.domain import NS_PER_SECOND, OrderIntent
+from quantshift.errors import ConfigError
+
+SETTING = "QUANTSHIFT_REDIS_URL"
+LINK_KEY = "account_link"  # the journal's record of the last account change seen
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+HOUR_MS = 3_600_000
+_ALERT = logger.bind(alert="error")
+
+# The account's trading state: a new change takes the next number and is published.
+# ARGV[2]: the highest number the publisher has seen (a store that lost its keys restarts
+# from there, so no instance takes a new change for an old one).
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[2])
+if seq <= floor then
+  seq = floor + 1
+  redis.call('SET', KEYS[2], seq)
+end
+local doc = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+redis.call('SET', KEYS[1], doc)
+redis.call('PUBLISH', KEYS[1], doc)
+return doc
+"""
+
+# Check the caps and count one entry, atomically. A cap of 0 is no cap; ``ARGV[10]`` = 1
+# counts without checking (an entry sent while Redis was away, added back).
+_RESERVE = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {1, 'counted'} end
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
+local h = redis.call('ZCARD', KEYS[3])
+local pnl = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[4])) do pnl = pnl + tonumber(v) end
+local gross = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[5])) do gross = gross + tonumber(v) end
+local notional = tonumber(ARGV[8])
+if ARGV[10] ~= '1' then
+  local cap = tonumber(ARGV[4])
+  if cap > 0 and n >= cap then
+    return {0, 'account trades per day: ' .. n .. ' >= ' .. ARGV[4]}
+  end
+  cap = tonumber(ARGV[5])
+  if cap > 0 and h >= cap then
+    return {0, 'account trades per hour: ' .. h .. ' >= ' .. ARGV[5]}
+  end
+  cap = tonumber(ARGV[6])
+  if cap > 0 and pnl <= -cap then
+    return {0, string.format('account daily loss: day P&L %.2f <= -%s', pnl, ARGV[6])}
+  end
+  cap = tonumber(ARGV[7])
+  if cap > 0 and gross + notional > cap then
+    return {0, string.format('account exposure: %.2f + %.2f > %s', gross, notional, ARGV[7])}
+  end
+end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[3], 3600000)
+redis.call('HINCRBYFLOAT', KEYS[5], ARGV[9], ARGV[8])
+return {1, tostring(n + 1), tostring(h + 1), tostring(pnl), tostring(gross + notional)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The account's caps (the bot's risk profile); 0 = none."""
+
+    trades_per_day: int = 0
+    trades_per_hour: int = 0
+    daily_loss: float = 0.0
+    exposure: float = 0.0
+
+
+@dataclass(slots=True)
+class _Mirror:
+    """The last counts read from Redis, and what was counted here while it was away."""
+
+    day: int = -1
+    trades: int = 0
+    hour: list[int] = field(default_factory=list)  # ms of the last hour's entries
+    pnl: float = 0.0
+    gross: float = 0.0
+    coids: set[str] = field(default_factory=set)
+    offline: list[tuple[str, int, float]] = field(default_factory=list)  # coid, ts, notional
+
+
+def describe(url: str) -> str:
+    """The URL without its password: what a log line may say of it."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+
+
+def day_end(day: int) -> int:
+    """When a day's keys expire (epoch seconds): the UTC day's end, or a minute from now
+    for a day already over (bar times of a replayed day)."""
+    return max((day + 1) * 86_400, int(time.time()) + 60)
+
+
+class AccountStore:
+    """One instance's link to the account's shared state."""
+
+    def __init__(self, url: str, account: str, instance: str, caps: Caps, *,
+                 sends: bool, live: bool, grace: float, journal: Any = None,
+                 timeout: float = 2.0) -> None:
+        self.account, self.instance, self.caps = account, instance, caps
+        self.sends = sends  # this instance's orders reach the broker: it counts
+        self.live = live  # micro_capital/production: entries wait for the store
+        self.grace = grace
+        self.where = describe(url)
+        self._timeout = timeout
+        # No silent reconnects: every reconnect goes through _sync (the key read again,
+        # the counts added back), and a pub/sub connection that dropped is noticed.
+        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout,
+                                               retry=Retry(NoBackoff(), 0))
+        self._prefix = f"quantshift:{account}:"
+        self._journal = journal
+        self.up = False
+        self.ever_up = False
+        self.down_since: float | None = time.monotonic()
+        self.last_error = "not connected yet"
+        link = (journal.get(LINK_KEY) if journal is not None else None) or {}
+        self.seen = int(link.get("seq", 0))  # the last account change applied here
+        self.pending: dict[str, Any] | None = link.get("pending")  # made while away
+        self.doc: dict[str, Any] | None = link.get("doc")  # the account's state, as last seen
+        self._mirror = _Mirror()
+        self._adopt: Callable[[dict[str, Any], bool], None] | None = None
+        self._publish = self._client.register_script(_PUBLISH)
+        self._reserve = self._client.register_script(_RESERVE)
+        self._report: tuple[int, float, float] | None = None
+        self._published = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pushing = asyncio.Lock()
+        self.downs = 0
+
+    def key(self, name: str) -> str:
+        return self._prefix + name
+
+    # -- start -------------------------------------------------------------------------
+    async def open(self, adopt: Callable[[dict[str, Any], bool], None]) -> None:
+        """Connect and take the account's state (before any order goes out). A wrong
+        password or a server that is not Redis is a bad setting (ConfigError); a Redis
+        that cannot be reached is retried by ``run``, and reported meanwhile."""
+        self._adopt = adopt
+        try:
+            await asyncio.wait_for(self._client.ping(), self._timeout)
+        except AuthenticationError as exc:
+            raise ConfigError(SETTING, f"Redis at {self.where} refused the credentials "
+                                       f"({exc})") from None
+        except InvalidResponse:
+            raise ConfigError(SETTING, f"the server at {self.where} does not speak Redis "
+                                       "(a wrong port?)") from None
+        except ResponseError as exc:  # e.g. a database number the server does not have
+            raise ConfigError(SETTING, f"Redis at {self.where} refused the connection: "
+                                       f"{exc}") from None
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)
+            return
+        await self._sync()
+
+    # -- the connection's life -----------------------------------------------------------
+    async def run(self) -> None:
+        """Listen for the account's changes; reconnect with backoff when Redis goes."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._down(exc)
+            except Exception as exc:  # a document this release cannot read: never a crash
+                logger.opt(exception=exc).error("shared store: {}", exc)
+            await asyncio.sleep(backoff)
+            backoff = 0.1 if self.up else min(backoff * 2, 5.0)
+
+    async def _listen(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await asyncio.wait_for(pubsub.subscribe(self.key("control")), self._timeout)
+            if not self.up:
+                await self._sync()  # after the subscription: no change falls in between
+            pinged = time.monotonic()
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if msg is not None and msg.get("type") == "message":
+                    self._received(orjson.loads(msg["data"]), live=True)
+                if self._report is not None or self.pending is not None:
+                    await self._flush()
+                if time.monotonic() - pinged >= 1.0:  # a partition shows no FIN: ask
+                    await asyncio.wait_for(self._client.ping(), self._timeout)
+                    pinged = time.monotonic()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _sync(self) -> None:
+        """On every (re)connect: the account's state against this instance's, the counts
+        made while away added back, then up."""
+        raw = await self._client.get(self.key("control"))
+        remote = orjson.loads(raw) if raw else None
+        pending = self.pending
+        if pending is not None:
+            rseq = int(remote["seq"]) if remote else 0
+            stricter = remote is not None and rseq > int(pending.get("base", 0)) and \
+                _rank(remote) > _rank(pending)
+            if stricter:  # changed meanwhile to something stricter: that wins
+                self.pending = None
+                self._received(remote, live=False)
+            else:
+                await self._push()
+        elif remote is not None and int(remote["seq"]) > self.seen:
+            self._received(remote, live=False)
+        elif (remote is None or int(remote["seq"]) < self.seen) and self.doc is not None:
+            # The store lost the account's state (a restart without persistence): the copy
+            # this instance keeps goes back, under a number above every one it has seen.
+            self.pending = {k: v for k, v in self.doc.items() if k != "seq"}
+            self.pending["base"] = self.seen
+            await self._push()
+        mirror = self._mirror
+        for coid, ts, notional in list(mirror.offline):
+            await self._call_reserve(coid, ts, notional, force=True)
+        counted = len(mirror.offline)
+        mirror.offline.clear()
+        was_down = self.down_since is not None and self.ever_up
+        self.up, self.ever_up, self.down_since = True, True, None
+        if was_down:
+            logger.warning("shared store {} is back; account {}: {} entries counted "
+                           "meanwhile added back", self.where, self.account, counted)
+        else:
+            logger.info("shared store {}: account {}, instance {}{}", self.where,
+                        self.account, self.instance,
+                        "" if self.sends else " (its orders reach no broker: it counts "
+                                              "nothing of the account's)")
+        await self._flush()
+
+    def _down(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.up or self.down_since is None or not self.downs:
+            _ALERT.error("shared store {} unreachable ({}); counters go on in memory{}",
+                         self.where, self.last_error,
+                         f"; new entries stop after {self.grace:g}s" if self.live and
+                         self.sends else "")
+            self.downs += 1
+        if self.up or self.down_since is None:
+            self.down_since = time.monotonic()
+        self.up = False
+
+    def _received(self, doc: dict[str, Any], live: bool) -> None:
+        seq = int(doc.get("seq", 0))
+        if seq <= self.seen:
+            return
+        self.seen, self.doc = seq, doc
+        self._save()
+        if doc.get("by") != self.instance and self._adopt is not None:
+            self._adopt(doc, live)
+
+    # -- the trading state -------------------------------------------------------------------
+    def publish(self, change: dict[str, Any]) -> asyncio.Event:
+        """Share one change of this instance's trading state with the account; the event
+        is set once it is in Redis (at once when it must wait for a reconnect)."""
+        self.pending = {**change, "by": self.instance, "base": self.seen,
+                        "at_ms": int(time.time() * 1000)}
+        self._save()
+        self._published = event = asyncio.Event()
+        if not self.up:
+            event.set()  # pushed on reconnect; the caller reports "pending"
+        else:
+            task = asyncio.ensure_future(self._push_now(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return event
+
+    async def _push_now(self, event: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(self._push(), self._timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)  # still pending: pushed on reconnect
+        finally:
+            event.set()
+
+    async def _flush(self) -> None:
+        if self.pending is not None:
+            await self._push()
+        if self._report is not None and self.sends:
+            day, pnl, gross = self._report
+            self._report = None
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(self.key(f"pnl:{day}"), self.instance, repr(pnl))
+            pipe.expireat(self.key(f"pnl:{day}"), day_end(day))
+            pipe.hset(self.key("exposure"), self.instance, repr(gross))
+            await pipe.execute()
+
+    async def _push(self) -> None:
+        async with self._pushing:  # one at a time, in the order they were made
+            pending = self.pending
+            if pending is None:
+                return
+            body = orjson.dumps({k: v for k, v in pending.items() if k != "base"}).decode()
+            raw = await self._publish(keys=[self.key("control"), self.key("control:seq")],
+                                      args=[body, self.seen])
+            if self.pending is pending:
+                self.pending = None
+            doc = orjson.loads(raw)
+            self.seen, self.doc = max(self.seen, int(doc["seq"])), doc
+            self._save()
+            self._published.set()
+
+    def _save(self) -> None:
+        if self._journal is not None:
+            self._journal.set(LINK_KEY, {"seq": self.seen, "pending": self.pending,
+                                         "doc": self.doc})
+
+    # -- the counters ------------------------------------------------------------------
+    def entry_refusal(self) -> str | None:
+        """Why entries must wait for the store now (live phases, orders that reach the
+        broker): never before the grace is out, at once if it never answered."""
+        if self.up or not (self.live and self.sends) or self.down_since is None:
+            return None
+        away = time.monotonic() - self.down_since
+        if self.ever_up and away < self.grace:
+            return None
+        return (f"shared store unreachable for {away:.0f}s ({self.last_error}); new entries "
+                "wait for it, exits pass")
+
+    async def reserve(self, intent: OrderIntent, notional: float,
+                      check: bool = True) -> str | None:
+        """Count one order against the account's caps; why it may not go, or None.
+        ``check=False`` (an exit): counted, never refused."""
+        if not self.sends:
+            return None
+        if self.up:
+            try:
+                return await self._call_reserve(intent.client_order_id, intent.ts, notional,
+                                                force=not check)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._down(exc)
+        why = self.entry_refusal() if check else None
+        return why if why is not None else self._reserve_offline(intent, notional, check)
+
+    async def _call_reserve(self, coid: str, ts: int, notional: float,
+                            force: bool = False) -> str | None:
+        day = ts // NS_PER_DAY
+        caps = self.caps
+        out = await asyncio.wait_for(self._reserve(
+            keys=[self.key(f"trades:{day}"), self.key(f"coids:{day}"), self.key("hour"),
+                  self.key(f"pnl:{day}"), self.key("exposure")],
+            args=[coid, ts // 1_000_000, day_end(day), caps.trades_per_day,
+                  caps.trades_per_hour, repr(float(caps.daily_loss)),
+                  repr(float(caps.exposure)), repr(float(notional)), self.instance,
+                  "1" if force else "0"]), self._timeout)
+        if int(out[0]) == 0:
+            return _text(out[1])
+        if len(out) > 2:
+            m = self._mirror
+            if m.day != day:
+                m.day, m.coids, m.hour = day, set(), []
+            m.trades, m.pnl, m.gross = int(_text(out[1])), float(_text(out[3])), \
+                float(_text(out[4]))
+            m.hour = [*m.hour, ts // 1_000_000][-int(_text(out[2])):]
+            m.coids.add(coid)
+        return None
+
+    def _reserve_offline(self, intent: OrderIntent, notional: float,
+                         check: bool) -> str | None:
+        m = self._mirror
+        day, now = intent.ts // NS_PER_DAY, intent.ts // 1_000_000
+        if m.day != day:
+            m.day, m.trades, m.pnl, m.coids = day, 0, 0.0, set()
+        if intent.client_order_id in m.coids:
+            return None
+        m.hour = [t for t in m.hour if t > now - HOUR_MS]
+        why = self._over_caps(m, notional) if check else None
+        if why is not None:
+            return why
+        m.trades += 1
+        m.hour.append(now)
+        m.gross += notional
+        m.coids.add(intent.client_order_id)
+        m.offline.append((intent.client_order_id, intent.ts, notional))
+        return None
+
+    def _over_caps(self, m: _Mirror, notional: float) -> str | None:
+        caps = self.caps
+        if caps.trades_per_day and m.trades >= caps.trades_per_day:
+            return f"account trades per day: {m.trades} >= {caps.trades_per_day} (in memory)"
+        if caps.trades_per_hour and len(m.hour) >= caps.trades_per_hour:
+            return f"account trades per hour: {len(m.hour)} >= {caps.trades_per_hour} " \
+                   "(in memory)"
+        if caps.daily_loss and m.pnl <= -caps.daily_loss:
+            return f"account daily loss: day P&L {m.pnl:.2f} <= -{caps.daily_loss:g} " \
+                   "(in memory)"
+        if caps.exposure and m.gross + notional > caps.exposure:
+            return f"account exposure: {m.gross:.2f} + {notional:.2f} > {caps.exposure:g} " \
+                   "(in memory)"
+        return None
+
+    def report(self, day: int, pnl: float, gross: float) -> None:
+        """This instance's P&L of the day and gross exposure (written on the next turn of
+        the link; only an instance whose orders reach the broker writes them)."""
+        if self.sends:
+            self._report = (day, pnl, gross)
+            m = self._mirror
+            if not self.up and m.day == day:
+                m.gross = gross  # this instance's part: the others' stay as last read
+
+    # -- reads ---------------------------------------------------------------------------
+    async def counts(self, day: int) -> dict[str, Any]:
+        """The account's counts of ``day`` as Redis holds them (for tests and the CLI)."""
+        c = self._client
+        trades = await c.get(self.key(f"trades:{day}"))
+        return {"trades": int(trades or 0),
+                "coids": sorted(_text(x) for x in await c.smembers(self.key(f"coids:{day}"))),
+                "pnl": {_text(k): float(v) for k, v in
+                        (await c.hgetall(self.key(f"pnl:{day}"))).items()},
+                "exposure": {_text(k): float(v) for k, v in
+                             (await c.hgetall(self.key("exposure"))).items()}}
+
+    def view(self) -> dict[str, Any]:
+        away = None if self.down_since is None else round(time.monotonic() - self.down_since, 1)
+        return {"account": self.account, "instance": self.instance, "store": self.where,
+                "up": self.up, "down_for_s": away,
+                "error": None if self.up else self.last_error, "seq": self.seen,
+                "change_pending": self.pending is not None, "counts": self.sends,
+                "entries_held": self.entry_refusal() is not None}
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, self._timeout)
+        with contextlib.suppress(Exception):
+            if self.up and (self.pending is not None or self._report is not None):
+                await asyncio.wait_for(self._flush(), self._timeout)
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+def _rank(doc: dict[str, Any]) -> int:
+    """How strict a change is: a halt or a demotion over a reduce over the rest."""
+    cmd = doc.get("cmd")
+    return 2 if cmd in ("halt", "demote") else 1 if cmd == "reduce" else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

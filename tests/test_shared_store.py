@@ -1,0 +1,349 @@
+"""The account's shared state (state/shared.py) against a real redis-server: the kill
+switch across instances, restarts and a Redis that lost its data; the caps counted
+atomically by processes racing; isolation of instances that reach no broker; Redis away
+(counts in memory, the grace, counts added back); bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quantshift.control import ControlPlane, Halt, Reduce, Resume
+from quantshift.domain import OrderIntent, Side, TradingState
+from quantshift.errors import ConfigError
+from quantshift.state.journal import Journal
+from quantshift.state.shared import NS_PER_DAY, AccountStore, Caps
+from tests.redis_server import RedisServer, free_port
+
+DAY = 20_500  # a UTC day number; each test uses its own keys' day where it counts
+NO_CAPS = Caps()
+
+
+class Instance:
+    """One instance's control plane and link, on its own journal."""
+
+    def __init__(self, root: Path, url: str, name: str, *, sends: bool = True,
+                 live: bool = False, grace: float = 5.0, caps: Caps = NO_CAPS) -> None:
+        self.journal = Journal(root / f"{name}.sqlite", bot="equity", executor="sandbox")
+        self.control = ControlPlane(self.journal)
+        self.store = AccountStore(url, "acct", name, caps, sends=sends, live=live,
+                                  grace=grace, journal=self.journal, timeout=0.5)
+        self.control.attach_account(self.store)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Instance:
+        self.control.restore()
+        await self.store.open(self.control.adopt)
+        self.task = asyncio.create_task(self.store.run())
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.store.close()
+        self.journal.flush()
+        self.journal.close()
+
+
+async def wait_for(cond: Any, timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while not cond():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def entry(coid: str, day: int = DAY, qty: float = 1.0, price: float = 100.0,
+          reduce_only: bool = False) -> OrderIntent:
+    return OrderIntent(coid, "s", "AAA", Side.BUY, qty, day * NS_PER_DAY + 3_600_000_000_000,
+                       price, reduce_only)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[tuple[Instance, ...]]:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    b = await Instance(tmp_path, redis_server.url, "b").start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+async def test_a_halt_on_one_instance_holds_on_the_other_and_a_resume_lifts_both(
+        pair: tuple[Instance, Instance]) -> None:
+    a, b = pair
+    out = await a.control.command(Halt(reason="maintenance", by="api"))
+    assert out["account_shared"] is True
+    took = await wait_for(lambda: b.control.state is TradingState.HALTED, 1.0)
+    assert took < 1.0
+    assert b.control.reason == "maintenance"
+    assert b.control.refusal(entry("x")) == "halted: maintenance"
+    await b.control.command(Reduce(reason="calmer", by="api"))
+    await wait_for(lambda: a.control.state is TradingState.REDUCING)
+    await b.control.command(Resume(by="api"))
+    await wait_for(lambda: a.control.state is TradingState.ACTIVE)
+    assert b.control.state is TradingState.ACTIVE
+
+
+async def test_a_standby_rule_demotes_itself_alone_but_an_operator_halt_on_it_reaches_all(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    from quantshift.control import Demote, Source
+
+    primary = await Instance(tmp_path, redis_server.url, "primary").start()
+    shadow = await Instance(tmp_path, redis_server.url, "shadow", sends=False).start()
+    try:
+        shadow.control.apply(Demote(reason="paper drawdown", by="guard", source=Source.RULE))
+        assert shadow.control.demoted
+        await asyncio.sleep(0.3)
+        assert primary.control.state is TradingState.ACTIVE and not primary.control.demoted
+        await shadow.control.command(Halt(reason="stop everything", by="api"))
+        await wait_for(lambda: primary.control.state is TradingState.HALTED, 1.0)
+    finally:
+        await primary.stop()
+        await shadow.stop()
+
+
+async def test_an_instance_that_starts_later_starts_halted(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    await a.control.command(Halt(reason="kill switch", by="api"))
+    late = Instance(tmp_path, redis_server.url, "late")
+    late.control.restore()
+    await late.store.open(late.control.adopt)  # before any order could go
+    try:
+        assert late.control.state is TradingState.HALTED
+        assert late.control.reason == "kill switch"
+    finally:
+        await late.stop()
+        await a.stop()
+
+
+async def test_the_halt_survives_a_redis_restart_and_a_redis_that_lost_everything(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    b = await Instance(tmp_path, redis_server.url, "b").start()
+    try:
+        await a.control.command(Halt(reason="hold", by="api"))
+        await wait_for(lambda: b.control.state is TradingState.HALTED)
+        redis_server.restart()  # the append-only file keeps the key
+        await wait_for(lambda: a.store.up and b.store.up, 10)
+        fresh = Instance(tmp_path, redis_server.url, "fresh")
+        fresh.control.restore()
+        await fresh.store.open(fresh.control.adopt)
+        assert fresh.control.state is TradingState.HALTED
+        await fresh.stop()
+        # Now a Redis that comes back empty: the instances put the halt back.
+        redis_server.kill()
+        redis_server.wipe()
+        redis_server.start()
+        await wait_for(lambda: a.store.up and b.store.up, 10)
+        await asyncio.sleep(0.2)
+        fresh = Instance(tmp_path, redis_server.url, "fresh2")
+        fresh.control.restore()
+        await fresh.store.open(fresh.control.adopt)
+        assert fresh.control.state is TradingState.HALTED
+        # ...and a resume after that reaches everyone (the numbers went on from there).
+        await fresh.control.command(Resume(by="api"))
+        await wait_for(lambda: a.control.state is TradingState.ACTIVE and
+                       b.control.state is TradingState.ACTIVE)
+        await fresh.stop()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_halt_made_while_redis_was_away_reaches_the_account_on_reconnect(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    b = await Instance(tmp_path, redis_server.url, "b").start()
+    try:
+        redis_server.kill()
+        await wait_for(lambda: not a.store.up, 5)
+        out = await a.control.command(Halt(reason="while away", by="api"))
+        assert out["account_shared"] is False  # in force here, pending for the account
+        assert a.control.state is TradingState.HALTED
+        assert b.control.state is TradingState.ACTIVE
+        redis_server.start()
+        await wait_for(lambda: b.control.state is TradingState.HALTED, 10)
+        assert b.control.reason == "while away"
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+# -- the caps -----------------------------------------------------------------------------
+def _racer(url: str, name: str, day: int, tries: int, out: Any) -> None:
+    async def main() -> int:
+        store = AccountStore(url, "race", name, Caps(trades_per_day=5), sends=True,
+                             live=True, grace=5.0)
+        await store.open(lambda doc, live: None)
+        got = 0
+        for i in range(tries):
+            if await store.reserve(entry(f"{name}-{i}", day), 100.0) is None:
+                got += 1
+        await store.close()
+        return got
+
+    out.put(asyncio.run(main()))
+
+
+def test_two_processes_racing_for_five_trades_a_day_never_take_six(
+        redis_server: RedisServer) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(12):
+        day = DAY + 100 + round_
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_racer, args=(redis_server.url, f"p{k}", day, 8, out))
+                 for k in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        got = [out.get(timeout=5) for _ in procs]
+        assert sum(got) == 5, f"round {round_}: {got}"
+
+
+async def test_caps_on_hour_loss_and_exposure_and_an_entry_counted_once(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    caps = Caps(trades_per_day=0, trades_per_hour=4, daily_loss=500.0, exposure=1_000.0)
+    a = await Instance(tmp_path, redis_server.url, "a", caps=caps).start()
+    b = await Instance(tmp_path, redis_server.url, "b", caps=caps).start()
+    try:
+        assert await a.control.clearance(entry("e1", qty=4)) is None
+        assert await a.control.clearance(entry("e1", qty=4)) is None  # asked again: once
+        assert await b.control.clearance(entry("e2", qty=5)) is None
+        why = await b.control.clearance(entry("e3", qty=2))
+        assert why is not None and why.startswith("account exposure: 900.00 + 200.00 > 1000")
+        # An exit passes whatever the caps say, and counts as an order, as the gate counts.
+        assert await b.control.clearance(entry("x1", qty=1, reduce_only=True)) is None
+        counts = await a.store.counts(DAY)
+        assert counts["trades"] == 3 and counts["coids"] == ["e1", "e2", "x1"]
+        # The instances' reports replace what the reservations added.
+        a.store.report(DAY, -300.0, 0.0)
+        b.store.report(DAY, -250.0, 0.0)
+        await wait_for(lambda: a.store._report is None and b.store._report is None)
+        why = await a.control.clearance(entry("e4", qty=1))
+        assert why is not None and why.startswith("account daily loss: day P&L -550.00")
+        b.store.report(DAY, 100.0, 0.0)
+        await wait_for(lambda: b.store._report is None)
+        assert await a.control.clearance(entry("e5", qty=1)) is None
+        why = await b.control.clearance(entry("e6", qty=1))
+        assert why == "account trades per hour: 4 >= 4"
+        assert await b.control.clearance(entry("x2", reduce_only=True)) is None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_an_instance_whose_orders_reach_no_broker_leaves_the_account_untouched(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    shadow = await Instance(tmp_path, redis_server.url, "shadow", sends=False,
+                            caps=Caps(trades_per_day=1)).start()
+    try:
+        for i in range(5):
+            assert await shadow.control.clearance(entry(f"s{i}")) is None
+        shadow.store.report(DAY, -10_000.0, 50_000.0)
+        await asyncio.sleep(0.7)
+        assert await shadow.store.counts(DAY) == {"trades": 0, "coids": [], "pnl": {},
+                                                  "exposure": {}}
+    finally:
+        await shadow.stop()
+
+
+async def test_redis_away_counts_in_memory_stops_entries_after_the_grace_and_adds_back(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a", live=True, grace=0.6,
+                       caps=Caps(trades_per_day=3)).start()
+    try:
+        assert await a.control.clearance(entry("before")) is None
+        redis_server.kill()
+        # Within the grace: counted in memory, against the last count read (1 of 3).
+        assert await a.control.clearance(entry("away1")) is None
+        assert await a.control.clearance(entry("away2")) is None
+        why = await a.control.clearance(entry("away3"))
+        assert why == "account trades per day: 3 >= 3 (in memory)"
+        await wait_for(lambda: a.control.refusal(entry("later")) is not None, 3)
+        assert "shared store unreachable" in (a.control.refusal(entry("later")) or "")
+        assert a.control.refusal(entry("exit", reduce_only=True)) is None  # exits pass
+        redis_server.start()
+        await wait_for(lambda: a.store.up, 10)
+        counts = await a.store.counts(DAY)
+        assert counts["trades"] == 3 and counts["coids"] == ["away1", "away2", "before"]
+        assert a.control.refusal(entry("later")) is None
+    finally:
+        await a.stop()
+
+
+async def test_outside_the_live_phases_trading_goes_on_without_redis(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a", live=False, grace=0.1).start()
+    try:
+        redis_server.kill()
+        await asyncio.sleep(0.4)
+        assert a.control.refusal(entry("e")) is None
+        assert await a.control.clearance(entry("e")) is None
+    finally:
+        await a.stop()
+
+
+# -- bad settings and an unreachable Redis ----------------------------------------------
+async def test_a_wrong_password_or_a_server_that_is_not_redis_is_a_bad_setting(
+        tmp_path: Path) -> None:
+    from aiohttp import web
+
+    server = RedisServer(tmp_path / "pw", password="right-password-123").start()
+    try:
+        wrong = AccountStore(f"redis://:wrong-password-9@127.0.0.1:{server.port}/0", "a",
+                             "i", Caps(), sends=True, live=False, grace=5)
+        with pytest.raises(ConfigError) as err:
+            await wrong.open(lambda doc, live: None)
+        assert err.value.setting == "QUANTSHIFT_REDIS_URL"
+        assert "refused the credentials" in err.value.message
+        assert "wrong-password-9" not in str(err.value)
+        await wrong.close()
+    finally:
+        server.stop()
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        http = AccountStore(f"redis://127.0.0.1:{port}/0", "a", "i", Caps(), sends=True,
+                            live=False, grace=5)
+        with pytest.raises(ConfigError) as err:
+            await http.open(lambda doc, live: None)
+        assert "does not speak Redis" in err.value.message
+        await http.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_unreachable_redis_at_start_is_retried_until_it_answers(
+        tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "late")
+    a = Instance(tmp_path, server.url, "a", live=True)
+    a.control.restore()
+    await a.store.open(a.control.adopt)
+    task = asyncio.create_task(a.store.run())
+    try:
+        assert not a.store.up
+        # Never answered yet, in a live phase: no entry goes out, not even in the grace.
+        why = a.control.refusal(entry("e"))
+        assert why is not None and "shared store unreachable" in why
+        await asyncio.sleep(0.5)
+        server.start()
+        await wait_for(lambda: a.store.up, 10)
+        assert a.control.refusal(entry("e")) is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await a.stop()
+        server.stop()
