@@ -340,7 +340,9 @@ def endpoint(ev: Evidence) -> list[Violation]:
                                  "(neither a known paper endpoint nor loopback) without "
                                  "QUANTSHIFT_LIVE_CONFIRM or QUANTSHIFT_ENDPOINT_IS_PAPER; "
                                  f"{len(sent)} order(s) reached it"))
-        if run.note == "endpoint:paper_override" and run.ready is None:
+        # Refused as live is exit 78; a venue fault still armed may make the start fail
+        # otherwise (69: the broker answered 5xx), which is no refusal.
+        if run.note == "endpoint:paper_override" and run.ready is None and run.code == 78:
             out.append(Violation("7", "paper_override_refused",
                                  f"run {run.n}: with QUANTSHIFT_ENDPOINT_IS_PAPER naming the "
                                  f"host it did not start (exit {run.code})"))
