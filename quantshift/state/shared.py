@@ -220,8 +220,7 @@ class AccountStore:
         pubsub = self._client.pubsub()
         try:
             await asyncio.wait_for(pubsub.subscribe(self.key("control")), self._timeout)
-            if not self.up:
-                await self._sync()  # after the subscription: no change falls in between
+            await self._sync()  # after the subscription: no change falls in between
             pinged = time.monotonic()
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
@@ -265,11 +264,12 @@ class AccountStore:
         counted = len(mirror.offline)
         mirror.offline.clear()
         was_down = self.down_since is not None and self.ever_up
+        first = not self.ever_up
         self.up, self.ever_up, self.down_since = True, True, None
         if was_down:
-            logger.warning("shared store {} is back; account {}: {} entries counted "
+            logger.warning("shared store {} is back; account {}: {} orders counted "
                            "meanwhile added back", self.where, self.account, counted)
-        else:
+        elif first:
             logger.info("shared store {}: account {}, instance {}{}", self.where,
                         self.account, self.instance,
                         "" if self.sends else " (its orders reach no broker: it counts "
