@@ -51,6 +51,7 @@ from quantshift.commands import (
 from quantshift.domain import OrderIntent, TradingState
 from quantshift.execution.base import Executor
 from quantshift.execution.log_only import LogOnlyExecutor
+from quantshift.sharing import AccountSharing
 from quantshift.state.journal import Journal
 
 if TYPE_CHECKING:
@@ -67,9 +68,6 @@ _ACTIVE, _REDUCING, _HALTED, _DEMOTED = (TradingState.ACTIVE, TradingState.REDUC
 _MAX_AUTHORIZED = 1000  # flatten exits kept across a restart (a flatten is a few orders)
 _ALERT_HALT = logger.bind(alert="halt")
 _ALERT_DEMOTION = logger.bind(alert="demotion")
-# What reaches every instance of an account (state/shared.py), by the name it travels under.
-_SHARED: dict[str, type[Command]] = {"halt": Halt, "reduce": Reduce, "resume": Resume,
-                                     "flatten": Flatten, "demote": Demote, "lift": Lift}
 _SHARE_WAIT = 1.0  # s an operator's command waits for the account to have it
 
 
@@ -116,7 +114,7 @@ class ControlView:
 Listener = Callable[[TradingState, TradingState], None]
 
 
-class ControlPlane:
+class ControlPlane(AccountSharing):
     def __init__(self, journal: Journal | None = None) -> None:
         self._journal = journal
         self._state = _ACTIVE
@@ -153,16 +151,6 @@ class ControlPlane:
     def attach_durable(self, durable: Callable[[], Awaitable[bool]]) -> None:
         """How an operator's command is made durable before it is answered."""
         self._durable = durable
-
-    def attach_account(self, store: AccountStore) -> None:
-        """The account's shared state: halts, reductions, resumptions, flattens and
-        demotions reach every instance of the account, and entries count against its
-        caps (``clearance``)."""
-        self._account = store
-
-    @property
-    def account(self) -> AccountStore | None:
-        return self._account
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(old, new)`` after every change of the trading state."""
@@ -239,18 +227,6 @@ class ControlPlane:
             return f"demoted: {(self._demotion or {}).get('reason', '')}"
         return f"halted: {self._reason or 'trading is halted'}"
 
-    async def clearance(self, intent: OrderIntent) -> str | None:
-        """Asked once per order, right before its first attempt: why the account's caps
-        (shared by its instances) keep it from going, or None. Every order counts, as the
-        risk gate counts them; exits always pass."""
-        link = self._account
-        if link is None or intent.parent:
-            return None
-        if intent.reduce_only:
-            await link.reserve(intent, 0.0, check=False)
-            return None
-        return await link.reserve(intent, intent.qty * intent.ref_price)
-
     # -- commands -------------------------------------------------------------------------
     def apply(self, cmd: Command) -> Any:
         """Do one command; return what came of it (a dict; a coroutine for a promotion),
@@ -290,41 +266,6 @@ class ControlPlane:
                              "written, so a restart would not know it; see the daemon's "
                              "log", out)
         return out
-
-    def _share(self, cmd: Command) -> None:
-        """Send a change of the trading state to the account: an operator's always; a
-        rule's only from an instance whose orders reach the broker (a shadow's breakers
-        demote the shadow alone); one that came from the account never goes back."""
-        link = self._account
-        if link is None or cmd.name not in _SHARED or cmd.source in (Source.ACCOUNT,
-                                                                     Source.LOCAL):
-            return
-        if cmd.source is Source.RULE and not link.sends:
-            return
-        self._shared = link.publish({"cmd": cmd.name, "reason": cmd.reason,
-                                     "flatten": bool(getattr(cmd, "flatten", False))})
-
-    def adopt(self, doc: dict[str, Any], live: bool) -> None:
-        """A change another instance of the account made (``live``: as it happened; else
-        read back at a start or a reconnect, when a flatten of the past is not repeated)."""
-        cls = _SHARED.get(str(doc.get("cmd")))
-        if cls is None:
-            logger.warning("account: a change this release does not know ({}); ignored",
-                           doc.get("cmd"))
-            return
-        if cls is Flatten and not live:
-            return
-        who = f"account (instance {doc.get('by', '?')})"
-        kw: dict[str, Any] = {"by": who, "reason": str(doc.get("reason") or ""),
-                              "source": Source.ACCOUNT}
-        if cls in (Halt, Demote):
-            kw["flatten"] = bool(doc.get("flatten")) and live
-        logger.warning("account: {} by instance {}{}", cls.name, doc.get("by", "?"),
-                       f" ({kw['reason']})" if kw["reason"] else "")
-        try:
-            self.apply(cls(**kw))
-        except ControlRefused as exc:
-            logger.info("account: {} not applied here: {}", cls.name, exc.message)
 
     async def durable(self) -> bool:
         """Commit what is journaled so far; False when the journal cannot be written."""
