@@ -121,7 +121,7 @@ def build_feed(settings: Settings, start_prices: dict[str, float]) -> Feed:
                    batch=1 if settings.sim_interval > 0 else 4)
 
 
-def open_account(settings: Settings, journal: Journal) -> AccountStore:
+def open_account(settings: Settings, journal: Journal | None) -> AccountStore:
     """The link to the account's shared state (QUANTSHIFT_REDIS_URL). Only an instance
     whose orders reach the broker counts against the account's caps."""
     from quantshift.state.shared import AccountStore, Caps  # redis only where it is used

@@ -165,8 +165,12 @@ class Daemon:
             self.account = account = open_account(s, journal)
             control.attach_account(account)
             await account.open(control.adopt)
+            engine.decision_tap = account.tap
             self._spawn(account.run(), "shared store")
             self._every("account", 1.0, partial(periodic.report_account, engine, account))
+            if s.compare_against:
+                self._every("compare", 30.0, partial(periodic.compare_against, account,
+                                                     s.compare_against))
         self.metrics = Metrics(self)
         self.guard = guard = Guard(s, engine, control, vc, self.metrics.errors_total)
         self._spawn(self.heartbeat.run(), "heartbeat")

@@ -76,6 +76,9 @@ class Engine:
         # Signed quantity sent but not yet filled, per (strategy, symbol), for the gate.
         self._pending = Pending()
         self._fill_seq = 0
+        # Each decision's summary, for an account's decision stream (state/shared.py):
+        # None unless instances share an account. Called on the hot path: it only appends.
+        self.decision_tap: Callable[[tuple[Any, ...]], None] | None = None
         # Read by /metrics at scrape time: plain counters, the cheapest a bar can keep
         # (a defaultdict's += costs half a Counter's).
         self.signal_counts: defaultdict[tuple[str, str], int] = defaultdict(int)  # by version
@@ -262,6 +265,9 @@ class Engine:
             journal.decision(signal.ts, signal.strategy, signal.symbol, int(signal.target),
                              outcome, veto or signal.reason, signal.confidence,
                              signal.indicators, None, signal.version)
+            if self.decision_tap is not None:
+                self.decision_tap((signal.ts, signal.symbol, signal.strategy, signal.version,
+                                   int(signal.target), outcome, veto or signal.reason, ""))
             if tripped:
                 self.snapshot()
             return sent
@@ -270,6 +276,11 @@ class Engine:
                          "exit_only" if veto else "approved", veto or signal.reason,
                          signal.confidence, {**signal.indicators, "regime": self.gate.regime},
                          ",".join(i.client_order_id for i in sent), signal.version)
+        if self.decision_tap is not None:
+            self.decision_tap((signal.ts, signal.symbol, signal.strategy, signal.version,
+                               int(signal.target), "exit_only" if veto else "approved",
+                               veto or signal.reason,
+                               ",".join(f"{i.side.value} {i.qty:g}" for i in sent)))
         executor = control.executor
         real = executor is control.real_executor  # log-only while demoted: nothing leaves
         for intent in sent:

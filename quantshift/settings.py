@@ -227,6 +227,7 @@ class Settings(BaseSettings):
     account: str | None = None  # the scope bots share; unset = the bot's name
     instance: str | None = None  # this process; unset = <hostname>-<bot>
     redis_grace: float = Field(5.0, ge=0, le=_DAY)  # s live phases trade on without Redis
+    compare_against: str | None = None  # an instance whose decisions this one is lined up with
 
     # Broker credentials, read now so that they are masked everywhere; used by the brokers.
     apca_api_key_id: SecretStr | None = _env("APCA_API_KEY_ID", "apca_api_key_id")
@@ -443,7 +444,7 @@ class Settings(BaseSettings):
                              "a database number")
         return text
 
-    @field_validator("account", "instance", mode="before")
+    @field_validator("account", "instance", "compare_against", mode="before")
     @classmethod
     def _scope(cls, v: Any) -> Any:
         if v is None or str(v).strip() == "":

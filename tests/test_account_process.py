@@ -170,3 +170,63 @@ def test_a_sandbox_instance_counts_its_entries_in_the_account(
         code = d.stop()[0]
         emu.stop()
     assert code == 0
+
+
+def _replay_file(path: Path) -> Path:
+    lines = ["timestamp,open,high,low,close,volume"]
+    price = 100.0
+    for i in range(240):
+        price += 1 if (i // 7) % 2 == 0 else -1
+        lines.append(f"{1_700_000_000 + 60 * i},{price},{price + 0.5},{price - 0.5},"
+                     f"{price},100")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_against_lines_two_instances_up_bar_by_bar(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    data = _replay_file(tmp_path / "bars.csv")
+
+    def run(name: str, fast: int) -> dict[str, str]:
+        root = tmp_path / name
+        root.mkdir()
+        env = clean_env(root, **{**FAST, "QUANTSHIFT_STRATEGIES": json.dumps(
+                            [{"name": "ma_cross", "params": {"fast": fast, "slow": 6,
+                                                             "mode": "long_short"}}])},
+                        QUANTSHIFT_FEED="replay", QUANTSHIFT_REPLAY_FILE=str(data),
+                        QUANTSHIFT_REDIS_URL=redis_server.url, QUANTSHIFT_ACCOUNT="acct",
+                        QUANTSHIFT_INSTANCE=name)
+        env.pop("QUANTSHIFT_SYMBOLS")  # the file's own
+        d = DaemonProcess(root, env).start()
+        assert d.proc is not None and d.proc.wait(60) == 0
+        return env
+
+    env = run("primary", 2)
+    run("same", 2)
+    run("other", 3)
+
+    def compare(mine: str, against: str) -> dict[str, Any]:
+        import subprocess
+
+        from tests.conftest import quantshift_bin
+        out = subprocess.run([quantshift_bin(), "compare", "--instance", mine, "--against",
+                              against, "--json"], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    same = compare("same", "primary")
+    assert same["compared"] > 10 and same["divergence_ratio"] == 0.0 and same["differ"] == 0
+    other = compare("other", "primary")
+    assert other["compared"] > 10 and 0 < other["divergence_ratio"] < 1
+    assert other["examples"] and other["why"]
+    ex = other["examples"][0]
+    assert ex["symbol"] == "bars" and ex["strategy"] == "ma_cross"  # the file names it
+    # Without Redis the comparison says which setting it needs.
+    import subprocess
+
+    from tests.conftest import quantshift_bin
+    bare = {k: v for k, v in env.items() if k != "QUANTSHIFT_REDIS_URL"}
+    out = subprocess.run([quantshift_bin(), "compare", "--against", "primary"], env=bare,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78 and "QUANTSHIFT_REDIS_URL" in out.stderr

@@ -347,3 +347,40 @@ async def test_an_unreachable_redis_at_start_is_retried_until_it_answers(
         await asyncio.gather(task, return_exceptions=True)
         await a.stop()
         server.stop()
+
+
+def test_compare_streams_counts_only_the_bars_both_saw() -> None:
+    from quantshift.shadow.against import compare_streams
+
+    def row(ts: int, target: str = "1", outcome: str = "approved") -> dict[str, str]:
+        return {"ts": str(ts), "symbol": "AAA", "strategy": "s", "version": "v1",
+                "target": target, "outcome": outcome, "reason": "r", "orders": ""}
+
+    mine = [row(t) for t in (1, 2, 3, 4, 5)]
+    theirs = [row(t) for t in (3, 4, 6, 7)] + [row(5, target="-1")]
+    d = compare_streams("b", mine, "a", theirs)
+    assert d.window_ns == (3, 5)  # 1, 2 before the other started; 6, 7 after this stopped
+    assert (d.compared, d.same, len(d.differ)) == (3, 2, 1)
+    assert d.ratio == 1 / 3 and d.why == {"target differ": 1}
+    assert compare_streams("b", [], "a", theirs).ratio == 0.0
+    only = compare_streams("b", [row(3), row(5)], "a", [row(3), row(4), row(5)])
+    assert (only.only_theirs, only.only_mine) == (1, 0)
+    assert only.why == {"decided on one side only": 1}
+
+
+async def test_decisions_stream_and_the_share_that_differs_from_another_instance(
+        pair: tuple[Instance, Instance]) -> None:
+    from quantshift.ops import periodic
+
+    a, b = pair
+    for ts in range(10):
+        a.store.tap((ts, "AAA", "s", "v1", 1, "approved", "cross", "buy 1"))
+        b.store.tap((ts, "AAA", "s", "v1", 1 if ts < 8 else -1, "approved", "cross", "buy 1"))
+    await wait_for(lambda: not a.store._decisions and not b.store._decisions)
+    rows = await a.store.decisions("a")
+    assert [r["ts"] for r in rows] == [str(t) for t in range(10)]
+    assert rows[0] == {"ts": "0", "symbol": "AAA", "strategy": "s", "version": "v1",
+                       "target": "1", "outcome": "approved", "reason": "cross",
+                       "orders": "buy 1"}
+    await periodic.compare_against(a.store, "b")
+    assert a.store.divergence == {"b": 0.2}

@@ -173,6 +173,12 @@ class _DaemonCollector(Collector):
             yield _gauge("quantshift_store_up", "Whether the account's shared store (Redis) "
                          "answers", 1.0 if account.up else 0.0,
                          {"account": account.account, "instance": account.instance})
+            div = GaugeMetricFamily("quantshift_divergence_ratio", "Share of the latest "
+                                    "decisions that differ from another instance's",
+                                    labels=["against"])
+            for against, ratio in sorted(account.divergence.items()):
+                div.add_metric([against], ratio)
+            yield div
         broker = engine.control.real_executor
         if hasattr(broker, "reconcile_errors"):  # a broker executor: its venue's hiccups
             yield _counter("quantshift_reconcile_errors", "Reconciliations a transient venue "

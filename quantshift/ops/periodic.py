@@ -203,6 +203,21 @@ async def report_account(engine: Engine, account: AccountStore) -> None:
     account.report(pf.day, pf.day_pnl, pf.exposure() + pending)
 
 
+async def compare_against(account: AccountStore, against: str, last: int = 5_000) -> None:
+    """The share of the latest decisions that differ from another instance's
+    (``quantshift_divergence_ratio``); ``quantshift compare --against`` says where."""
+    from quantshift.shadow.against import compare_streams
+
+    try:
+        mine = await account.decisions(account.instance, count=last)
+        theirs = await account.decisions(against, count=last)
+    except Exception as exc:  # Redis away: the link says so; the ratio waits
+        logger.debug("compare with {}: {}", against, exc)
+        return
+    account.divergence[against] = compare_streams(account.instance, mine, against,
+                                                  theirs).ratio
+
+
 async def report_status(engine: Engine, notifier: Any) -> None:
     text = status_text(engine)
     notifier.status(text)

@@ -64,6 +64,11 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     compare.add_argument("--strategy")
     compare.add_argument("--since", help="only bars from this UTC date on (YYYY-MM-DD)")
     compare.add_argument("--json", action="store_true")
+    compare.add_argument("--against", metavar="INSTANCE",
+                         help="line this instance's decisions up with another instance's of "
+                              "the account, bar by bar (QUANTSHIFT_REDIS_URL)")
+    compare.add_argument("--instance", help="the instance to compare (default: this one, "
+                                            "QUANTSHIFT_INSTANCE)")
     compare.set_defaults(func=_reads_files(cmd_compare))
 
     phase = sub.add_parser("phase", help="phase transitions")
@@ -222,6 +227,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from quantshift.shadow.compare import compare
 
     settings = load_settings(bot=args.bot)
+    if args.against:
+        return compare_instances(settings, args.instance or settings.instance_name,
+                                 args.against, args.json)
     since = None
     if args.since:
         try:
@@ -261,6 +269,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for c in f.verdict["criteria"]:
             print(f"  {'pass' if c['passed'] else 'FAIL'}  {c['name']:<13} {c['detail']}")
     return 0
+
+
+def compare_instances(settings: Any, mine: str, against: str, as_json: bool) -> int:
+    """``compare --against``: two instances' decision streams, bar by bar."""
+    import asyncio
+
+    from quantshift.errors import EX_CONFIG
+    from quantshift.shadow.against import compare_streams
+
+    if settings.redis_url is None:
+        print("quantshift: invalid setting QUANTSHIFT_REDIS_URL: compare --against reads "
+              "the account's decision streams in Redis; it is not set", file=sys.stderr)
+        return EX_CONFIG
+    from quantshift.app import open_account
+    from quantshift.errors import ConfigError
+
+    async def read() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        store = open_account(settings, None)
+        try:
+            await store.open(lambda doc, live: None)
+            if not store.up:
+                raise OSError(f"shared store {store.where} unreachable ({store.last_error})")
+            return await store.decisions(mine), await store.decisions(against)
+        finally:
+            await store.close()
+
+    try:
+        a, b = asyncio.run(read())
+    except ConfigError as exc:
+        print(f"quantshift: invalid setting {exc.setting}: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    d = compare_streams(mine, a, against, b)
+    if as_json:
+        sys.stdout.write(orjson.dumps(d.as_dict()).decode() + "\n")
+        return 0
+    if not a or not b:
+        print(f"{mine} vs {against}: nothing to compare ({len(a)} and {len(b)} decisions in "
+              f"the account {settings.account_name}'s streams)")
+        return 1
+    print(f"{mine} vs {against}, account {settings.account_name}: {d.compared} decisions "
+          f"in the bars both saw, {d.same} the same, divergence {d.ratio * 100:.2f}%")
+    for why, n in d.why.most_common():
+        print(f"  {n:>6}  {why}")
+    for r in d.differ[:10]:
+        ts = datetime.fromtimestamp(r["ts"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  {ts} {r['symbol']} {r['strategy']}@{r['version'] or '-'}: "
+              f"{_side(r['mine'])} | {against}: {_side(r['theirs'])}")
+    return 0
+
+
+def _side(r: dict[str, str] | None) -> str:
+    if r is None:
+        return "no decision"
+    return f"{r['outcome']} target {r['target']}" + (f" ({r['orders']})" if r["orders"] else "")
 
 
 def _pct(x: float | None) -> str:

@@ -7,6 +7,9 @@ one set of caps (``QUANTSHIFT_REDIS_URL``; without it nothing here runs). Keys, 
 * ``control`` the account's last trading-state change, a JSON document with a sequence
   number from ``control:seq``; every new one is also published on the ``control`` channel
   (pub/sub for speed; the key is the truth, read again on every start and reconnect);
+* ``decisions:<instance>`` a capped stream of each instance's decisions (bar time, symbol,
+  strategy, version, signal, outcome, reason, orders), which ``quantshift compare
+  --against`` lines up bar by bar;
 * ``trades:<day>`` the entries sent on a UTC day, ``coids:<day>`` their client order ids
   (an entry is counted once however often it is asked for), ``hour`` the last hour's
   entries, ``pnl:<day>`` each instance's P&L of the day, ``exposure`` each instance's gross
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +45,9 @@ SETTING = "QUANTSHIFT_REDIS_URL"
 LINK_KEY = "account_link"  # the journal's record of the last account change seen
 NS_PER_DAY = 86_400 * NS_PER_SECOND
 HOUR_MS = 3_600_000
+STREAM_MAXLEN = 200_000  # decisions kept per instance (about a day of 100 symbols' bars)
+DECISION_FIELDS = ("ts", "symbol", "strategy", "version", "target", "outcome", "reason",
+                   "orders")
 _ALERT = logger.bind(alert="error")
 
 # The account's trading state: a new change takes the next number and is published.
@@ -172,6 +179,8 @@ class AccountStore:
         self._report: tuple[int, float, float] | None = None
         self._published = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._decisions: deque[tuple[Any, ...]] = deque(maxlen=50_000)
+        self.divergence: dict[str, float] = {}  # against instance -> share of decisions
         self._pushing = asyncio.Lock()
         self.downs = 0
 
@@ -226,7 +235,7 @@ class AccountStore:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if msg is not None and msg.get("type") == "message":
                     self._received(orjson.loads(msg["data"]), live=True)
-                if self._report is not None or self.pending is not None:
+                if self._report is not None or self.pending is not None or self._decisions:
                     await self._flush()
                 if time.monotonic() - pinged >= 1.0:  # a partition shows no FIN: ask
                     await asyncio.wait_for(self._client.ping(), self._timeout)
@@ -321,9 +330,28 @@ class AccountStore:
         finally:
             event.set()
 
+    def tap(self, decision: tuple[Any, ...]) -> None:
+        """One decision for this instance's stream (the engine's hot path: it only queues;
+        the link writes them a batch at a time)."""
+        self._decisions.append(decision)
+
     async def _flush(self) -> None:
         if self.pending is not None:
             await self._push()
+        if self._decisions:
+            batch = list(self._decisions)
+            self._decisions.clear()
+            pipe = self._client.pipeline(transaction=False)
+            key = self.key(f"decisions:{self.instance}")
+            for row in batch:
+                pipe.xadd(key, dict(zip(DECISION_FIELDS, (
+                    "" if v is None else str(v) for v in row), strict=True)),
+                    maxlen=STREAM_MAXLEN, approximate=True)
+            try:
+                await pipe.execute()
+            except (RedisError, OSError, TimeoutError):
+                self._decisions.extendleft(reversed(batch))  # written on the next turn
+                raise
         if self._report is not None and self.sends:
             day, pnl, gross = self._report
             self._report = None
@@ -458,6 +486,22 @@ class AccountStore:
                 "exposure": {_text(k): float(v) for k, v in
                              (await c.hgetall(self.key("exposure"))).items()}}
 
+    async def decisions(self, instance: str, count: int | None = None) -> list[dict[str, str]]:
+        """An instance's decisions as its stream holds them, oldest first (the newest
+        ``count`` with a count)."""
+        key = self.key(f"decisions:{instance}")
+        if count is not None:
+            rows = list(reversed(await self._client.xrevrange(key, count=count)))
+        else:
+            rows, start = [], "-"
+            while True:
+                chunk = await self._client.xrange(key, min=start, count=10_000)
+                rows += chunk
+                if len(chunk) < 10_000:
+                    break
+                start = "(" + _text(chunk[-1][0])
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in rows]
+
     def view(self) -> dict[str, Any]:
         away = None if self.down_since is None else round(time.monotonic() - self.down_since, 1)
         return {"account": self.account, "instance": self.instance, "store": self.where,
@@ -471,7 +515,8 @@ class AccountStore:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, self._timeout)
         with contextlib.suppress(Exception):
-            if self.up and (self.pending is not None or self._report is not None):
+            if self.up and (self.pending is not None or self._report is not None
+                            or self._decisions):
                 await asyncio.wait_for(self._flush(), self._timeout)
         with contextlib.suppress(Exception):
             await self._client.aclose()
