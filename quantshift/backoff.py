@@ -36,6 +36,10 @@ async def until_stopped(aw: Awaitable[T], stopping: asyncio.Event,
         return task.result()
     task.cancel()
     await asyncio.wait({task}, timeout=1.0)  # let it unwind (a cancelled task never raises)
+    if task.done() and not task.cancelled():
+        # A gather cancelled mid-way ends with CancelledError set as its exception (3.11):
+        # retrieved here, or asyncio logs "exception was never retrieved" when it is freed.
+        task.exception()
     if stopping.is_set():
         raise Stopped
     raise TimeoutError(f"no answer within {timeout} s")
