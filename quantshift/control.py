@@ -180,6 +180,13 @@ class ControlPlane(AccountSharing):
     def market_open(self) -> bool | None:
         return self._market_open
 
+    def state_name(self) -> str:
+        """The trading state as an account's shared state names it: halted, reducing or
+        active (a demotion is kept apart)."""
+        state = self._state
+        return "halted" if state is _HALTED else "reducing" if state is _REDUCING \
+            else "active"
+
     @property
     def demoted(self) -> bool:
         return self._demotion is not None

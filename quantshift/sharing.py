@@ -36,8 +36,15 @@ class AccountSharing:
     _account: AccountStore | None
     _shared: asyncio.Event | None
 
-    if TYPE_CHECKING:
-        def apply(self, cmd: Command) -> Any: ...  # the control plane's own
+    _reason: str
+
+    if TYPE_CHECKING:  # the control plane's own
+        @property
+        def demoted(self) -> bool: ...
+
+        def apply(self, cmd: Command) -> Any: ...
+
+        def state_name(self) -> str: ...
 
     def attach_account(self, store: AccountStore) -> None:
         """The account's shared state: halts, reductions, resumptions, flattens and
@@ -62,36 +69,69 @@ class AccountSharing:
         return await link.reserve(intent, intent.qty * intent.ref_price)
 
     def _share(self, cmd: Command) -> None:
-        """Send a change of the trading state to the account: an operator's always; a
-        rule's only from an instance whose orders reach the broker (a shadow's breakers
-        demote the shadow alone); one that came from the account never goes back."""
+        """Send the account's new state to the account: after an operator's change
+        always; after a rule's only from an instance whose orders reach the broker (a
+        shadow's breakers demote the shadow alone); never one that came from the account.
+        The state is whole (what a start or a reconnect reads back), built on the last one
+        this instance made or knew, never on its own local-only states (a breaker's
+        reduce, a shadow's demotion)."""
         link = self._account
         if link is None or cmd.name not in SHARED or cmd.source in (Source.ACCOUNT,
                                                                      Source.LOCAL):
             return
         if cmd.source is Source.RULE and not link.sends:
             return
-        self._shared = link.publish({"cmd": cmd.name, "reason": cmd.reason,
-                                     "flatten": bool(getattr(cmd, "flatten", False))})
+        last = link.state or {}
+        state = str(last.get("state", "active"))
+        reason = str(last.get("reason", ""))
+        demotion = last.get("demotion")
+        if isinstance(cmd, Halt):
+            state, reason = "halted", self._reason
+        elif isinstance(cmd, Reduce):
+            state, reason = "reducing", self._reason
+        elif isinstance(cmd, Resume):
+            state, reason, demotion = "active", "", None
+        elif isinstance(cmd, Demote):
+            demotion = {"reason": cmd.reason or "demoted"}
+        elif isinstance(cmd, Lift):
+            demotion = None
+        flatten = isinstance(cmd, Flatten) or bool(getattr(cmd, "flatten", False))
+        self._shared = link.publish({"cmd": cmd.name, "state": state, "reason": reason,
+                                     "demotion": demotion}, flatten)
 
-    def adopt(self, doc: dict[str, Any], live: bool) -> None:
-        """A change another instance of the account made (``live``: as it happened; else
-        read back at a start or a reconnect, when a flatten of the past is not repeated)."""
-        cls = SHARED.get(str(doc.get("cmd")))
-        if cls is None:
-            logger.warning("account: a change this release does not know ({}); ignored",
-                           doc.get("cmd"))
-            return
-        if cls is Flatten and not live:
-            return
-        who = f"account (instance {doc.get('by', '?')})"
-        kw: dict[str, Any] = {"by": who, "reason": str(doc.get("reason") or ""),
+    def adopt(self, doc: dict[str, Any], flatten: bool) -> None:
+        """Take the account's state (idempotent: what holds already is left alone), and
+        its flatten when ``flatten`` (not done here yet)."""
+        state, reason = doc["state"], str(doc.get("reason") or "")
+        demotion = doc.get("demotion")
+        kw: dict[str, Any] = {"by": f"account (instance {doc.get('by', '?')})",
                               "source": Source.ACCOUNT}
-        if cls in (Halt, Demote):
-            kw["flatten"] = bool(doc.get("flatten")) and live
-        logger.warning("account: {} by instance {}{}", cls.name, doc.get("by", "?"),
-                       f" ({kw['reason']})" if kw["reason"] else "")
+        mine = self.state_name()
+        done: list[str] = []
+        if state == "halted" and (mine != "halted" or flatten):
+            done.append(self._adopt(Halt(reason=reason, flatten=flatten, **kw)))
+            flatten = False
+        elif state == "reducing" and mine != "reducing":
+            done.append(self._adopt(Reduce(reason=reason, **kw)))
+        elif state == "active" and (mine != "active" or (
+                self.demoted and doc.get("cmd") == "resume")):
+            done.append(self._adopt(Resume(**kw)))
+        if demotion and not self.demoted:
+            done.append(self._adopt(Demote(reason=str(demotion.get("reason", "")),
+                                           flatten=flatten, **kw)))
+            flatten = False
+        elif not demotion and self.demoted and doc.get("cmd") == "lift":
+            done.append(self._adopt(Lift(**kw)))
+        if flatten:
+            done.append(self._adopt(Flatten(reason=reason or "flattened by the account",
+                                            **kw)))
+        if done:
+            logger.warning("account: {} by instance {}{}", ", ".join(done), doc.get("by", "?"),
+                           f" ({reason})" if reason else "")
+
+    def _adopt(self, cmd: Command) -> str:
         try:
-            self.apply(cls(**kw))
+            self.apply(cmd)
         except ControlRefused as exc:
-            logger.info("account: {} not applied here: {}", cls.name, exc.message)
+            logger.info("account: {} not applied here: {}", cmd.name, exc.message)
+        return cmd.name

@@ -6,6 +6,7 @@ atomically by processes racing; isolation of instances that reach no broker; Red
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisError
 
-from quantshift.control import ControlPlane, Halt, Reduce, Resume
+from quantshift.control import ControlPlane, Flatten, Halt, Reduce, Resume
 from quantshift.domain import OrderIntent, Side, TradingState
 from quantshift.errors import ConfigError
 from quantshift.state.journal import Journal
@@ -384,3 +386,209 @@ async def test_decisions_stream_and_the_share_that_differs_from_another_instance
                        "orders": "buy 1"}
     await periodic.compare_against(a.store, "b")
     assert a.store.divergence == {"b": 0.2}
+
+
+# -- what an adversarial review found (each failed before its fix) -------------------------
+def flattens(inst: Instance) -> list[str]:
+    """Record the flattens the control plane does (it has no engine here)."""
+    done: list[str] = []
+
+    def flatten(reason: str) -> int:
+        done.append(reason)
+        return 0
+
+    inst.control._flatten = flatten  # type: ignore[method-assign]
+    return done
+
+
+async def test_a_halt_then_a_flatten_holds_for_an_instance_that_was_down_and_a_new_one(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    b = await Instance(tmp_path, redis_server.url, "b").start()
+    await b.stop()
+    await a.control.command(Halt(reason="kill switch", by="api"))
+    await a.control.command(Flatten(reason="out", by="api"))
+    b = Instance(tmp_path, redis_server.url, "b")
+    b_flat = flattens(b)
+    await b.start()
+    c = await Instance(tmp_path, redis_server.url, "c").start()
+    try:
+        assert b.control.state is TradingState.HALTED and b.control.reason == "kill switch"
+        assert c.control.state is TradingState.HALTED
+        assert len(b_flat) == 1  # missed a moment ago by an instance the account knew
+    finally:
+        for inst in (a, b, c):
+            await inst.stop()
+
+
+async def test_a_halt_and_a_flatten_made_while_redis_was_away_both_reach_the_account(
+        pair: tuple[Instance, Instance], redis_server: RedisServer) -> None:
+    a, b = pair
+    b_flat = flattens(b)
+    redis_server.kill()
+    await a.control.command(Halt(reason="away", by="api"))
+    await a.control.command(Flatten(by="api"))
+    redis_server.start()
+    await wait_for(lambda: b.control.state is TradingState.HALTED, 10)
+    await wait_for(lambda: len(b_flat) == 1, 5)
+
+
+async def test_two_instances_changing_the_state_at_once_agree_with_the_account(
+        pair: tuple[Instance, Instance], redis_server: RedisServer) -> None:
+    import orjson
+    import redis as sync_redis
+
+    a, b = pair
+    client = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        for _ in range(15):
+            await asyncio.gather(a.control.command(Resume(by="a")),
+                                 b.control.command(Halt(reason="stop", by="b")))
+            await asyncio.sleep(0.2)
+            want = orjson.loads(client.get("quantshift:acct:control"))["state"]
+            assert a.control.state_name() == b.control.state_name() == want
+            await a.control.command(Resume(by="reset"))
+            await wait_for(lambda: b.control.state is TradingState.ACTIVE)
+    finally:
+        client.close()
+
+
+async def test_a_second_process_under_one_instance_name_is_refused(
+        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantshift.state import shared
+
+    monkeypatch.setattr(shared, "INSTANCE_TTL_MS", 2_500)  # renewed every second
+    a = await Instance(tmp_path, redis_server.url, "twin").start()
+    again = Instance(tmp_path / "other", redis_server.url, "twin")
+    try:
+        with pytest.raises(ConfigError) as err:
+            await again.store.open(again.control.adopt)
+        assert err.value.setting == "QUANTSHIFT_INSTANCE"
+        assert "already running" in err.value.message
+    finally:
+        await again.stop()
+        await a.stop()
+    # Once the first has stopped (its name released), the name is free again.
+    later = await Instance(tmp_path / "later", redis_server.url, "twin").start()
+    assert later.store.duplicate is None
+    await later.stop()
+
+
+async def test_an_instance_on_a_fresh_state_dir_takes_its_own_earlier_halt(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a").start()
+    await a.control.command(Halt(reason="mine", by="api"))
+    await a.stop()
+    again = await Instance(tmp_path / "fresh", redis_server.url, "a").start()
+    try:
+        assert again.control.state is TradingState.HALTED and again.control.reason == "mine"
+    finally:
+        await again.stop()
+
+
+@pytest.mark.parametrize("garbage", [b"not json{", b'{"cmd":"halt"}', b"[1,2]",
+                                     b'{"seq":"x","state":"halted"}'])
+async def test_garbage_in_the_account_key_is_logged_never_a_crash(
+        tmp_path: Path, redis_server: RedisServer, garbage: bytes) -> None:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    client.set("quantshift:acct:control", garbage)
+    a = await Instance(tmp_path, redis_server.url, "a").start()  # no exception
+    b = await Instance(tmp_path, redis_server.url, "b").start()
+    try:
+        assert a.store.up and a.control.state is TradingState.ACTIVE
+        client.publish("quantshift:acct:control", garbage)
+        await a.control.command(Halt(reason="after garbage", by="api"))
+        await wait_for(lambda: b.control.state is TradingState.HALTED)
+    finally:
+        client.close()
+        await a.stop()
+        await b.stop()
+
+
+async def test_one_failed_call_is_followed_by_a_resync_not_a_store_down_for_good(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis as sync_redis
+
+    a = await Instance(tmp_path, redis_server.url, "a", live=True, grace=1.0,
+                       caps=Caps(trades_per_day=100)).start()
+    client = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        client.execute_command("CLIENT", "PAUSE", "1200", "WRITE")
+        assert await a.control.clearance(entry("during")) is None  # in memory, in the grace
+        assert not a.store.up
+        await wait_for(lambda: a.store.up, 10)
+        counts = await a.store.counts(DAY)
+        assert "during" in counts["coids"]  # added back
+        assert a.control.refusal(entry("next")) is None
+    finally:
+        client.close()
+        await a.stop()
+
+
+async def test_a_redis_that_lost_its_data_gets_the_counts_back_and_no_flatten_again(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a", caps=Caps(trades_per_day=3)).start()
+    b = await Instance(tmp_path, redis_server.url, "b", caps=Caps(trades_per_day=3)).start()
+    b_flat = flattens(b)
+    try:
+        await a.control.command(Flatten(by="api"))
+        await wait_for(lambda: len(b_flat) == 1)
+        for i in range(2):
+            assert await a.control.clearance(entry(f"a{i}")) is None
+        assert await b.control.clearance(entry("b0")) is None
+        redis_server.kill()
+        redis_server.wipe()
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while True:  # each puts its own back once it has noticed the restart
+            assert time.monotonic() < deadline, "the counts did not come back"
+            with contextlib.suppress(RedisError):  # a pooled connection of the old server
+                if (await a.store.counts(DAY))["trades"] >= 3:
+                    break
+            await asyncio.sleep(0.05)
+        why = await a.control.clearance(entry("a9"))
+        assert why is not None and why.startswith("account trades per day: 3 >= 3")
+        assert b_flat == ["flattened by the account"]  # not flattened again
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_orders_sent_while_redis_was_away_are_counted_after_a_restart_meanwhile(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Instance(tmp_path, redis_server.url, "a", caps=Caps(trades_per_day=10)).start()
+    redis_server.kill()
+    assert await a.control.clearance(entry("away1")) is None
+    assert await a.control.clearance(entry("away2")) is None
+    await a.stop()
+    redis_server.start()
+    again = await Instance(tmp_path, redis_server.url, "a2").start()
+    try:
+        assert again.journal is not None
+    finally:
+        await again.stop()
+    back = Instance(tmp_path, redis_server.url, "a")  # the same journal as before
+    await back.start()
+    try:
+        await wait_for(lambda: back.store.up, 10)
+        assert {"away1", "away2"} <= set((await back.store.counts(DAY))["coids"])
+    finally:
+        await back.stop()
+
+
+async def test_a_halt_with_flatten_during_a_connection_blip_still_flattens(
+        pair: tuple[Instance, Instance], redis_server: RedisServer) -> None:
+    import redis as sync_redis
+
+    a, b = pair
+    b_flat = flattens(b)
+    client = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await a.control.command(Halt(reason="get out", flatten=True, by="api"))
+        await wait_for(lambda: b.control.state is TradingState.HALTED, 5)
+        await wait_for(lambda: len(b_flat) == 1, 5)
+    finally:
+        client.close()

@@ -4,16 +4,21 @@ Several instances of one bot, and several bots of one account, see one trading s
 one set of caps (``QUANTSHIFT_REDIS_URL``; without it nothing here runs). Keys, all under
 ``quantshift:<account>:``:
 
-* ``control`` the account's last trading-state change, a JSON document with a sequence
-  number from ``control:seq``; every new one is also published on the ``control`` channel
-  (pub/sub for speed; the key is the truth, read again on every start and reconnect);
+* ``control`` the account's trading state (active, reducing or halted, and a demotion),
+  a JSON document numbered from ``control:seq`` and carrying the count of flattens from
+  ``control:flatten``; every new one is also published on the ``control`` channel (pub/sub
+  for speed; the key is the truth, read again on every start and reconnect). A flatten is
+  an event: it is done once per instance (``flatten`` counts them), live or when missed by
+  an instance that was away for at most ``FLATTEN_WINDOW_S``;
+* ``instance:<name>`` held by the process running as that instance (two processes with
+  one name would take each other's counts);
 * ``decisions:<instance>`` a capped stream of each instance's decisions (bar time, symbol,
   strategy, version, signal, outcome, reason, orders), which ``quantshift compare
   --against`` lines up bar by bar;
-* ``trades:<day>`` the entries sent on a UTC day, ``coids:<day>`` their client order ids
-  (an entry is counted once however often it is asked for), ``hour`` the last hour's
-  entries, ``pnl:<day>`` each instance's P&L of the day, ``exposure`` each instance's gross
-  notional. The day's keys expire at the day's end.
+* ``trades:<day>`` the orders sent on a UTC day, ``coids:<day>`` their client order ids
+  (an order is counted once however often it is asked for), ``hour`` the last hour's
+  orders, ``pnl:<day>`` each instance's P&L of the day, ``exposure:<day>`` each instance's
+  gross notional. The day's keys expire at the day's end.
 
 A reservation (``reserve``) checks the caps and counts the entry in one Lua script, so two
 bots racing for the last trade of the day never both get it. While Redis cannot be reached
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,7 +48,10 @@ from quantshift.domain import NS_PER_SECOND, OrderIntent
 from quantshift.errors import ConfigError
 
 SETTING = "QUANTSHIFT_REDIS_URL"
-LINK_KEY = "account_link"  # the journal's record of the last account change seen
+LINK_KEY = "account_link"  # the journal's record of the account as this instance knows it
+FLATTEN_WINDOW_S = 300.0  # a flatten missed while away is done if at most this old
+INSTANCE_TTL_MS = 5_000  # how long a process's claim on its instance name outlives it
+_STATES = ("active", "reducing", "halted")
 NS_PER_DAY = 86_400 * NS_PER_SECOND
 HOUR_MS = 3_600_000
 STREAM_MAXLEN = 200_000  # decisions kept per instance (about a day of 100 symbols' bars)
@@ -51,8 +60,9 @@ DECISION_FIELDS = ("ts", "symbol", "strategy", "version", "target", "outcome", "
 _ALERT = logger.bind(alert="error")
 
 # The account's trading state: a new change takes the next number and is published.
-# ARGV[2]: the highest number the publisher has seen (a store that lost its keys restarts
-# from there, so no instance takes a new change for an old one).
+# ARGV[2] and ARGV[4]: the highest change number and flatten count the publisher has seen
+# (a store that lost its keys restarts from there, so no instance takes a new change for an
+# old one, or an old flatten for a new one); ARGV[3] = 1: this change is a flatten.
 _PUBLISH = """
 local seq = redis.call('INCR', KEYS[2])
 local floor = tonumber(ARGV[2])
@@ -60,10 +70,22 @@ if seq <= floor then
   seq = floor + 1
   redis.call('SET', KEYS[2], seq)
 end
-local doc = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+local flat = tonumber(redis.call('GET', KEYS[3]) or '0')
+if flat < tonumber(ARGV[4]) then flat = tonumber(ARGV[4]) end
+if ARGV[3] == '1' then flat = flat + 1 end
+redis.call('SET', KEYS[3], flat)
+local doc = '{"seq":' .. seq .. ',"flatten":' .. flat .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[1], doc)
 redis.call('PUBLISH', KEYS[1], doc)
 return doc
+"""
+
+# The process running as an instance holds its name (ARGV[1] its nonce).
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
 """
 
 # Check the caps and count one entry, atomically. A cap of 0 is no cap; ``ARGV[10]`` = 1
@@ -104,6 +126,7 @@ redis.call('EXPIREAT', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('PEXPIRE', KEYS[3], 3600000)
 redis.call('HINCRBYFLOAT', KEYS[5], ARGV[9], ARGV[8])
+redis.call('EXPIREAT', KEYS[5], ARGV[3])
 return {1, tostring(n + 1), tostring(h + 1), tostring(pnl), tostring(gross + notional)}
 """
 
@@ -169,12 +192,23 @@ class AccountStore:
         self.down_since: float | None = time.monotonic()
         self.last_error = "not connected yet"
         link = (journal.get(LINK_KEY) if journal is not None else None) or {}
-        self.seen = int(link.get("seq", 0))  # the last account change applied here
+        self.seen = int(link.get("seq", 0))  # the newest account change known here
+        self.knew = bool(link)  # this instance had been linked to the account before
+        self.flattened = int(link.get("flattened", 0))  # flattens done (or not to do) here
         self.pending: dict[str, Any] | None = link.get("pending")  # made while away
-        self.doc: dict[str, Any] | None = link.get("doc")  # the account's state, as last seen
+        self.doc: dict[str, Any] | None = _valid(link.get("doc"))  # the newest known
         self._mirror = _Mirror()
+        # Sent while Redis was away (kept in the journal: a restart meanwhile loses none).
+        self._mirror.offline = [(str(c), int(t), float(n))
+                                for c, t, n in link.get("offline") or ()]
+        self._counted: dict[str, tuple[int, float]] = {}  # this instance's orders of the day
+        self._nonce = f"{os.getpid()}-{time.time_ns()}"
+        self.duplicate: str | None = None  # another process runs under this instance name
+        self._mark: str | None = None
+        self._garbage_logged = False
         self._adopt: Callable[[dict[str, Any], bool], None] | None = None
         self._publish = self._client.register_script(_PUBLISH)
+        self._claim = self._client.register_script(_CLAIM)
         self._reserve = self._client.register_script(_RESERVE)
         self._report: tuple[int, float, float] | None = None
         self._published = asyncio.Event()
@@ -207,7 +241,32 @@ class AccountStore:
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)
             return
+        # Another process under this name: wait out a claim a killed one left (its TTL),
+        # then refuse, naming the setting.
+        deadline = time.monotonic() + INSTANCE_TTL_MS / 1000 + 1.0
+        while await self._claim_name() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        if self.duplicate is not None:
+            raise ConfigError("QUANTSHIFT_INSTANCE", f"instance {self.instance!r} of account "
+                                                     f"{self.account!r} is already running "
+                                                     f"(process {self.duplicate}); give each "
+                                                     "process a name of its own")
         await self._sync()
+
+    async def _claim_name(self) -> bool:
+        """Hold this instance's name; True when another process holds it."""
+        held = _text(await asyncio.wait_for(self._claim(
+            keys=[self.key(f"instance:{self.instance}")],
+            args=[self._nonce, INSTANCE_TTL_MS]), self._timeout))
+        if held != self._nonce:
+            if self.duplicate is None:
+                _ALERT.error("shared store: another process ({}) runs as instance {} of "
+                             "account {}; this one sends no entry", held, self.instance,
+                             self.account)
+            self.duplicate = held.split("-", 1)[0]
+            return True
+        self.duplicate = None
+        return False
 
     # -- the connection's life -----------------------------------------------------------
     async def run(self) -> None:
@@ -234,11 +293,13 @@ class AccountStore:
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if msg is not None and msg.get("type") == "message":
-                    self._received(orjson.loads(msg["data"]), live=True)
+                    self._take(self._parse(msg["data"]), live=True)
+                if not self.up:  # a call elsewhere failed: reconnect, and _sync again
+                    raise ConnectionError(self.last_error)
                 if self._report is not None or self.pending is not None or self._decisions:
                     await self._flush()
                 if time.monotonic() - pinged >= 1.0:  # a partition shows no FIN: ask
-                    await asyncio.wait_for(self._client.ping(), self._timeout)
+                    await self._claim_name()
                     pinged = time.monotonic()
         finally:
             with contextlib.suppress(Exception):
@@ -247,31 +308,48 @@ class AccountStore:
     async def _sync(self) -> None:
         """On every (re)connect: the account's state against this instance's, the counts
         made while away added back, then up."""
-        raw = await self._client.get(self.key("control"))
-        remote = orjson.loads(raw) if raw else None
+        await self._claim_name()
+        # A mark of this Redis's data: another mark (or none) than the one seen before means
+        # it lost the account's keys (a restart without persistence).
+        await self._client.set(self.key("mark"), os.urandom(8).hex(), nx=True)
+        mark = _text(await self._client.get(self.key("mark")))
+        lost = self._mark is not None and mark != self._mark
+        self._mark = mark
+        remote = self._parse(await self._client.get(self.key("control")))
         pending = self.pending
         if pending is not None:
-            rseq = int(remote["seq"]) if remote else 0
-            stricter = remote is not None and rseq > int(pending.get("base", 0)) and \
-                _rank(remote) > _rank(pending)
-            if stricter:  # changed meanwhile to something stricter: that wins
+            newer = remote is not None and int(remote.get("seq", 0)) > int(pending.get("base", 0))
+            if newer and _rank(remote) > _rank(pending):  # stricter meanwhile: it wins
                 self.pending = None
-                self._received(remote, live=False)
+                self._save()
+                self._take(remote, live=False)
             else:
                 await self._push()
-        elif remote is not None and int(remote["seq"]) > self.seen:
-            self._received(remote, live=False)
-        elif (remote is None or int(remote["seq"]) < self.seen) and self.doc is not None:
+        elif remote is not None and int(remote.get("seq", 0)) > self.seen:
+            self._take(remote, live=False)
+        elif (remote is None or int(remote.get("seq", 0)) < self.seen) and self.doc is not None:
             # The store lost the account's state (a restart without persistence): the copy
-            # this instance keeps goes back, under a number above every one it has seen.
-            self.pending = {k: v for k, v in self.doc.items() if k != "seq"}
-            self.pending["base"] = self.seen
+            # this instance keeps goes back, under numbers above every one it has seen (no
+            # flatten again).
+            logger.warning("shared store {}: the account's state is gone from Redis; "
+                           "putting back this instance's copy", self.where)
+            self.pending = {k: v for k, v in self.doc.items() if k not in ("seq", "flatten")}
+            self.pending.update(base=self.seen, flatten=False)
             await self._push()
+        if lost and self._counted:  # and this instance's counts of the day
+            logger.warning("shared store {}: the account's counts are gone from Redis; "
+                           "putting back this instance's {} orders of the day", self.where,
+                           len(self._counted))
+            for coid, (ts, notional) in list(self._counted.items()):
+                await self._call_reserve(coid, ts, notional, force=True)
         mirror = self._mirror
         for coid, ts, notional in list(mirror.offline):
             await self._call_reserve(coid, ts, notional, force=True)
         counted = len(mirror.offline)
         mirror.offline.clear()
+        if counted or not self.knew:
+            self.knew = True
+            self._save()
         was_down = self.down_since is not None and self.ever_up
         first = not self.ever_up
         self.up, self.ever_up, self.down_since = True, True, None
@@ -297,21 +375,57 @@ class AccountStore:
             self.down_since = time.monotonic()
         self.up = False
 
-    def _received(self, doc: dict[str, Any], live: bool) -> None:
-        seq = int(doc.get("seq", 0))
-        if seq <= self.seen:
+    def _parse(self, raw: Any) -> dict[str, Any] | None:
+        """The account's state document, or None for none or one this release cannot read
+        (logged once: a document someone wrote by hand must not stop the daemon)."""
+        if raw is None:
+            return None
+        try:
+            doc = _valid(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            doc = None
+        if doc is None and not self._garbage_logged:
+            self._garbage_logged = True
+            _ALERT.error("shared store: {} holds no account state this release can read; "
+                         "ignored (the next change replaces it)", self.key("control"))
+        return doc
+
+    def _take(self, doc: dict[str, Any] | None, live: bool) -> None:
+        """A newer account state: applied here (idempotently: this instance's own too),
+        with its flatten when this instance has not done it yet and it is not old news."""
+        if doc is None or int(doc.get("seq", 0)) <= self.seen:
             return
-        self.seen, self.doc = seq, doc
+        self.seen, self.doc = int(doc.get("seq", 0)), doc
+        count = int(doc.get("flatten", 0))
+        missed = count > self.flattened
+        self.flattened = max(self.flattened, count)
+        flatten = False
+        if missed:
+            age = time.time() - int(doc.get("at_ms", 0)) / 1000
+            flatten = live or (self.knew and age <= FLATTEN_WINDOW_S)
+            if not flatten:
+                logger.info("account: a flatten {:.0f}s ago, before this instance knew of "
+                            "it, is not repeated now", age)
+        self.knew = True
         self._save()
-        if doc.get("by") != self.instance and self._adopt is not None:
-            self._adopt(doc, live)
+        if self._adopt is not None:
+            self._adopt(doc, flatten)
 
     # -- the trading state -------------------------------------------------------------------
-    def publish(self, change: dict[str, Any]) -> asyncio.Event:
-        """Share one change of this instance's trading state with the account; the event
-        is set once it is in Redis (at once when it must wait for a reconnect)."""
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The account's state as this instance last made or knew it."""
+        return self.pending or self.doc
+
+    def publish(self, change: dict[str, Any], flatten: bool = False) -> asyncio.Event:
+        """Share this instance's new account state (a whole one: ``state``, ``reason``,
+        ``demotion``, the ``cmd`` that made it) with the account; ``flatten``: it came
+        with a flatten, which this instance has done. The event is set once it is in
+        Redis (at once when it must wait for a reconnect)."""
+        before = self.pending or {}
         self.pending = {**change, "by": self.instance, "base": self.seen,
-                        "at_ms": int(time.time() * 1000)}
+                        "at_ms": int(time.time() * 1000),
+                        "flatten": flatten or bool(before.get("flatten"))}
         self._save()
         self._published = event = asyncio.Event()
         if not self.up:
@@ -358,7 +472,8 @@ class AccountStore:
             pipe = self._client.pipeline(transaction=False)
             pipe.hset(self.key(f"pnl:{day}"), self.instance, repr(pnl))
             pipe.expireat(self.key(f"pnl:{day}"), day_end(day))
-            pipe.hset(self.key("exposure"), self.instance, repr(gross))
+            pipe.hset(self.key(f"exposure:{day}"), self.instance, repr(gross))
+            pipe.expireat(self.key(f"exposure:{day}"), day_end(day))
             await pipe.execute()
 
     async def _push(self) -> None:
@@ -366,25 +481,38 @@ class AccountStore:
             pending = self.pending
             if pending is None:
                 return
-            body = orjson.dumps({k: v for k, v in pending.items() if k != "base"}).decode()
-            raw = await self._publish(keys=[self.key("control"), self.key("control:seq")],
-                                      args=[body, self.seen])
+            body = orjson.dumps({k: v for k, v in pending.items()
+                                 if k not in ("base", "flatten")}).decode()
+            flat = bool(pending.get("flatten"))
+            raw = await self._publish(
+                keys=[self.key("control"), self.key("control:seq"),
+                      self.key("control:flatten")],
+                args=[body, self.seen, "1" if flat else "0", self.flattened])
             if self.pending is pending:
                 self.pending = None
-            doc = orjson.loads(raw)
-            self.seen, self.doc = max(self.seen, int(doc["seq"])), doc
+            doc = _valid(orjson.loads(raw))
+            assert doc is not None
+            if flat:  # done here when it was made: the count is this instance's
+                self.flattened = max(self.flattened, int(doc["flatten"]))
             self._save()
+            # Newest unless another change came meanwhile; applied again either way, so a
+            # change this instance took from another while pushing its own cannot stay.
+            self._take(doc, live=True)
             self._published.set()
 
     def _save(self) -> None:
         if self._journal is not None:
             self._journal.set(LINK_KEY, {"seq": self.seen, "pending": self.pending,
-                                         "doc": self.doc})
+                                         "doc": self.doc, "flattened": self.flattened,
+                                         "offline": self._mirror.offline})
 
     # -- the counters ------------------------------------------------------------------
     def entry_refusal(self) -> str | None:
         """Why entries must wait for the store now (live phases, orders that reach the
         broker): never before the grace is out, at once if it never answered."""
+        if self.duplicate is not None and self.sends:
+            return (f"another process ({self.duplicate}) runs as instance {self.instance}; "
+                    "new entries wait until it stops")
         if self.up or not (self.live and self.sends) or self.down_since is None:
             return None
         away = time.monotonic() - self.down_since
@@ -414,13 +542,14 @@ class AccountStore:
         caps = self.caps
         out = await asyncio.wait_for(self._reserve(
             keys=[self.key(f"trades:{day}"), self.key(f"coids:{day}"), self.key("hour"),
-                  self.key(f"pnl:{day}"), self.key("exposure")],
+                  self.key(f"pnl:{day}"), self.key(f"exposure:{day}")],
             args=[coid, ts // 1_000_000, day_end(day), caps.trades_per_day,
                   caps.trades_per_hour, repr(float(caps.daily_loss)),
                   repr(float(caps.exposure)), repr(float(notional)), self.instance,
                   "1" if force else "0"]), self._timeout)
         if int(out[0]) == 0:
             return _text(out[1])
+        self._count_own(coid, ts, notional)
         if len(out) > 2:
             m = self._mirror
             if m.day != day:
@@ -448,7 +577,16 @@ class AccountStore:
         m.gross += notional
         m.coids.add(intent.client_order_id)
         m.offline.append((intent.client_order_id, intent.ts, notional))
+        self._count_own(intent.client_order_id, intent.ts, notional)
+        self._save()
         return None
+
+    def _count_own(self, coid: str, ts: int, notional: float) -> None:
+        """This instance's orders of the day, put back should Redis lose its counts."""
+        counted = self._counted
+        if counted and next(iter(counted.values()))[0] // NS_PER_DAY != ts // NS_PER_DAY:
+            counted.clear()
+        counted[coid] = (ts, notional)
 
     def _over_caps(self, m: _Mirror, notional: float) -> str | None:
         caps = self.caps
@@ -484,7 +622,7 @@ class AccountStore:
                 "pnl": {_text(k): float(v) for k, v in
                         (await c.hgetall(self.key(f"pnl:{day}"))).items()},
                 "exposure": {_text(k): float(v) for k, v in
-                             (await c.hgetall(self.key("exposure"))).items()}}
+                             (await c.hgetall(self.key(f"exposure:{day}"))).items()}}
 
     async def decisions(self, instance: str, count: int | None = None) -> list[dict[str, str]]:
         """An instance's decisions as its stream holds them, oldest first (the newest
@@ -519,13 +657,36 @@ class AccountStore:
                             or self._decisions):
                 await asyncio.wait_for(self._flush(), self._timeout)
         with contextlib.suppress(Exception):
+            if self.up and self.duplicate is None:
+                await asyncio.wait_for(self._client.eval(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) "
+                    "end return 1", 1, self.key(f"instance:{self.instance}"), self._nonce),
+                    self._timeout)
+        with contextlib.suppress(Exception):
             await self._client.aclose()
 
 
 def _rank(doc: dict[str, Any]) -> int:
-    """How strict a change is: a halt or a demotion over a reduce over the rest."""
-    cmd = doc.get("cmd")
-    return 2 if cmd in ("halt", "demote") else 1 if cmd == "reduce" else 0
+    """How strict a state is: halted or demoted over reducing over active."""
+    if doc.get("state") == "halted" or doc.get("demotion"):
+        return 2
+    return 1 if doc.get("state") == "reducing" else 0
+
+
+def _valid(doc: Any) -> dict[str, Any] | None:
+    """``doc`` when it is an account state this release reads, else None."""
+    if not isinstance(doc, dict) or doc.get("state") not in _STATES:
+        return None
+    try:
+        int(doc.get("seq", 0))
+        int(doc.get("flatten", 0))
+        int(doc.get("at_ms", 0))
+    except (TypeError, ValueError):
+        return None
+    dem = doc.get("demotion")
+    if dem is not None and not isinstance(dem, dict):
+        return None
+    return doc
 
 
 def _text(value: Any) -> str:
