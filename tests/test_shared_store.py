@@ -453,27 +453,6 @@ async def test_two_instances_changing_the_state_at_once_agree_with_the_account(
         client.close()
 
 
-async def test_a_second_process_under_one_instance_name_is_refused(
-        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantshift.state import shared
-
-    monkeypatch.setattr(shared, "INSTANCE_TTL_MS", 2_500)  # renewed every second
-    a = await Instance(tmp_path, redis_server.url, "twin").start()
-    again = Instance(tmp_path / "other", redis_server.url, "twin")
-    try:
-        with pytest.raises(ConfigError) as err:
-            await again.store.open(again.control.adopt)
-        assert err.value.setting == "QUANTSHIFT_INSTANCE"
-        assert "already running" in err.value.message
-    finally:
-        await again.stop()
-        await a.stop()
-    # Once the first has stopped (its name released), the name is free again.
-    later = await Instance(tmp_path / "later", redis_server.url, "twin").start()
-    assert later.store.duplicate is None
-    await later.stop()
-
-
 async def test_an_instance_on_a_fresh_state_dir_takes_its_own_earlier_halt(
         tmp_path: Path, redis_server: RedisServer) -> None:
     a = await Instance(tmp_path, redis_server.url, "a").start()
