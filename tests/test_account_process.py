@@ -157,7 +157,8 @@ def test_a_sandbox_instance_counts_its_entries_in_the_account(
     try:
         d.wait_for(r"\| fill buy ", count=1, timeout=40)
         client = redis.Redis.from_url(redis_server.url)
-        until(lambda: client.hget("quantshift:acct:exposure", "live-1") is not None, 5)
+        until(lambda: any(client.hget(k, "live-1") is not None
+                          for k in client.keys("quantshift:acct:exposure:*")), 5)
         [key] = client.keys("quantshift:acct:trades:*")
         day = key.decode().rsplit(":", 1)[1]
         coids = {c.decode() for c in client.smembers(f"quantshift:acct:coids:{day}")}
