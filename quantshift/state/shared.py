@@ -211,7 +211,6 @@ class AccountStore:
         self._claim = self._client.register_script(_CLAIM)
         self._reserve = self._client.register_script(_RESERVE)
         self._report: tuple[int, float, float] | None = None
-        self._published = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._decisions: deque[tuple[Any, ...]] = deque(maxlen=50_000)
         self.divergence: dict[str, float] = {}  # against instance -> share of decisions
@@ -427,7 +426,7 @@ class AccountStore:
                         "at_ms": int(time.time() * 1000),
                         "flatten": flatten or bool(before.get("flatten"))}
         self._save()
-        self._published = event = asyncio.Event()
+        event = asyncio.Event()
         if not self.up:
             event.set()  # pushed on reconnect; the caller reports "pending"
         else:
@@ -498,7 +497,6 @@ class AccountStore:
             # Newest unless another change came meanwhile; applied again either way, so a
             # change this instance took from another while pushing its own cannot stay.
             self._take(doc, live=True)
-            self._published.set()
 
     def _save(self) -> None:
         if self._journal is not None:
