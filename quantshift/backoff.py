@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from quantshift.aio import within
+
 T = TypeVar("T")
 
 
@@ -97,5 +99,5 @@ class Backoff:
         """Sleep for the next delay or until ``stopping`` is set; return the delay drawn."""
         delay = self.next_delay()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+            await within(stopping.wait(), delay)
         return delay

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.commands import (
     Command,
     ControlRefused,
@@ -265,7 +266,7 @@ class ControlPlane(AccountSharing):
         shared, self._shared = self._shared, None
         if shared is not None and self._account is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shared.wait(), _SHARE_WAIT)
+                await within(shared.wait(), _SHARE_WAIT)
             out["account"] = self._account.account
             out["account_shared"] = self._account.pending is None
         if not await self.durable():

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from quantshift.aio import waiting_at, within
 from quantshift.app import build_engine, build_feed, open_account, open_journal, risk_limits
 from quantshift.control import ControlPlane, Flatten, Source
 from quantshift.engine import Engine
@@ -331,7 +332,11 @@ class Daemon:
         for task, name in self._tasks.items():
             if name != "feed":
                 task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, slow = await asyncio.wait(self._tasks, timeout=2.0)
+        if slow:  # the bound cuts them; the log says which, and where each waits
+            logger.warning("shutdown: still stopping after 2s: {}", ", ".join(
+                f"{self._tasks[t]} (at {waiting_at(t)})" for t in slow))
+            await asyncio.wait(slow)
         if self.settings.cancel_on_shutdown:
             n = 0
             for executor in control.executors():  # a flatten to come counts on the exits
@@ -385,7 +390,7 @@ class Daemon:
         http, self.http = self.http, None
         if http is not None:
             try:
-                await asyncio.wait_for(http.close(), 2.0)
+                await within(http.close(), 2.0)
             except (TimeoutError, OSError) as exc:
                 logger.warning("shutdown: HTTP server did not close cleanly: {}", exc)
         if self.metrics is not None:

@@ -571,3 +571,27 @@ async def test_a_halt_with_flatten_during_a_connection_blip_still_flattens(
         await wait_for(lambda: len(b_flat) == 1, 5)
     finally:
         client.close()
+
+
+async def test_the_listener_ends_when_cancelled_at_any_point_of_its_start(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    # A daemon whose feed ends at once cancels the listener while it subscribes. With a
+    # socket timeout redis-py bounded its writes with Python 3.11's wait_for, which drops
+    # such a cancel: the shutdown then waited for its bound and exited 1.
+    lost = []
+    for turns in range(14):
+        a = Instance(tmp_path / f"n{turns}", redis_server.url, f"n{turns}")
+        a.control.restore()
+        await a.store.open(a.control.adopt)
+        task = asyncio.create_task(a.store.run())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2.0)
+        if not done:  # left to the loop's end; awaiting it would wait for ever
+            lost.append(turns)
+            a.journal.close()
+            continue
+        a.task = task
+        await a.stop()
+    assert lost == []

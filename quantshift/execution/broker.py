@@ -28,6 +28,7 @@ from typing import cast
 
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.domain import Bar, ExecutorKind, OrderIntent, OrderState
 from quantshift.execution.legs import LEGS_REFUSED, Legs, LegSink
 from quantshift.execution.reconcile import ReconcileReport, Reconciliation
@@ -99,7 +100,7 @@ class BrokerExecutor(Reconciliation, Legs):
         made is at the venue by then, and is cancelled as its answer comes."""
         if self._attempts:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                await within(self._idle.wait(), timeout)
         return self._attempts
 
     async def close(self) -> None:
@@ -159,7 +160,7 @@ class BrokerExecutor(Reconciliation, Legs):
     async def _call(self, coro: Awaitable[VenueOrder]) -> VenueOrder:
         self.calls += 1
         try:
-            return await asyncio.wait_for(coro, self._timeout)
+            return await within(coro, self._timeout)
         except TimeoutError:
             self.errors += 1
             raise VenueUnavailable(f"no answer within {self._timeout:g}s") from None
@@ -318,7 +319,7 @@ class BrokerExecutor(Reconciliation, Legs):
             tracked.stop = reason  # its submission loop stops it
             return
         try:
-            await asyncio.wait_for(self.venue.cancel(coid, intent.symbol), self._timeout)
+            await within(self.venue.cancel(coid, intent.symbol), self._timeout)
         except OrderNotFound:
             found = await self._lookup(intent)
             tracked = self._orders.get(coid)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.domain import OrderIntent, OrderState
 from quantshift.execution.tracked import Lookup, Tracked
 from quantshift.execution.venues.base import RateLimited, Venue, VenueError, VenueUnavailable
@@ -147,7 +148,7 @@ class Reconciliation:
         for attempt in range(1, _READ_ATTEMPTS + 1):
             self.calls += 1
             try:
-                return await asyncio.wait_for(fetch(), self._timeout)
+                return await within(fetch(), self._timeout)
             except (VenueError, TimeoutError) as exc:
                 self.errors += 1
                 last = exc

@@ -27,6 +27,7 @@ from alpaca.data.requests import StockBarsRequest
 from loguru import logger
 
 from quantshift import clients as vc
+from quantshift.aio import within
 from quantshift.backoff import Backoff, until_stopped
 from quantshift.backoff import Stopped as _Stopped
 from quantshift.domain import NS_PER_SECOND, Bar
@@ -104,7 +105,7 @@ class _BarStream:
             self.task.cancel()
             await asyncio.wait({self.task}, timeout=1.0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.stream.close(), 1.0)
+            await within(self.stream.close(), 1.0)
 
 
 class AlpacaFeed:
@@ -296,7 +297,7 @@ class AlpacaFeed:
             if timeout is not None and timeout <= 0:
                 return
             try:
-                kind, gen, payload = await asyncio.wait_for(self._events.get(), timeout)
+                kind, gen, payload = await within(self._events.get(), timeout)
             except TimeoutError:
                 return
             if kind == "bar":
@@ -341,7 +342,7 @@ class AlpacaFeed:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), max(seconds, 0.0))
+            await within(self._stopping.wait(), max(seconds, 0.0))
         if self._stopping.is_set():
             raise _Stopped
 

@@ -24,6 +24,7 @@ import ccxt.async_support as ccxt_async
 from loguru import logger
 
 from quantshift import clients as vc
+from quantshift.aio import within
 from quantshift.backoff import Backoff, until_stopped
 from quantshift.backoff import Stopped as _Stopped
 from quantshift.domain import Bar
@@ -195,7 +196,7 @@ class CcxtFeed(CandleStream):
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), max(seconds, 0.0))
+            await within(self._stopping.wait(), max(seconds, 0.0))
         if self._stopping.is_set():
             raise _Stopped
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import ccxt.async_support as ccxt_async
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.backoff import Backoff, until_stopped
 from quantshift.domain import Bar
 
@@ -92,7 +93,7 @@ class CandleStream:
             logger.warning("feed ccxt: {} candle websocket lost ({!r}); reconnecting in "
                            "{:.2f} s", self.exchange_id, error, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                await within(self._stopping.wait(), delay)
 
     def _watch(self, key: str | None) -> Awaitable[Any]:
         if key is None:
@@ -217,5 +218,5 @@ class CandleStream:
             return
         for url, client in list(clients.items()):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+                await within(client.close(), 2.0)
             clients.pop(url, None)

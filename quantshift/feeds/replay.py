@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from quantshift.aio import within
 from quantshift.domain import NS_PER_SECOND, Bar
 from quantshift.feeds.base import BarValidator
 
@@ -267,7 +268,7 @@ class ReplayFeed:
                 return
             if self.pace > 0 and prev_ts is not None and bar.ts > prev_ts:
                 try:
-                    await asyncio.wait_for(stopping.wait(),
+                    await within(stopping.wait(),
                                            (bar.ts - prev_ts) / NS_PER_SECOND / self.pace)
                     return
                 except TimeoutError:

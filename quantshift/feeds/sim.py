@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
+from quantshift.aio import within
 from quantshift.domain import Bar
 from quantshift.feeds.base import BarValidator
 
@@ -93,4 +94,4 @@ class SimFeed:
             if delay < 0:  # fell behind: skip ahead instead of bursting
                 next_at, delay = loop.time(), 0.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
+                await within(stopping.wait(), delay)

@@ -35,6 +35,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import SecretStr
 
+from quantshift.aio import within
 from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
 from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
@@ -302,7 +303,7 @@ class HttpServer:
         declared = request.content_length
         if declared is not None and declared > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=declared)
-        return await asyncio.wait_for(request.read(), self.limits.head_timeout)
+        return await within(request.read(), self.limits.head_timeout)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")

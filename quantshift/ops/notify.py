@@ -26,6 +26,8 @@ import aiohttp
 from loguru import logger
 from pydantic import SecretStr
 
+from quantshift.aio import within
+
 DEFAULT_API_URL = "https://api.telegram.org"
 _MAX_TEXT = 4000  # Telegram refuses messages over 4096 characters
 _MAX_RETRY_AFTER = 60.0
@@ -125,7 +127,7 @@ class TelegramAlerter:
         budget = timeout / 2 if final is not None else timeout
         if not self._queue.empty():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), budget)
+                await within(self._queue.join(), budget)
         if sender is not None:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,7 +139,7 @@ class TelegramAlerter:
         if final is not None and (self.kinds is None or final[0] in self.kinds):
             self._next_send = 0.0  # the last word goes out now, in one try
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deliver(*final, retries=0), timeout / 2)
+                await within(self._deliver(*final, retries=0), timeout / 2)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -46,6 +46,8 @@ async def every(interval: float, action: Action) -> None:
     while True:
         await asyncio.sleep(interval)
         await action()
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise asyncio.CancelledError  # one a library's await swallowed (aio.py)
 
 
 # -- the broker ------------------------------------------------------------------------

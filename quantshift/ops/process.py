@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loguru import logger
 
+from quantshift.aio import within
+
 
 def run_bounded(serve: Callable[[], Awaitable[int]],
                 exit_event: Callable[[], asyncio.Event | None], bound: float,
@@ -53,7 +55,7 @@ def run_bounded(serve: Callable[[], Awaitable[int]],
         if tasks:
             await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.1))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(loop.shutdown_asyncgens(),
+            await within(loop.shutdown_asyncgens(),
                                    max(deadline - time.monotonic(), 0.1))
         io.shutdown(wait=False, cancel_futures=True)
         db_thread.shutdown(wait=False, cancel_futures=True)

@@ -32,9 +32,9 @@ import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,9 +44,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError, ResponseError
 
+from quantshift.aio import within
 from quantshift.domain import NS_PER_SECOND, OrderIntent
 from quantshift.errors import ConfigError
 
+T = TypeVar("T")
 SETTING = "QUANTSHIFT_REDIS_URL"
 LINK_KEY = "account_link"  # the journal's record of the account as this instance knows it
 FLATTEN_WINDOW_S = 300.0  # a flatten missed while away is done if at most this old
@@ -182,8 +184,10 @@ class AccountStore:
         self._timeout = timeout
         # No silent reconnects: every reconnect goes through _sync (the key read again,
         # the counts added back), and a pub/sub connection that dropped is noticed.
-        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout,
-                                               socket_connect_timeout=timeout,
+        # No socket_timeout: with one, redis-py bounds its writes with Python 3.11's
+        # asyncio.wait_for, which can drop a cancellation (quantshift/aio.py), and a
+        # cancelled listener then never ends; every call here is bounded by ``within``.
+        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
                                                retry=Retry(NoBackoff(), 0))
         self._prefix = f"quantshift:{account}:"
         self._journal = journal
@@ -220,6 +224,10 @@ class AccountStore:
     def key(self, name: str) -> str:
         return self._prefix + name
 
+    async def _bounded(self, aw: Awaitable[T]) -> T:
+        """One call to Redis, cut at the store's timeout (the client has none of its own)."""
+        return await within(aw, self._timeout)
+
     # -- start -------------------------------------------------------------------------
     async def open(self, adopt: Callable[[dict[str, Any], bool], None]) -> None:
         """Connect and take the account's state (before any order goes out). A wrong
@@ -227,7 +235,7 @@ class AccountStore:
         that cannot be reached is retried by ``run``, and reported meanwhile."""
         self._adopt = adopt
         try:
-            await asyncio.wait_for(self._client.ping(), self._timeout)
+            await within(self._client.ping(), self._timeout)
         except AuthenticationError as exc:
             raise ConfigError(SETTING, f"Redis at {self.where} refused the credentials "
                                        f"({exc})") from None
@@ -254,7 +262,7 @@ class AccountStore:
 
     async def _claim_name(self) -> bool:
         """Hold this instance's name; True when another process holds it."""
-        held = _text(await asyncio.wait_for(self._claim(
+        held = _text(await within(self._claim(
             keys=[self.key(f"instance:{self.instance}")],
             args=[self._nonce, INSTANCE_TTL_MS]), self._timeout))
         if held != self._nonce:
@@ -286,13 +294,16 @@ class AccountStore:
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
         try:
-            await asyncio.wait_for(pubsub.subscribe(self.key("control")), self._timeout)
+            await within(pubsub.subscribe(self.key("control")), self._timeout)
             await self._sync()  # after the subscription: no change falls in between
             pinged = time.monotonic()
             while True:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if msg is not None and msg.get("type") == "message":
                     self._take(self._parse(msg["data"]), live=True)
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    # a cancel some library's await swallowed (aio.py): honoured here
+                    raise asyncio.CancelledError
                 if not self.up:  # a call elsewhere failed: reconnect, and _sync again
                     raise ConnectionError(self.last_error)
                 if self._report is not None or self.pending is not None or self._decisions:
@@ -302,7 +313,7 @@ class AccountStore:
                     pinged = time.monotonic()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await within(pubsub.aclose(), self._timeout)
 
     async def _sync(self) -> None:
         """On every (re)connect: the account's state against this instance's, the counts
@@ -310,11 +321,11 @@ class AccountStore:
         await self._claim_name()
         # A mark of this Redis's data: another mark (or none) than the one seen before means
         # it lost the account's keys (a restart without persistence).
-        await self._client.set(self.key("mark"), os.urandom(8).hex(), nx=True)
-        mark = _text(await self._client.get(self.key("mark")))
+        await self._bounded(self._client.set(self.key("mark"), os.urandom(8).hex(), nx=True))
+        mark = _text(await self._bounded(self._client.get(self.key("mark"))))
         lost = self._mark is not None and mark != self._mark
         self._mark = mark
-        remote = self._parse(await self._client.get(self.key("control")))
+        remote = self._parse(await self._bounded(self._client.get(self.key("control"))))
         pending = self.pending
         if pending is not None:
             newer = remote is not None and int(remote.get("seq", 0)) > int(pending.get("base", 0))
@@ -437,7 +448,7 @@ class AccountStore:
 
     async def _push_now(self, event: asyncio.Event) -> None:
         try:
-            await asyncio.wait_for(self._push(), self._timeout)
+            await within(self._push(), self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)  # still pending: pushed on reconnect
         finally:
@@ -461,7 +472,7 @@ class AccountStore:
                     "" if v is None else str(v) for v in row), strict=True)),
                     maxlen=STREAM_MAXLEN, approximate=True)
             try:
-                await pipe.execute()
+                await self._bounded(pipe.execute())
             except (RedisError, OSError, TimeoutError):
                 self._decisions.extendleft(reversed(batch))  # written on the next turn
                 raise
@@ -473,7 +484,7 @@ class AccountStore:
             pipe.expireat(self.key(f"pnl:{day}"), day_end(day))
             pipe.hset(self.key(f"exposure:{day}"), self.instance, repr(gross))
             pipe.expireat(self.key(f"exposure:{day}"), day_end(day))
-            await pipe.execute()
+            await self._bounded(pipe.execute())
 
     async def _push(self) -> None:
         async with self._pushing:  # one at a time, in the order they were made
@@ -483,10 +494,10 @@ class AccountStore:
             body = orjson.dumps({k: v for k, v in pending.items()
                                  if k not in ("base", "flatten")}).decode()
             flat = bool(pending.get("flatten"))
-            raw = await self._publish(
+            raw = await self._bounded(self._publish(
                 keys=[self.key("control"), self.key("control:seq"),
                       self.key("control:flatten")],
-                args=[body, self.seen, "1" if flat else "0", self.flattened])
+                args=[body, self.seen, "1" if flat else "0", self.flattened]))
             if self.pending is pending:
                 self.pending = None
             doc = _valid(orjson.loads(raw))
@@ -538,7 +549,7 @@ class AccountStore:
                             force: bool = False) -> str | None:
         day = ts // NS_PER_DAY
         caps = self.caps
-        out = await asyncio.wait_for(self._reserve(
+        out = await within(self._reserve(
             keys=[self.key(f"trades:{day}"), self.key(f"coids:{day}"), self.key("hour"),
                   self.key(f"pnl:{day}"), self.key(f"exposure:{day}")],
             args=[coid, ts // 1_000_000, day_end(day), caps.trades_per_day,
@@ -613,25 +624,25 @@ class AccountStore:
     # -- reads ---------------------------------------------------------------------------
     async def counts(self, day: int) -> dict[str, Any]:
         """The account's counts of ``day`` as Redis holds them (for tests and the CLI)."""
-        c = self._client
-        trades = await c.get(self.key(f"trades:{day}"))
+        c, b = self._client, self._bounded
+        trades = await b(c.get(self.key(f"trades:{day}")))
         return {"trades": int(trades or 0),
-                "coids": sorted(_text(x) for x in await c.smembers(self.key(f"coids:{day}"))),
+                "coids": sorted(_text(x) for x in await b(c.smembers(self.key(f"coids:{day}")))),
                 "pnl": {_text(k): float(v) for k, v in
-                        (await c.hgetall(self.key(f"pnl:{day}"))).items()},
+                        (await b(c.hgetall(self.key(f"pnl:{day}")))).items()},
                 "exposure": {_text(k): float(v) for k, v in
-                             (await c.hgetall(self.key(f"exposure:{day}"))).items()}}
+                             (await b(c.hgetall(self.key(f"exposure:{day}")))).items()}}
 
     async def decisions(self, instance: str, count: int | None = None) -> list[dict[str, str]]:
         """An instance's decisions as its stream holds them, oldest first (the newest
         ``count`` with a count)."""
         key = self.key(f"decisions:{instance}")
         if count is not None:
-            rows = list(reversed(await self._client.xrevrange(key, count=count)))
+            rows = list(reversed(await self._bounded(self._client.xrevrange(key, count=count))))
         else:
             rows, start = [], "-"
             while True:
-                chunk = await self._client.xrange(key, min=start, count=10_000)
+                chunk = await self._bounded(self._client.xrange(key, min=start, count=10_000))
                 rows += chunk
                 if len(chunk) < 10_000:
                     break
@@ -649,19 +660,19 @@ class AccountStore:
     async def close(self) -> None:
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, self._timeout)
+                await within(task, self._timeout)
         with contextlib.suppress(Exception):
             if self.up and (self.pending is not None or self._report is not None
                             or self._decisions):
-                await asyncio.wait_for(self._flush(), self._timeout)
+                await within(self._flush(), self._timeout)
         with contextlib.suppress(Exception):
             if self.up and self.duplicate is None:
-                await asyncio.wait_for(self._client.eval(
+                await within(self._client.eval(
                     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) "
                     "end return 1", 1, self.key(f"instance:{self.instance}"), self._nonce),
                     self._timeout)
         with contextlib.suppress(Exception):
-            await self._client.aclose()
+            await self._bounded(self._client.aclose())
 
 
 def _rank(doc: dict[str, Any]) -> int:

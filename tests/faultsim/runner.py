@@ -92,7 +92,7 @@ class ScheduleRunner:
             else outside_address()
         self.ev = Evidence(schedule.venue, schedule.seed, schedule.as_dict(), str(workdir))
         self.rng = random.Random(f"{schedule.seed}:{schedule.name}:harness")
-        self.procs: dict[int, Proc] = {}
+        self.procs: dict[int, Proc] = {}  # by run number (a pid comes again)
         self.current: Run | None = None
         self.venue: Venue | None = None
         self._log_cache = ""
@@ -131,7 +131,7 @@ class ScheduleRunner:
         for run in self.ev.runs:
             if run.code is None:
                 self._signal(run, "KILL")
-                self._exited(run, self.procs[run.pid].wait(10))
+                self._exited(run, self.procs[run.n].wait(10))
         if self.venue is not None:
             if not self.ev.venue_state:
                 self.ev.venue_state = self.venue.state()
@@ -301,7 +301,7 @@ class ScheduleRunner:
                                                     self.world.secrets.api_token, "resume",
                                                     run.n))
             self._settle()
-            code = self.procs[run.pid].poll()
+            code = self.procs[run.n].poll()
             if code is None:
                 self._stop(run, "TERM")
                 break
@@ -336,7 +336,7 @@ class ScheduleRunner:
         offset = len(self._log())
         started = time.time()
         proc = self.launcher.start(["run", "--bot", "equity"], env, self.world.root, out, err)
-        self.procs[proc.pid] = proc
+        self.procs[n] = proc
         run = Run(n, kind, proc.pid, started, offset, str(out), str(err), note, expect_refusal)
         self.ev.runs.append(run)
         self.current = run
@@ -352,7 +352,7 @@ class ScheduleRunner:
             if m:
                 run.ready = line_time(self._log(), m.start()) or time.time()
                 return True
-            code = self.procs[run.pid].poll()
+            code = self.procs[run.n].poll()
             if code is not None:
                 self._exited(run, code)
                 return False
@@ -379,7 +379,7 @@ class ScheduleRunner:
         if run is None or run.code is not None or run.kind != "main" \
                 or self._corrupted is not None:
             return
-        code = self.procs[run.pid].poll()
+        code = self.procs[run.n].poll()
         if code is None:
             return
         self._exited(run, code)
@@ -394,7 +394,7 @@ class ScheduleRunner:
             os.kill(run.pid, signal.SIGKILL if sig == "KILL" else signal.SIGTERM)
 
     def _stop(self, run: Run, sig: str) -> None:
-        proc = self.procs[run.pid]
+        proc = self.procs[run.n]
         code = proc.poll()
         if code is None:
             self._signal(run, sig)

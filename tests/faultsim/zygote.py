@@ -200,6 +200,10 @@ class Zygote:
                 elif "exit" in message:
                     self._exits[message["exit"]] = message["status"]
                 else:
+                    # The kernel hands out pids again (pid_max is often 32768, and a long
+                    # run forks tens of thousands of daemons and threads): an exit kept for
+                    # an earlier child with this pid is not this child's.
+                    self._exits.pop(message["pid"], None)
                     self._pids[message["id"]] = message["pid"]
                 self._cond.notify_all()
         with self._cond:

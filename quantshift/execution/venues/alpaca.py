@@ -20,6 +20,7 @@ from typing import Any
 
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.clients import ALPACA_LIVE_URL, ALPACA_PAPER_URL, alpaca_trading_client
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
 from quantshift.errors import ConfigError
@@ -184,7 +185,7 @@ class AlpacaVenue:
             # A cancelled stream leaves its socket open, and with it the socket's own tasks,
             # which the event loop's close would wait for (ten seconds and more).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(stream.close(), 2.0)
+                await within(stream.close(), 2.0)
         self._client._session.close()  # the pooled HTTP connections
 
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from loguru import logger
 
+from quantshift.aio import within
 from quantshift.backoff import Backoff
 from quantshift.clients import ccxt_exchange, ccxt_streams
 from quantshift.domain import Instrument, OrderIntent, OrderState, Side
@@ -265,7 +266,7 @@ class CcxtVenue:
         while True:
             await asyncio.sleep(self._heartbeat_every)
             try:
-                await asyncio.wait_for(ws_ping(self._exchange), self._pong_deadline)
+                await within(ws_ping(self._exchange), self._pong_deadline)
             except TimeoutError:
                 return f"stalled: no answer to a ping within {self._pong_deadline:g} s"
             except Exception as exc:  # a socket that fails under the ping is as good as gone
@@ -278,7 +279,7 @@ class CcxtVenue:
             return
         for url, client in list(clients.items()):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+                await within(client.close(), 2.0)
             clients.pop(url, None)
 
     async def instruments(self, symbols: list[str]) -> dict[str, Instrument]:

@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from quantshift.aio import within
 from quantshift.domain import OrderState
 from quantshift.execution.venues.base import VenueError, VenueOrder
 
@@ -71,7 +72,7 @@ async def stream_and_poll(
             last_poll = time.monotonic()
             for coid, symbol in tracked():
                 try:
-                    vo = await asyncio.wait_for(lookup(coid, symbol), interval * 4)
+                    vo = await within(lookup(coid, symbol), interval * 4)
                 except (VenueError, TimeoutError):
                     continue
                 if seen.fresh(vo):
