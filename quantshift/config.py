@@ -249,6 +249,9 @@ def check_startup(settings: Settings) -> None:
     if chat and (token is None or not token.get_secret_value()):
         raise ConfigError(env_name("telegram_bot_token"), "TELEGRAM_CHAT_ID is set, so alerts "
                                                           "need the bot's token")
+    if settings.role != "auto" and settings.redis_url is None:
+        raise ConfigError(env_name("role"), f"role {settings.role} needs the account's shared "
+                                            "state: set QUANTSHIFT_REDIS_URL")
     if settings.feed == "replay" and settings.replay_file is None:
         raise ConfigError(env_name("replay_file"), "QUANTSHIFT_FEED=replay needs a CSV file")
     if settings.feed == "replay" and not settings.replay_file.is_file():  # type: ignore[union-attr]

@@ -56,6 +56,7 @@ from quantshift.sharing import AccountSharing
 from quantshift.state.journal import Journal
 
 if TYPE_CHECKING:
+    from quantshift.state.lease import Lease
     from quantshift.state.shared import AccountStore
 
 __all__ = ["Command", "ControlPlane", "ControlRefused", "ControlView", "Demote", "Flatten",
@@ -133,6 +134,8 @@ class ControlPlane(AccountSharing):
         self._durable: Callable[[], Awaitable[bool]] | None = None
         self._accepting = True
         self._account: AccountStore | None = None
+        self._lease: Lease | None = None
+        self._leading = False
         self._shared: asyncio.Event | None = None
         self.settle_timeout = 10.0  # how long an operator's halt waits for attempts in flight
 
@@ -221,6 +224,9 @@ class ControlPlane(AccountSharing):
     def refusal(self, intent: OrderIntent) -> str | None:
         """Why ``intent`` may not go to the real executor now; None when it may. Asked
         before every submission attempt."""
+        standby = self.lease_refusal()
+        if standby is not None:  # exits too: only the primary's orders reach the venue
+            return standby
         if intent.client_order_id in self._authorized:
             return None  # a flatten's exit (or an exit a flattening halt lets finish)
         state = self._state
@@ -435,10 +441,7 @@ class ControlPlane(AccountSharing):
 
     def _undemote(self) -> None:
         self._demotion = None
-        if self._current is not self._real:
-            self._current = self._real
-            for hook in self._executor_listeners:
-                hook()
+        self._route()
         kind = self._real.kind.value if self._real is not None else "real"
         logger.warning("demotion lifted by the operator: orders go to the {} executor again",
                        kind)
@@ -448,6 +451,15 @@ class ControlPlane(AccountSharing):
             # The real one is kept, not closed: fills of orders already at the venue still
             # come back through it.
             self._current = LogOnlyExecutor(self._engine)
+            for hook in self._executor_listeners:
+                hook()
+
+    def _route(self) -> None:
+        """The real executor, unless demoted or a standby (then log-only)."""
+        if self.demoted or not self.leading():
+            self._to_log_only()
+        elif self._current is not self._real and self._real is not None:
+            self._current = self._real
             for hook in self._executor_listeners:
                 hook()
 

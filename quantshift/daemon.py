@@ -45,6 +45,7 @@ from quantshift.shadow.versions import VersionRegistry
 from quantshift.state.journal import Journal
 
 if TYPE_CHECKING:
+    from quantshift.state.lease import Lease
     from quantshift.state.shared import AccountStore
 
 
@@ -74,6 +75,7 @@ class Daemon:
         self.reconciled = False  # the start-up reconciliation with the broker is done
         self.guard: Guard | None = None
         self.account: AccountStore | None = None
+        self.lease: Lease | None = None  # which instance of the bot trades (several share one)
         self.version_control: VersionControl | None = None
         self.versions: VersionRegistry | None = None
         self.alerter: TelegramAlerter | None = None
@@ -191,7 +193,21 @@ class Daemon:
         if isinstance(executor, BrokerExecutor):
             await executor.start()
             engine.gate.set_instruments(await executor.venue.instruments(s.symbols))
-            await periodic.reconcile(control, engine, guard, self.commit, at_start=True)
+            start_reconcile = partial(periodic.reconcile, control, engine, guard, self.commit,
+                                      at_start=True)
+            if self.account is not None:  # several instances: the lease's holder trades
+                from quantshift.ops import leadership  # redis only where it is used
+
+                self.lease = lease = leadership.attach(s, self.account, control)
+                await leadership.first_turn(lease)
+                if lease.primary:
+                    await leadership.take_over(lease, control, engine, start_reconcile,
+                                               retry=False)
+                leadership.on_acquire(lease, control, engine, start_reconcile)
+                self._spawn(lease.run(), "lease")
+                self._every("lease-state", 1.0, partial(leadership.save, lease, engine))
+            else:
+                await start_reconcile()
             self.reconciled = True
             if s.reconcile_interval > 0:
                 self._every("reconcile", s.reconcile_interval,
@@ -395,6 +411,11 @@ class Daemon:
                 logger.warning("shutdown: HTTP server did not close cleanly: {}", exc)
         if self.metrics is not None:
             self.metrics.close()
+        lease, self.lease = self.lease, None
+        if lease is not None and self.engine is not None:  # the standby takes over at once
+            from quantshift.ops import leadership
+
+            await leadership.hand_off(lease, self.engine)
         account, self.account = self.account, None
         if account is not None:
             await account.close()

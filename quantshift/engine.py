@@ -8,6 +8,7 @@ its executor slot and asks it before handing an intent to the real executor.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
@@ -441,6 +442,36 @@ class Engine:
     def snapshot(self) -> None:
         self.journal.equity_point(self.portfolio.equity, self.portfolio.drawdown)
         self.journal.snapshot(self.state())
+
+    def owners(self, symbol: str) -> set[str]:
+        """The strategies that trade ``symbol``."""
+        return {strategy for strategy, sym in self._instances if sym == symbol}
+
+    def adopt(self, strategy: str, symbol: str, qty: float, price: float, coid: str) -> None:
+        """Book ``qty`` (signed) of ``symbol`` that the venue holds and this book lacks, at
+        ``price``: a new primary's takeover finding the last primary's fills made after
+        the state it left. Journaled as an order and its fill under ``coid``."""
+        side = Side.BUY if qty > 0 else Side.SELL
+        ts = time.time_ns()
+        intent = OrderIntent(coid, strategy, symbol, side, abs(qty), ts, price,
+                             reason="takeover: held at the venue")
+        self._known_ids.add(coid)
+        self.journal.intent(intent)
+        self.on_fill(intent, abs(qty), price, 0.0, ts)
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """Start from another instance's state (a new primary takes the last one's book:
+        its positions, cash and risk counters), then snapshot it into this journal. The
+        fill numbering stays this journal's own."""
+        seq = self.portfolio.fill_seq
+        self.portfolio = Portfolio.restore(state["portfolio"])
+        self.portfolio.fill_seq = seq
+        self.gate.restore_counters(state.get("risk", {}))
+        if self.exits is not None:
+            self.exits.restore(state.get("exits", {}))
+        for symbol, ts in state.get("last_ts", {}).items():
+            self.last_ts[symbol] = max(int(ts), self.last_ts.get(symbol, 0))
+        self.snapshot()
 
     def restore(self) -> dict[str, Any]:
         """Load the last snapshot, then every fill journaled after it; return what was done."""

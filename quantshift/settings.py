@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     instance: str | None = None  # this process; unset = <hostname>-<bot>
     redis_grace: float = Field(5.0, ge=0, le=_DAY)  # s live phases trade on without Redis
     compare_against: str | None = None  # an instance whose decisions this one is lined up with
+    # Which instance of the bot trades (state/lease.py): auto|primary|standby
+    role: Literal["auto", "primary", "standby"] = "auto"
+    lease_ttl: float = Field(3.0, ge=1.0, le=60.0)  # s the primary's lease lives unrenewed
 
     # Broker credentials, read now so that they are masked everywhere; used by the brokers.
     apca_api_key_id: SecretStr | None = _env("APCA_API_KEY_ID", "apca_api_key_id")
@@ -464,7 +467,7 @@ class Settings(BaseSettings):
             raise ValueError("expected HH:MM-HH:MM (UTC), e.g. 21:00-23:00")
         return text
 
-    @field_validator("feed", "paper_fill", "ccxt_websocket", mode="before")
+    @field_validator("feed", "paper_fill", "ccxt_websocket", "role", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return str(v).strip().lower()

@@ -23,6 +23,8 @@ from quantshift.commands import (
 from quantshift.domain import OrderIntent
 
 if TYPE_CHECKING:
+    from quantshift.state.journal import Journal
+    from quantshift.state.lease import Lease
     from quantshift.state.shared import AccountStore
 
 # What reaches every instance of an account, by the name it travels under.
@@ -35,6 +37,9 @@ class AccountSharing:
 
     _account: AccountStore | None
     _shared: asyncio.Event | None
+    _lease: Lease | None
+    _leading: bool
+    _journal: Journal | None
 
     _reason: str
 
@@ -46,6 +51,8 @@ class AccountSharing:
 
         def state_name(self) -> str: ...
 
+        def _route(self) -> None: ...
+
     def attach_account(self, store: AccountStore) -> None:
         """The account's shared state: halts, reductions, resumptions, flattens and
         demotions reach every instance of the account, and entries count against its
@@ -56,6 +63,38 @@ class AccountSharing:
     def account(self) -> AccountStore | None:
         return self._account
 
+    # -- the lease: which instance of the bot trades --------------------------------------
+    def attach_lease(self, lease: Lease) -> None:
+        """Orders reach the real executor only while this instance holds the bot's lease
+        and has taken over (``lead``); until then, and from the moment it is lost, they go
+        to log-only, and every attempt at the real one is refused."""
+        self._lease = lease
+        self._leading = False
+        self._route()
+
+    @property
+    def lease(self) -> Lease | None:
+        return self._lease
+
+    def lead(self, on: bool) -> None:
+        """``True`` once a new primary has reconciled with the venue (orders go to the
+        real executor, unless demoted); ``False`` when the lease is lost or given up."""
+        self._leading = on
+        self._route()
+
+    def leading(self) -> bool:
+        return self._lease is None or self._leading
+
+    def lease_refusal(self) -> str | None:
+        """Why this instance may send nothing now, as the bot's lease says; None when
+        no lease applies or it is the primary. The lease's own clock counts, so a primary
+        that could not renew stops at ``ttl - margin`` even before its renewal loop runs."""
+        lease = self._lease
+        if lease is None or (self._leading and lease.primary):
+            return None
+        who = f"instance {lease.holder}" if lease.holder and not lease.primary else "none yet"
+        return f"standby: the primary is {who} (lease epoch {lease.epoch})"
+
     async def clearance(self, intent: OrderIntent) -> str | None:
         """Asked once per order, right before its first attempt: why the account's caps
         (shared by its instances) keep it from going, or None. Every order counts, as the
@@ -64,9 +103,14 @@ class AccountSharing:
         if link is None or intent.parent:
             return None
         if intent.reduce_only:
-            await link.reserve(intent, 0.0, check=False)
-            return None
-        return await link.reserve(intent, intent.qty * intent.ref_price)
+            why = await link.reserve(intent, 0.0, check=False)  # refused only by the lease
+        else:
+            why = await link.reserve(intent, intent.qty * intent.ref_price)
+        lease = self._lease
+        if why is None and lease is not None and self._journal is not None:
+            # journaled with the intent's write-ahead, right after this answer
+            self._journal.fence(intent.client_order_id, lease.epoch, link.instance)
+        return why
 
     def _share(self, cmd: Command) -> None:
         """Send the account's new state to the account: after an operator's change

@@ -29,10 +29,10 @@ class Bot:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.env = clean_env(root, **{**FAST, "QUANTSHIFT_SIM_INTERVAL": "0.05"},
+        self.env = clean_env(root, **{**FAST, "QUANTSHIFT_SIM_INTERVAL": "0.05", **env},
                              QUANTSHIFT_REDIS_URL=url, QUANTSHIFT_ACCOUNT="acct",
                              QUANTSHIFT_INSTANCE=instance, QUANTSHIFT_HTTP_PORT=str(self.port),
-                             QUANTSHIFT_API_TOKEN=TOKEN, **env)
+                             QUANTSHIFT_API_TOKEN=TOKEN)
         self.proc = DaemonProcess(root, self.env)
 
     def start(self) -> Bot:

@@ -84,6 +84,8 @@ def test_every_phase_and_shadow_mode_selects_the_documented_executor(
     ({"QUANTSHIFT_STRATEGIES": '[{"name":"ma_cross","params":{"speed":1}}]'},
      "QUANTSHIFT_STRATEGIES[0]", "allowed: ma, fast, slow, mode"),
     ({"QUANTSHIFT_LOG_JSON": "perhaps"}, "QUANTSHIFT_LOG_JSON", "bool"),
+    ({"QUANTSHIFT_ROLE": "leader"}, "QUANTSHIFT_ROLE", "'auto', 'primary' or 'standby'"),
+    ({"QUANTSHIFT_LEASE_TTL": "0.2"}, "QUANTSHIFT_LEASE_TTL", "greater than or equal to 1"),
 ])
 def test_invalid_settings_exit_78_with_one_line(tmp_path: Path, env: dict, setting: str,
                                                 allowed: str) -> None:
@@ -110,6 +112,7 @@ def test_invalid_settings_exit_78_with_one_line(tmp_path: Path, env: dict, setti
     ({"QUANTSHIFT_FEED": "ccxt", "CCXT_EXCHANGE": "binance", "CCXT_API_URL": "localhost"},
      "CCXT_API_URL"),
     ({"QUANTSHIFT_FEED": "replay"}, "QUANTSHIFT_REPLAY_FILE"),
+    ({"QUANTSHIFT_ROLE": "standby"}, "QUANTSHIFT_ROLE"),  # a lease needs Redis
 ])
 def test_unavailable_or_unconfirmed_executors_refuse_to_start(tmp_path: Path, env: dict,
                                                               message: str) -> None:

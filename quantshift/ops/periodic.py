@@ -60,6 +60,8 @@ async def reconcile(control: ControlPlane, engine: Engine, guard: Guard | None,
     assert isinstance(executor, BrokerExecutor)
     if not at_start and executor.open_orders():
         return  # fills in flight would look like a difference; try again next time
+    if not at_start and not control.leading():
+        return  # a standby: the positions at the venue are the primary's
     try:
         report = await executor.reconcile(lambda: dict(engine.portfolio.net),
                                           engine.known_ids())

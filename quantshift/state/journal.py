@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS equity (
 CREATE TABLE IF NOT EXISTS snapshots (
   id INTEGER PRIMARY KEY, created_ns INTEGER NOT NULL, fill_seq INTEGER NOT NULL,
   state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS order_fences (
+  client_order_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, instance TEXT NOT NULL,
+  ts_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS control (
   id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL, action TEXT NOT NULL, params TEXT,
   actor TEXT, result TEXT);
@@ -82,6 +85,8 @@ _INSERT = {
               "qty, ref_price, reduce_only, reason, created_ns, take_profit, stop_loss, "
               "parent, leg) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "order": "INSERT INTO order_events (client_order_id, state, detail, ts_ns) VALUES (?,?,?,?)",
+    "fence": "INSERT OR REPLACE INTO order_fences (client_order_id, epoch, instance, ts_ns) "
+             "VALUES (?,?,?,?)",
     "fill": "INSERT OR IGNORE INTO fills VALUES (?,?,?,?,?,?,?,?,?)",
     "trade": "INSERT INTO trades (strategy, symbol, direction, qty, entry_ts, entry_price, "
              "exit_ts, exit_price, pnl) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -250,6 +255,10 @@ class Journal:
 
     def order_state(self, client_order_id: str, state: OrderState, detail: str = "") -> None:
         self._queue.append(("order", (client_order_id, state.value, detail, time.time_ns())))
+
+    def fence(self, client_order_id: str, epoch: int, instance: str) -> None:
+        """The lease epoch (fencing token) an order went out under."""
+        self._queue.append(("fence", (client_order_id, epoch, instance, time.time_ns())))
 
     def fill(self, f: Fill, trade: Trade | None = None) -> None:
         """A fill, and the round trip it closed if any. The two are one item of the queue:

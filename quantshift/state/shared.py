@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -47,6 +47,9 @@ from redis.exceptions import AuthenticationError, InvalidResponse, RedisError, R
 from quantshift.aio import within
 from quantshift.domain import NS_PER_SECOND, OrderIntent
 from quantshift.errors import ConfigError
+
+if TYPE_CHECKING:
+    from quantshift.state.lease import Lease
 
 T = TypeVar("T")
 SETTING = "QUANTSHIFT_REDIS_URL"
@@ -91,8 +94,13 @@ return ARGV[1]
 """
 
 # Check the caps and count one entry, atomically. A cap of 0 is no cap; ``ARGV[10]`` = 1
-# counts without checking (an entry sent while Redis was away, added back).
+# counts without checking (an entry sent while Redis was away, added back, or an exit).
+# ``ARGV[11]``: the lease value this instance holds (the fencing check, exits included),
+# '' where no lease applies.
 _RESERVE = """
+if ARGV[11] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[11] then
+  return {0, "not the primary: the lease is no longer this instance's"}
+end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {1, 'counted'} end
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 local now = tonumber(ARGV[2])
@@ -177,7 +185,8 @@ class AccountStore:
                  sends: bool, live: bool, grace: float, journal: Any = None,
                  timeout: float = 2.0) -> None:
         self.account, self.instance, self.caps = account, instance, caps
-        self.sends = sends  # this instance's orders reach the broker: it counts
+        self._sends = sends  # this instance's orders reach the broker: it counts
+        self.lease: Lease | None = None  # which instance of the bot trades (lease.py)
         self.live = live  # micro_capital/production: entries wait for the store
         self.grace = grace
         self.where = describe(url)
@@ -224,7 +233,21 @@ class AccountStore:
     def key(self, name: str) -> str:
         return self._prefix + name
 
-    async def _bounded(self, aw: Awaitable[T]) -> T:
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def _lease_key(self) -> str:
+        return self.lease.key if self.lease is not None else self.key("lease:-")
+
+    @property
+    def sends(self) -> bool:
+        """Whether this instance's orders reach the broker now: a standby's do not, so it
+        counts nothing of the account's and its own rules demote only itself."""
+        return self._sends and (self.lease is None or self.lease.primary)
+
+    async def bounded(self, aw: Awaitable[T]) -> T:
         """One call to Redis, cut at the store's timeout (the client has none of its own)."""
         return await within(aw, self._timeout)
 
@@ -321,11 +344,11 @@ class AccountStore:
         await self._claim_name()
         # A mark of this Redis's data: another mark (or none) than the one seen before means
         # it lost the account's keys (a restart without persistence).
-        await self._bounded(self._client.set(self.key("mark"), os.urandom(8).hex(), nx=True))
-        mark = _text(await self._bounded(self._client.get(self.key("mark"))))
+        await self.bounded(self._client.set(self.key("mark"), os.urandom(8).hex(), nx=True))
+        mark = _text(await self.bounded(self._client.get(self.key("mark"))))
         lost = self._mark is not None and mark != self._mark
         self._mark = mark
-        remote = self._parse(await self._bounded(self._client.get(self.key("control"))))
+        remote = self._parse(await self.bounded(self._client.get(self.key("control"))))
         pending = self.pending
         if pending is not None:
             newer = remote is not None and int(remote.get("seq", 0)) > int(pending.get("base", 0))
@@ -369,7 +392,7 @@ class AccountStore:
         elif first:
             logger.info("shared store {}: account {}, instance {}{}", self.where,
                         self.account, self.instance,
-                        "" if self.sends else " (its orders reach no broker: it counts "
+                        "" if self._sends else " (its orders reach no broker: it counts "
                                               "nothing of the account's)")
         await self._flush()
 
@@ -472,7 +495,7 @@ class AccountStore:
                     "" if v is None else str(v) for v in row), strict=True)),
                     maxlen=STREAM_MAXLEN, approximate=True)
             try:
-                await self._bounded(pipe.execute())
+                await self.bounded(pipe.execute())
             except (RedisError, OSError, TimeoutError):
                 self._decisions.extendleft(reversed(batch))  # written on the next turn
                 raise
@@ -484,7 +507,7 @@ class AccountStore:
             pipe.expireat(self.key(f"pnl:{day}"), day_end(day))
             pipe.hset(self.key(f"exposure:{day}"), self.instance, repr(gross))
             pipe.expireat(self.key(f"exposure:{day}"), day_end(day))
-            await self._bounded(pipe.execute())
+            await self.bounded(pipe.execute())
 
     async def _push(self) -> None:
         async with self._pushing:  # one at a time, in the order they were made
@@ -494,7 +517,7 @@ class AccountStore:
             body = orjson.dumps({k: v for k, v in pending.items()
                                  if k not in ("base", "flatten")}).decode()
             flat = bool(pending.get("flatten"))
-            raw = await self._bounded(self._publish(
+            raw = await self.bounded(self._publish(
                 keys=[self.key("control"), self.key("control:seq"),
                       self.key("control:flatten")],
                 args=[body, self.seen, "1" if flat else "0", self.flattened]))
@@ -533,9 +556,13 @@ class AccountStore:
     async def reserve(self, intent: OrderIntent, notional: float,
                       check: bool = True) -> str | None:
         """Count one order against the account's caps; why it may not go, or None.
-        ``check=False`` (an exit): counted, never refused."""
-        if not self.sends:
+        ``check=False`` (an exit): counted, never refused by the caps. Under a lease, only
+        the primary's orders go, and Redis checks that it still is, in the same script."""
+        if not self._sends:
             return None
+        lease = self.lease
+        if lease is not None and not lease.primary:
+            return f"not the primary: {lease.holder or 'no instance'} holds the lease"
         if self.up:
             try:
                 return await self._call_reserve(intent.client_order_id, intent.ts, notional,
@@ -551,11 +578,12 @@ class AccountStore:
         caps = self.caps
         out = await within(self._reserve(
             keys=[self.key(f"trades:{day}"), self.key(f"coids:{day}"), self.key("hour"),
-                  self.key(f"pnl:{day}"), self.key(f"exposure:{day}")],
+                  self.key(f"pnl:{day}"), self.key(f"exposure:{day}"), self._lease_key],
             args=[coid, ts // 1_000_000, day_end(day), caps.trades_per_day,
                   caps.trades_per_hour, repr(float(caps.daily_loss)),
                   repr(float(caps.exposure)), repr(float(notional)), self.instance,
-                  "1" if force else "0"]), self._timeout)
+                  "1" if force else "0",
+                  self.lease.token() if self.lease is not None else ""]), self._timeout)
         if int(out[0]) == 0:
             return _text(out[1])
         self._count_own(coid, ts, notional)
@@ -624,7 +652,7 @@ class AccountStore:
     # -- reads ---------------------------------------------------------------------------
     async def counts(self, day: int) -> dict[str, Any]:
         """The account's counts of ``day`` as Redis holds them (for tests and the CLI)."""
-        c, b = self._client, self._bounded
+        c, b = self._client, self.bounded
         trades = await b(c.get(self.key(f"trades:{day}")))
         return {"trades": int(trades or 0),
                 "coids": sorted(_text(x) for x in await b(c.smembers(self.key(f"coids:{day}")))),
@@ -638,11 +666,11 @@ class AccountStore:
         ``count`` with a count)."""
         key = self.key(f"decisions:{instance}")
         if count is not None:
-            rows = list(reversed(await self._bounded(self._client.xrevrange(key, count=count))))
+            rows = list(reversed(await self.bounded(self._client.xrevrange(key, count=count))))
         else:
             rows, start = [], "-"
             while True:
-                chunk = await self._bounded(self._client.xrange(key, min=start, count=10_000))
+                chunk = await self.bounded(self._client.xrange(key, min=start, count=10_000))
                 rows += chunk
                 if len(chunk) < 10_000:
                     break
@@ -672,7 +700,7 @@ class AccountStore:
                     "end return 1", 1, self.key(f"instance:{self.instance}"), self._nonce),
                     self._timeout)
         with contextlib.suppress(Exception):
-            await self._bounded(self._client.aclose())
+            await self.bounded(self._client.aclose())
 
 
 def _rank(doc: dict[str, Any]) -> int:

@@ -1,0 +1,109 @@
+"""Failover between two daemons of one bot (real processes, a private redis-server, the
+exchange emulator): the time from a signal to the primary until the standby's /status
+says ``primary`` (the takeover done: the last primary's state taken, the venue's
+positions booked, reconciled), polled every 10 ms.
+
+* SIGKILL: the killed one is started again (it comes back a standby), and again.
+* SIGSTOP: the frozen one is woken with SIGCONT after the takeover (it finds the lease
+  lost and is a standby), and again.
+
+Goal: p99 <= ttl + 1 s. Saves bench/results/failover.json.
+
+    .venv/bin/python bench/bench_failover.py [--rounds 10] [--ttl 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, percentile, save
+
+sys.path.insert(0, str(ROOT))
+
+from tests.redis_server import RedisServer
+from tests.test_account_process import Bot
+from tests.test_broker_process import Emulator
+
+
+def role(bot: Bot) -> str | None:
+    try:
+        code, st = bot.call("GET", "/status")
+    except OSError:
+        return None
+    return str(st.get("role")) if code == 200 and isinstance(st, dict) else None
+
+
+def wait(cond, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while not cond():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError("no takeover in time")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="per signal (default 10)")
+    parser.add_argument("--ttl", type=float, default=3.0, help="QUANTSHIFT_LEASE_TTL")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    redis = RedisServer(root / "redis").start()
+    emu = Emulator("exchange", root)
+    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
+           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_RECONCILE_INTERVAL": "0",
+           "QUANTSHIFT_LEASE_TTL": str(args.ttl),
+           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
+               "fast": 2, "slow": 4, "mode": "long_short"}}])}
+    bots = {name: Bot(root / name, redis.url, name, **env) for name in ("a", "b")}
+    figures: dict[str, list[float]] = {"sigkill": [], "sigstop": []}
+    try:
+        bots["a"].start()
+        wait(lambda: role(bots["a"]) == "primary", 15)
+        bots["b"].start()
+        primary, standby = "a", "b"
+        for kind in ("sigkill", "sigstop"):
+            for n in range(args.rounds):
+                p, s = bots[primary], bots[standby]
+                wait(lambda s=s: role(s) == "standby", 15)
+                time.sleep(1.0)  # a bar or so of trading
+                sent = time.monotonic()
+                p.proc.signal(signal.SIGKILL if kind == "sigkill" else signal.SIGSTOP)
+                wait(lambda s=s: role(s) == "primary", args.ttl + 10)
+                took = time.monotonic() - sent
+                figures[kind].append(took)
+                print(f"{kind} {n + 1}/{args.rounds}: {took:.3f}s", flush=True)
+                if kind == "sigkill":
+                    p.proc.proc.wait(10)  # type: ignore[union-attr]
+                    p.proc = type(p.proc)(p.root, p.env)
+                    p.start()
+                else:
+                    p.proc.signal(signal.SIGCONT)
+                primary, standby = standby, primary
+    finally:
+        for bot in bots.values():
+            try:
+                bot.proc.signal(signal.SIGCONT)
+                bot.stop()
+            except Exception:  # a bot that did not start
+                pass
+        emu.stop()
+        redis.stop()
+    goal = args.ttl + 1.0
+    out = {"ttl_s": args.ttl, "goal_p99_s": goal}
+    for kind, values in figures.items():
+        out[kind] = {"rounds": len(values), "p50_s": round(percentile(values, 50), 3),
+                     "p99_s": round(percentile(values, 99), 3),
+                     "max_s": round(max(values), 3), "meets_goal": max(values) <= goal}
+    save("failover", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The daemon's side of the bot's lease (state/lease.py): taking it at start, taking over
+from the last primary, and giving it up at a handover or a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from loguru import logger
+from redis.exceptions import RedisError
+
+from quantshift.control import ControlPlane
+from quantshift.engine import Engine
+from quantshift.execution.broker import BrokerExecutor
+from quantshift.execution.venues.base import VenueError
+from quantshift.ops import periodic
+from quantshift.settings import Settings
+from quantshift.state.lease import Lease, Role
+from quantshift.state.shared import AccountStore
+
+_ALERT = logger.bind(alert="error")
+
+
+def attach(settings: Settings, account: AccountStore, control: ControlPlane) -> Lease:
+    """The bot's lease on the account; orders go to log-only until it is this
+    instance's and the takeover is done."""
+    lease = Lease(account, settings.bot, Role(settings.role), settings.lease_ttl)
+    account.lease = lease
+    control.attach_lease(lease)
+    lease.on_lose = lambda _why: control.lead(False)
+    return lease
+
+
+async def first_turn(lease: Lease) -> None:
+    """Try for the lease once at start (a free lease is taken at once, not a third of the
+    TTL later); Redis away is the renewal loop's to retry."""
+    try:
+        await lease.turn()
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("lease: Redis did not answer at start ({}); a standby until it does",
+                       type(exc).__name__)
+    if not lease.primary:
+        logger.warning("lease: standby: {}; orders go nowhere until this instance holds the "
+                       "lease", f"instance {lease.holder} is the primary (epoch "
+                                f"{lease.epoch})" if lease.holder else "the lease is not held")
+
+
+def on_acquire(lease: Lease, control: ControlPlane, engine: Engine,
+               reconcile: periodic.Action) -> None:
+    """Take over whenever the lease is acquired after the start (in a task of its own:
+    the renewals go on meanwhile)."""
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def done(task: asyncio.Task[bool]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _ALERT.opt(exception=task.exception()).error("lease: the takeover failed; this "
+                                                         "instance stays a standby")
+
+    def start(_epoch: int) -> None:
+        task = asyncio.create_task(take_over(lease, control, engine, reconcile),
+                                   name="takeover")
+        tasks.add(task)
+        task.add_done_callback(done)
+
+    lease.on_acquire = start
+
+
+async def take_over(lease: Lease, control: ControlPlane, engine: Engine,
+                    reconcile: periodic.Action, retry: bool = True) -> bool:
+    """Become the trading instance: the last primary's book (when another instance left
+    it), then the venue's word on it (``reconcile``: a difference halts), then orders go
+    to the broker. A halt or a demotion of the account holds as before. False when the
+    lease was lost meanwhile. ``retry=False`` (at start) lets a venue error through."""
+    instance = lease.instance
+    while lease.primary:
+        try:
+            last = await lease.last_state()
+            if last is not None and last.get("instance") != instance:
+                engine.take_over(last["state"])
+                logger.warning("lease: took over from instance {} (epoch {}): {} open "
+                               "positions", last.get("instance"), last.get("epoch"),
+                               engine.portfolio.open_symbols())
+            await _adopt_venue_positions(lease, control, engine)
+            await reconcile()
+        except (RedisError, OSError, TimeoutError, VenueError) as exc:
+            if not retry and isinstance(exc, VenueError):
+                raise
+            logger.warning("lease: takeover not done yet ({}: {}); trying again",
+                           type(exc).__name__, exc)
+            await asyncio.sleep(min(lease.ttl / 3, 1.0))
+            continue
+        if not lease.primary:
+            break
+        control.lead(True)
+        logger.warning("lease: primary (epoch {}): orders go to the {} executor", lease.epoch,
+                       control.real_executor.kind.value if control.real_executor else "real")
+        return True
+    return False
+
+
+async def _adopt_venue_positions(lease: Lease, control: ControlPlane, engine: Engine) -> None:
+    """The venue's positions are the truth: what the last primary filled after the state it
+    left (it was killed, or frozen) is booked to the one strategy that trades the symbol.
+    A symbol traded by several is left to the reconciliation (which halts on it)."""
+    executor = control.real_executor
+    if not isinstance(executor, BrokerExecutor):
+        return
+    venue = await executor.venue.positions()
+    net = engine.portfolio.net
+    for symbol in sorted(set(venue) | set(net)):
+        diff = venue.get(symbol, 0.0) - net.get(symbol, 0.0)
+        owners = engine.owners(symbol)
+        if abs(diff) <= 1e-9 or len(owners) != 1:
+            continue
+        [owner] = owners
+        price = engine.portfolio.marks.get(symbol, 0.0)
+        engine.adopt(owner, symbol, diff, price, f"takeover-{lease.epoch}-{symbol}")
+        logger.warning("lease: the venue holds {:g} {} more than the last primary's state; "
+                       "booked to {} at {:g}", diff, symbol, owner, price)
+
+
+async def save(lease: Lease, engine: Engine) -> None:
+    """The primary's state, for the next one (every second, and at a handover)."""
+    if lease.primary and control_leads(engine.control):
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await lease.save(engine.state())
+
+
+def control_leads(control: ControlPlane) -> bool:
+    return control.leading() and control.lease_refusal() is None
+
+
+async def hand_off(lease: Lease, engine: Engine, to: str = "") -> bool:
+    """Give the lease up with this primary's last state: nothing may be in flight (the
+    caller drained the executor)."""
+    if not lease.primary:
+        return False
+    engine.control.lead(False)  # from here on nothing of this instance's goes out
+    try:
+        await lease.save(engine.state())
+        return await lease.release(to)
+    except (RedisError, OSError, TimeoutError) as exc:
+        _ALERT.error("lease: could not hand over ({}); the lease expires by itself in {}s",
+                     type(exc).__name__, lease.ttl)
+        return False

@@ -1,0 +1,97 @@
+"""Two daemons of one bot on one account (real processes, a real redis-server, the exchange
+emulator): the lease's holder trades, the other is a standby whose orders go nowhere.
+SIGSTOP the primary → the standby is primary within ``ttl + 1 s`` and trades on; SIGCONT
+the old one → it finds the lease lost, is a standby and sends nothing. SIGKILL the new
+primary → the old one takes over again. At the end: no client order id twice at the
+venue, every order journaled with the lease epoch it went out under and no two instances
+in one epoch, and the last primary's positions equal to the venue's."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisServer
+from tests.test_account_process import Bot, until
+from tests.test_broker_process import Emulator
+
+pytestmark = pytest.mark.process
+
+TTL = 2.0
+
+
+def role(bot: Bot) -> str | None:
+    try:
+        code, st = bot.call("GET", "/status")
+    except OSError:  # frozen (SIGSTOP): it does not answer
+        return None
+    return str(st.get("role")) if code == 200 and isinstance(st, dict) else None
+
+
+def fences(bot: Bot) -> list[tuple[str, int, str, int]]:
+    [ledger] = (bot.root / "var").glob("*-sandbox.sqlite")
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+        return db.execute("SELECT client_order_id, epoch, instance, ts_ns FROM order_fences"
+                          ).fetchall()
+
+
+def test_the_primary_frozen_or_killed_hands_trading_to_the_standby_and_never_two_send(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    emu = Emulator("exchange", tmp_path)
+    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
+           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
+           "QUANTSHIFT_RECONCILE_INTERVAL": "0", "QUANTSHIFT_LEASE_TTL": str(TTL),
+           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
+               "fast": 2, "slow": 4, "mode": "long_short"}}])}
+    a = Bot(tmp_path / "a", redis_server.url, "a", **env).start()
+    until(lambda: role(a) == "primary", 10)
+    b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()
+    try:
+        assert role(b) == "standby"
+        a.proc.wait_for(r"\| fill ", count=1, timeout=40)
+        b.proc.wait_for(r"would execute", count=1, timeout=20)  # the standby decides too
+
+        a.proc.signal(signal.SIGSTOP)
+        stopped = time.time()
+        took = until(lambda: role(b) == "primary", TTL + 5)
+        assert took <= TTL + 1.0 + 0.5  # the status poll's own time on a loaded machine
+        b.proc.wait_for(r"lease: primary \(epoch 2\)", timeout=5)
+        a.proc.signal(signal.SIGCONT)
+        until(lambda: role(a) == "standby", TTL + 2)
+        a.proc.wait_for(r"no longer the primary", timeout=5)
+        woke = time.time()
+        b.proc.wait_for(r"\| fill ", count=2, timeout=40)  # trading goes on at b
+
+        b.proc.signal(signal.SIGKILL)
+        b.proc.proc.wait(10)  # type: ignore[union-attr]
+        until(lambda: role(a) == "primary", TTL + 5)
+        a.proc.wait_for(r"lease: primary \(epoch 3\)", timeout=5)
+        time.sleep(3 * 1.0)  # a few bars of trading at a again
+        venue = emu.state()
+        code, st = a.call("GET", "/status")
+        assert code == 200 and isinstance(st, dict)
+        assert st["trading"]["state"] == "active", st["trading"]  # no mismatch halted it
+    finally:
+        a_code = a.stop()
+        emu.stop()
+    assert a_code == 0
+    coids = [o["client_order_id"] for o in venue["orders"]]
+    assert len(coids) == len(set(coids)), "a client order id reached the venue twice"
+    sent = fences(a) + fences(b)
+    by_epoch: dict[int, set[str]] = {}
+    for _, epoch, instance, _ in sent:
+        by_epoch.setdefault(epoch, set()).add(instance)
+    assert all(len(names) == 1 for names in by_epoch.values()), by_epoch
+    assert by_epoch.get(1) == {"a"} and by_epoch.get(2) == {"b"}
+    # Frozen and woken, a sent nothing until it was the primary again (epoch 3).
+    assert not [row for row in fences(a) if row[1] < 3 and row[3] / 1e9 > stopped]
+    assert not [row for row in fences(a) if row[1] == 2]
+    assert woke > stopped
+    positions = {p["symbol"]: p["qty"] for p in st["positions"]}
+    theirs = {s: p["qty"] for s, p in venue["positions"].items() if abs(p["qty"]) > 1e-9}
+    assert {s: q for s, q in positions.items() if abs(q) > 1e-9} == pytest.approx(theirs)
