@@ -9,12 +9,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from quantshift.control import ControlPlane
 from quantshift.domain import OrderIntent, Side
 from quantshift.state.journal import Journal
 from quantshift.state.lease import Lease, Role
-from quantshift.state.shared import NS_PER_DAY, AccountStore, Caps
+from quantshift.state.shared import NS_PER_DAY, Caps
 from tests.redis_server import RedisServer
+from tests.test_shared_store import Instance
 
 DAY = 20_000
 TTL = 1.0
@@ -31,36 +31,24 @@ class Clock:
         return self.frozen if self.frozen is not None else time.monotonic()
 
 
-class Node:
+class Node(Instance):
+    """An instance of the shared-store tests, with the bot's lease (its loop is ``task``)."""
+
     def __init__(self, root: Path, url: str, name: str, role: Role = Role.AUTO) -> None:
-        self.journal = Journal(root / f"{name}.sqlite", bot="equity", executor="sandbox")
-        self.control = ControlPlane(self.journal)
-        self.store = AccountStore(url, "acct", name, Caps(trades_per_day=100), sends=True,
-                                  live=False, grace=5.0,
-                                  journal=self.journal, timeout=0.5)
-        self.control.attach_account(self.store)
+        super().__init__(root, url, name, caps=Caps(trades_per_day=100))
         self.clock = Clock()
         self.lease = Lease(self.store, "equity", role, TTL, clock=self.clock)
         self.store.lease = self.lease
         self.control.attach_lease(self.lease)
         self.lease.on_acquire = lambda _e: self.control.lead(True)
         self.lease.on_lose = lambda _w: self.control.lead(False)
-        self.task: asyncio.Task[None] | None = None
 
-    async def start(self, loop: bool = True) -> Node:
+    async def start(self, loop: bool = True) -> Node:  # type: ignore[override]
         await self.store.open(self.control.adopt)
         await self.lease.turn()
         if loop:
             self.task = asyncio.create_task(self.lease.run())
         return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        await self.store.close()
-        self.journal.flush()
-        self.journal.close()
 
 
 def entry(coid: str, reduce_only: bool = False) -> OrderIntent:

@@ -81,7 +81,14 @@ async def take_over(lease: Lease, control: ControlPlane, engine: Engine,
                 logger.warning("lease: took over from instance {} (epoch {}): {} open "
                                "positions", last.get("instance"), last.get("epoch"),
                                engine.portfolio.open_symbols())
-            await _adopt_venue_positions(lease, control, engine)
+            # Another primary since this instance's own last epoch may have filled orders
+            # its saved state lacks (it may have saved none); with none in between (the
+            # account's first primary, or this one started again) a book that differs from
+            # the venue is the reconciliation's, and halts.
+            mine_before = last is not None and last.get("instance") == instance \
+                and int(last.get("epoch", 0)) == lease.epoch - 1
+            if lease.epoch > 1 and not mine_before:
+                await _adopt_venue_positions(lease, control, engine)
             await reconcile()
         except (RedisError, OSError, TimeoutError, VenueError) as exc:
             if not retry and isinstance(exc, VenueError):
@@ -122,13 +129,9 @@ async def _adopt_venue_positions(lease: Lease, control: ControlPlane, engine: En
 
 async def save(lease: Lease, engine: Engine) -> None:
     """The primary's state, for the next one (every second, and at a handover)."""
-    if lease.primary and control_leads(engine.control):
+    if engine.control.lease_refusal() is None:  # holding it, the takeover done
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await lease.save(engine.state())
-
-
-def control_leads(control: ControlPlane) -> bool:
-    return control.leading() and control.lease_refusal() is None
 
 
 async def hand_off(lease: Lease, engine: Engine, to: str = "") -> bool:

@@ -152,11 +152,10 @@ def build_status(d: DaemonView) -> dict[str, Any]:
         out["instance"] = account.instance
     lease = engine.control.lease
     if lease is not None:
-        view = lease.view()
         # primary only once the takeover is done: until then nothing of it goes out
         out["role"] = "primary" if engine.control.lease_refusal() is None else "standby"
-        out["lease_epoch"] = view["lease_epoch"]
-        out["lease"] = {**view, "role": out["role"]}
+        out["lease_epoch"] = lease.epoch
+        out["lease"] = {**lease.view(), "role": out["role"]}
     return out
 
 

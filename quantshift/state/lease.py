@@ -131,9 +131,8 @@ class Lease:
         return self.value or ""
 
     def view(self) -> dict[str, Any]:
-        return {"role": "primary" if self.primary else "standby", "configured": str(self.role),
-                "lease_epoch": self.epoch, "holder": self.holder or None,
-                "ttl_s": self.ttl}
+        return {"configured": str(self.role), "lease_epoch": self.epoch,
+                "holder": self.holder or None, "ttl_s": self.ttl}
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self) -> None:

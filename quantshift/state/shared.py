@@ -258,7 +258,7 @@ class AccountStore:
         that cannot be reached is retried by ``run``, and reported meanwhile."""
         self._adopt = adopt
         try:
-            await within(self._client.ping(), self._timeout)
+            await self.bounded(self._client.ping())
         except AuthenticationError as exc:
             raise ConfigError(SETTING, f"Redis at {self.where} refused the credentials "
                                        f"({exc})") from None
@@ -285,9 +285,9 @@ class AccountStore:
 
     async def _claim_name(self) -> bool:
         """Hold this instance's name; True when another process holds it."""
-        held = _text(await within(self._claim(
+        held = _text(await self.bounded(self._claim(
             keys=[self.key(f"instance:{self.instance}")],
-            args=[self._nonce, INSTANCE_TTL_MS]), self._timeout))
+            args=[self._nonce, INSTANCE_TTL_MS])))
         if held != self._nonce:
             if self.duplicate is None:
                 _ALERT.error("shared store: another process ({}) runs as instance {} of "
@@ -317,7 +317,7 @@ class AccountStore:
     async def _listen(self) -> None:
         pubsub = self._client.pubsub()
         try:
-            await within(pubsub.subscribe(self.key("control")), self._timeout)
+            await self.bounded(pubsub.subscribe(self.key("control")))
             await self._sync()  # after the subscription: no change falls in between
             pinged = time.monotonic()
             while True:
@@ -336,7 +336,7 @@ class AccountStore:
                     pinged = time.monotonic()
         finally:
             with contextlib.suppress(Exception):
-                await within(pubsub.aclose(), self._timeout)
+                await self.bounded(pubsub.aclose())
 
     async def _sync(self) -> None:
         """On every (re)connect: the account's state against this instance's, the counts
@@ -471,7 +471,7 @@ class AccountStore:
 
     async def _push_now(self, event: asyncio.Event) -> None:
         try:
-            await within(self._push(), self._timeout)
+            await self.bounded(self._push())
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)  # still pending: pushed on reconnect
         finally:
@@ -576,14 +576,14 @@ class AccountStore:
                             force: bool = False) -> str | None:
         day = ts // NS_PER_DAY
         caps = self.caps
-        out = await within(self._reserve(
+        out = await self.bounded(self._reserve(
             keys=[self.key(f"trades:{day}"), self.key(f"coids:{day}"), self.key("hour"),
                   self.key(f"pnl:{day}"), self.key(f"exposure:{day}"), self._lease_key],
             args=[coid, ts // 1_000_000, day_end(day), caps.trades_per_day,
                   caps.trades_per_hour, repr(float(caps.daily_loss)),
                   repr(float(caps.exposure)), repr(float(notional)), self.instance,
                   "1" if force else "0",
-                  self.lease.token() if self.lease is not None else ""]), self._timeout)
+                  self.lease.token() if self.lease is not None else ""]))
         if int(out[0]) == 0:
             return _text(out[1])
         self._count_own(coid, ts, notional)
@@ -688,17 +688,16 @@ class AccountStore:
     async def close(self) -> None:
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await within(task, self._timeout)
+                await self.bounded(task)
         with contextlib.suppress(Exception):
             if self.up and (self.pending is not None or self._report is not None
                             or self._decisions):
-                await within(self._flush(), self._timeout)
+                await self.bounded(self._flush())
         with contextlib.suppress(Exception):
             if self.up and self.duplicate is None:
-                await within(self._client.eval(
+                await self.bounded(self._client.eval(
                     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) "
-                    "end return 1", 1, self.key(f"instance:{self.instance}"), self._nonce),
-                    self._timeout)
+                    "end return 1", 1, self.key(f"instance:{self.instance}"), self._nonce))
         with contextlib.suppress(Exception):
             await self.bounded(self._client.aclose())
 
