@@ -256,7 +256,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         body["reason"] = args.reason
     if getattr(args, "flatten", False):
         body["flatten"] = True
-    for key in ("strategy", "version"):  # promote / rollback
+    for key in ("strategy", "version", "to"):  # promote / rollback, handover
         if getattr(args, key, None):
             body[key] = getattr(args, key)
     if getattr(args, "force", False):
@@ -281,6 +281,15 @@ def cmd_control(args: argparse.Namespace) -> int:
     if code != 200:
         _say(f"{args.command} refused ({code}): {answer.get('error', 'no reason given')}")
         return 1
+    if answer.get("handed_over"):
+        held = ", ".join(f"{q:g} {sym}" for sym, q in answer.get("positions", {}).items())
+        print(f"{settings.bot}: instance {answer.get('instance')} handed the lease (epoch "
+              f"{answer.get('lease_epoch')}) over to "
+              f"{'instance ' + answer['to'] if answer.get('to') else 'the first standby'} "
+              f"after {answer.get('wait_ms')} ms with nothing in flight; "
+              f"{answer.get('open_orders', 0)} open orders and positions "
+              f"{held or 'none'} go with it; it is a standby now")
+        return 0
     if "change" in answer:  # promote / rollback
         from quantshift.shadow.cli import describe_change
 
@@ -388,6 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "resume":
             cmd.add_argument("--reason", help="why, for the log and the journal")
         cmd.set_defaults(func=cmd_control)
+
+    handover = sub.add_parser("handover", help="the primary gives the bot's lease to a "
+                              "standby once nothing is in flight; positions and open orders "
+                              "go with it (several instances, QUANTSHIFT_REDIS_URL)")
+    handover.add_argument("--bot")
+    handover.add_argument("--to", metavar="INSTANCE", help="the standby to take over "
+                          "(default: the first to try)")
+    handover.add_argument("--reason", help="why, for the log and the journal")
+    handover.set_defaults(func=cmd_control)
 
     safe = sub.add_parser("safe-to-restart", help="exit 0 when a restart now cannot hurt "
                           "(no open orders or intents in flight; equities: market closed or "

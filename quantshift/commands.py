@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
-__all__ = ["Command", "ControlRefused", "Demote", "Flatten", "Halt", "Lift", "MarkStale",
-           "NotDurable", "Promote", "Reduce", "Resume", "Rollback", "Source"]
+__all__ = ["Command", "ControlRefused", "Demote", "Flatten", "Halt", "Handover", "Lift",
+           "MarkStale", "NotDurable", "Promote", "Reduce", "Resume", "Rollback", "Source"]
 
 
 class ControlRefused(Exception):
@@ -109,6 +109,15 @@ class Promote(Command):
 class Rollback(Command):
     strategy: str
     name: ClassVar[str] = "rollback"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handover(Command):
+    """The primary gives the bot's lease up (to ``to``, or to any standby) once nothing of
+    its own is in flight; this instance's only, never the account's."""
+
+    to: str = ""
+    name: ClassVar[str] = "handover"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

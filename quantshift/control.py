@@ -40,6 +40,7 @@ from quantshift.commands import (
     Demote,
     Flatten,
     Halt,
+    Handover,
     Lift,
     MarkStale,
     NotDurable,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from quantshift.state.shared import AccountStore
 
 __all__ = ["Command", "ControlPlane", "ControlRefused", "ControlView", "Demote", "Flatten",
-           "Halt", "Lift", "MarkStale", "NotDurable", "Promote", "Reduce", "Resume",
+           "Halt", "Handover", "Lift", "MarkStale", "NotDurable", "Promote", "Reduce", "Resume",
            "Rollback", "Source"]
 
 STATE_KEY = "trading_state"
@@ -314,6 +315,8 @@ class ControlPlane(AccountSharing):
             return self._lift(cmd)
         if isinstance(cmd, MarkStale):
             return self._mark_stale(cmd)
+        if isinstance(cmd, Handover):
+            return self._hand_over(cmd)
         if isinstance(cmd, Promote | Rollback):
             if self._versions is None:
                 raise ControlRefused("no strategy versions to change", 404)

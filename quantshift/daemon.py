@@ -198,7 +198,7 @@ class Daemon:
             if self.account is not None:  # several instances: the lease's holder trades
                 from quantshift.ops import leadership  # redis only where it is used
 
-                self.lease = lease = leadership.attach(s, self.account, control)
+                self.lease = lease = leadership.attach(s, self.account, engine)
                 await leadership.first_turn(lease)
                 if lease.primary:
                     await leadership.take_over(lease, control, engine, start_reconcile,
@@ -345,10 +345,14 @@ class Daemon:
         # on_bar is synchronous, so the bar in hand is always finished by now.
         logger.info("shutdown: feeds stopped after {} bars; no bar in flight",
                     engine.bars)
+        # The lease is renewed until it is handed off below: a flatten's exits still go.
+        lease_task = next((t for t, n in self._tasks.items() if n == "lease"), None) \
+            if self.lease is not None and self.lease.primary else None  # a standby's stops
         for task, name in self._tasks.items():
-            if name != "feed":
+            if name != "feed" and task is not lease_task:
                 task.cancel()
-        _, slow = await asyncio.wait(self._tasks, timeout=2.0)
+        others = [t for t in self._tasks if t is not lease_task]
+        _, slow = await asyncio.wait(others, timeout=2.0) if others else (set(), set())
         if slow:  # the bound cuts them; the log says which, and where each waits
             logger.warning("shutdown: still stopping after 2s: {}", ", ".join(
                 f"{self._tasks[t]} (at {waiting_at(t)})" for t in slow))
@@ -367,6 +371,13 @@ class Daemon:
             logger.info("shutdown: flattening, {} orders sent", sent)
             for executor in control.executors():
                 await executor.drain(self.settings.shutdown_timeout / 2)
+        if self.lease is not None:  # the standby takes over now, with the orders left open
+            from quantshift.ops import leadership
+
+            await leadership.hand_off(self.lease, engine)
+        if lease_task is not None:
+            lease_task.cancel()
+            await asyncio.wait([lease_task], timeout=2.0)
         await periodic.snapshot(engine, self._books())  # the engine's and the version books'
         await self._flush_books()
         try:

@@ -75,6 +75,7 @@ class OrderState(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     NOT_SENT = "not_sent"  # LogOnly: the order went nowhere on purpose
+    HANDED_OVER = "handed_over"  # at the venue still; another instance of the bot follows it
 
     @property
     def final(self) -> bool:
@@ -83,7 +84,7 @@ class OrderState(StrEnum):
 
 _FINAL_STATES = frozenset(
     {OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED, OrderState.EXPIRED,
-     OrderState.NOT_SENT}
+     OrderState.NOT_SENT, OrderState.HANDED_OVER}
 )
 
 

@@ -29,6 +29,7 @@ from quantshift.domain import (
     Trade,
     TradingState,
 )
+from quantshift.execution import handoff
 from quantshift.execution.base import Executor
 from quantshift.exits import ExitManager
 from quantshift.portfolio import Portfolio
@@ -458,6 +459,37 @@ class Engine:
         self._known_ids.add(coid)
         self.journal.intent(intent)
         self.on_fill(intent, abs(qty), price, 0.0, ts)
+
+    def open_orders_state(self) -> list[dict[str, Any]]:
+        """The orders this book follows at the venue, for the next primary (a handover)."""
+        return handoff.open_docs(self._orders)
+
+    def adopt_orders(self, docs: list[Any], source: str) -> list[str]:
+        """Follow the orders the last primary left open (``open_orders_state``): journaled
+        here, tracked by the real executor, their fills beyond what they had booked to this
+        book. Returns their ids."""
+        executor = self.control.real_executor
+        taken: dict[bool, list[tuple[OrderIntent, float, float]]] = {True: [], False: []}
+        for doc in docs if isinstance(docs, list) else ():
+            parsed = handoff.from_doc(doc) if isinstance(doc, dict) else None
+            if parsed is None or executor is None or parsed[0].client_order_id in self._orders:
+                continue
+            intent, filled, avg, sent = parsed
+            coid = intent.client_order_id
+            state = OrderState.SUBMITTED if sent else OrderState.NEW
+            self._known_ids.add(coid)
+            self.journal.intent(intent)
+            self.journal.order_state(coid, state, f"adopted from instance {source}")
+            self._orders[coid] = Order(intent, state, filled, avg)
+            if intent.parent and self.exits is not None:
+                self.exits.leg_opened(intent)
+            left = intent.qty - filled
+            self._add_pending(intent, left if intent.side is Side.BUY else -left)
+            taken[sent].append((intent, filled, avg))
+        for sent, group in taken.items():
+            if group and executor is not None:
+                executor.restore_open(group, sent)
+        return [i.client_order_id for group in taken.values() for i, _, _ in group]
 
     def take_over(self, state: dict[str, Any]) -> None:
         """Start from another instance's state (a new primary takes the last one's book:

@@ -5,6 +5,7 @@ the caps' answer for an order. A mixin of :class:`~quantshift.control.ControlPla
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -15,6 +16,7 @@ from quantshift.commands import (
     Demote,
     Flatten,
     Halt,
+    Handover,
     Lift,
     Reduce,
     Resume,
@@ -40,6 +42,7 @@ class AccountSharing:
     _lease: Lease | None
     _leading: bool
     _journal: Journal | None
+    _handover: Callable[[str], Awaitable[dict[str, Any]]] | None = None
 
     _reason: str
 
@@ -81,6 +84,16 @@ class AccountSharing:
         real executor, unless demoted); ``False`` when the lease is lost or given up."""
         self._leading = on
         self._route()
+
+    def attach_handover(self, handover: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        """How this instance gives its lease up (ops/leadership.py ``handover``)."""
+        self._handover = handover
+
+    def _hand_over(self, cmd: Handover) -> Awaitable[dict[str, Any]]:
+        if self._handover is None:
+            raise ControlRefused("this instance holds no lease to hand over: a handover "
+                                 "needs QUANTSHIFT_REDIS_URL and orders that go to a broker")
+        return self._handover(cmd.to)
 
     def leading(self) -> bool:
         return self._lease is None or self._leading

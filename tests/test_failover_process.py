@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import quantshift_bin
 from tests.redis_server import RedisServer
 from tests.test_account_process import Bot, until
 from tests.test_broker_process import Emulator
@@ -95,3 +97,68 @@ def test_the_primary_frozen_or_killed_hands_trading_to_the_standby_and_never_two
     positions = {p["symbol"]: p["qty"] for p in st["positions"]}
     theirs = {s: p["qty"] for s, p in venue["positions"].items() if abs(p["qty"]) > 1e-9}
     assert {s: q for s, q in positions.items() if abs(q) > 1e-9} == pytest.approx(theirs)
+
+
+def held_by(bot: Bot) -> dict[str, float]:
+    code, st = bot.call("GET", "/status")
+    assert code == 200 and isinstance(st, dict)
+    return {p["symbol"]: p["qty"] for p in st["positions"] if abs(p["qty"]) > 1e-9}
+
+
+def test_a_handover_moves_trading_to_the_named_standby_with_nothing_in_flight(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    emu = Emulator("exchange", tmp_path)
+    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
+           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
+           "QUANTSHIFT_RECONCILE_INTERVAL": "2", "QUANTSHIFT_LEASE_TTL": "3",
+           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
+               "fast": 2, "slow": 4, "mode": "long_only"}}])}
+    a = Bot(tmp_path / "a", redis_server.url, "a", **env).start()
+    until(lambda: role(a) == "primary", 10)
+    b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()
+    c = Bot(tmp_path / "c", redis_server.url, "c", **env).start()
+    try:
+        until(lambda: bool(held_by(a)), 40)  # hand over with a position open
+        code, answer = b.call("POST", "/handover", {"to": "c"})
+        assert code == 409 and "not the primary" in answer["error"], answer  # b is a standby
+        code, answer = a.call("POST", "/handover", {"to": "a"})
+        assert code == 400, answer
+        held = held_by(a)
+        out = subprocess.run([quantshift_bin(), "handover", "--to", "c"], env=a.env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        handed = time.monotonic()
+        assert "handed the lease (epoch 1) over to instance c" in out.stdout, out.stdout
+        assert "it is a standby now" in out.stdout
+        took = until(lambda: role(c) == "primary", 5)
+        assert took <= 1.0, f"the named standby took {took:.2f}s"
+        assert role(a) == "standby" and role(b) == "standby"
+        c.proc.wait_for(r"lease: took over from instance a \(epoch 1\)", timeout=5)
+        c.proc.wait_for(r"\| fill ", count=1, timeout=40)  # trading goes on at c
+        time.sleep(2.5)  # a periodic reconciliation at c: positions agree, nothing halts
+        code, st = c.call("GET", "/status")
+        assert st["trading"]["state"] == "active" and st["lease_epoch"] == 2, st["trading"]
+        code, ast = a.call("GET", "/status")
+        assert ast["role"] == "standby"
+        assert c.call("POST", "/halt", {"reason": "the end of the test"})[0] == 200
+        time.sleep(0.5)  # the last fills' updates
+        mine, venue = held_by(c), emu.state()
+    finally:
+        codes = [x.stop() for x in (a, b, c)]
+        emu.stop()
+    assert codes == [0, 0, 0]
+    assert held, "the handover moved no position: the test proved nothing"
+    coids = [o["client_order_id"] for o in venue["orders"]]
+    assert len(coids) == len(set(coids)), "a client order id reached the venue twice"
+    by_epoch: dict[int, set[str]] = {}
+    for bot, name in ((a, "a"), (b, "b"), (c, "c")):
+        for _, epoch, instance, ts in fences(bot):
+            assert instance == name
+            by_epoch.setdefault(epoch, set()).add(name)
+            if name == "a":
+                assert ts / 1e9 < time.time() - (time.monotonic() - handed), \
+                    "the old primary sent after the handover"
+    assert by_epoch.get(1) == {"a"} and by_epoch.get(2) == {"c"}, by_epoch
+    # The new primary's book, which began as the old one's, is the venue's.
+    theirs = {s: p["qty"] for s, p in venue["positions"].items() if abs(p["qty"]) > 1e-9}
+    assert mine == pytest.approx(theirs)

@@ -150,6 +150,22 @@ class BrokerExecutor(Reconciliation, Legs):
                 self._spawn(self._cancel(tracked.intent, reason))
         return len(working)
 
+    def hand_off(self, why: str) -> int:
+        """Stop following the orders at the venue: another instance of the bot follows
+        them now (it took the lease), so none is cancelled or looked up from here. One
+        whose attempt is under way ends by its own loop (every next attempt is refused)."""
+        done = [c for c, t in self._orders.items() if not t.sending]
+        for coid in done:
+            self._finish(coid, OrderState.HANDED_OVER, why)
+        return len(done)
+
+    async def look_up(self, coids: list[str]) -> None:
+        """Take the venue's word on these tracked orders now (their fills since)."""
+        for coid in coids:
+            tracked = self._orders.get(coid)
+            if tracked is not None and not tracked.sending:
+                await self._lookup(tracked.intent)
+
     # -- submission ------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[bool | None]) -> asyncio.Task[bool | None]:
         task = asyncio.ensure_future(coro)

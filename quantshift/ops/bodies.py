@@ -18,6 +18,7 @@ from quantshift.control import (
     ControlRefused,
     Flatten,
     Halt,
+    Handover,
     Promote,
     Reduce,
     Resume,
@@ -68,9 +69,14 @@ class RollbackBody(_Body):
     reason: Reason | None = None
 
 
+class HandoverBody(_Body):
+    to: Name | None = None  # the instance to take the lease next (default: any standby)
+    reason: Reason = "handed over by the operator"
+
+
 ACTIONS: dict[str, type[_Body]] = {
     "halt": HaltBody, "resume": ResumeBody, "flatten": FlattenBody, "reduce": ReduceBody,
-    "promote": PromoteBody, "rollback": RollbackBody,
+    "promote": PromoteBody, "rollback": RollbackBody, "handover": HandoverBody,
 }
 
 
@@ -111,6 +117,8 @@ def to_command(action: str, body: Any, actor: str) -> Command:
                        version=body.version, force=body.force)
     if action == "rollback":
         return Rollback(by=actor, reason=body.reason or "", strategy=body.strategy)
+    if action == "handover":
+        return Handover(by=actor, reason=body.reason, to=body.to or "")
     raise ControlRefused(f"unknown action {action!r}", 404)
 
 

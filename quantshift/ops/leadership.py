@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
+from typing import Any
 
 from loguru import logger
 from redis.exceptions import RedisError
 
-from quantshift.control import ControlPlane
+from quantshift.control import ControlPlane, ControlRefused
 from quantshift.engine import Engine
 from quantshift.execution.broker import BrokerExecutor
 from quantshift.execution.venues.base import VenueError
@@ -21,14 +23,33 @@ from quantshift.state.shared import AccountStore
 _ALERT = logger.bind(alert="error")
 
 
-def attach(settings: Settings, account: AccountStore, control: ControlPlane) -> Lease:
+def attach(settings: Settings, account: AccountStore, engine: Engine) -> Lease:
     """The bot's lease on the account; orders go to log-only until it is this
     instance's and the takeover is done."""
+    control = engine.control
     lease = Lease(account, settings.bot, Role(settings.role), settings.lease_ttl)
     account.lease = lease
     control.attach_lease(lease)
-    lease.on_lose = lambda _why: control.lead(False)
+    lease.on_lose = partial(_step_down, lease, engine)
+    control.attach_handover(partial(handover, lease, engine,
+                                    settings.shutdown_timeout / 2))
     return lease
+
+
+def _step_down(lease: Lease, engine: Engine, why: str) -> None:
+    """Not the primary any more: nothing goes out, and the orders at the venue are the
+    next primary's to follow (this one neither cancels nor books them from here)."""
+    engine.control.lead(False)
+    executor = engine.control.real_executor
+    if isinstance(executor, BrokerExecutor):
+        n = executor.hand_off(f"handed over at lease epoch {lease.epoch}: {why}")
+        if n:
+            logger.warning("lease: {} open orders left to the next primary", n)
+
+
+def last_state(engine: Engine) -> dict[str, Any]:
+    """What a primary leaves for the next: its book and the orders it follows."""
+    return {**engine.state(), "orders": engine.open_orders_state()}
 
 
 async def first_turn(lease: Lease) -> None:
@@ -78,9 +99,15 @@ async def take_over(lease: Lease, control: ControlPlane, engine: Engine,
             last = await lease.last_state()
             if last is not None and last.get("instance") != instance:
                 engine.take_over(last["state"])
+                adopted = engine.adopt_orders(last["state"].get("orders", []),
+                                              str(last.get("instance")))
+                executor = control.real_executor
+                if adopted and isinstance(executor, BrokerExecutor):
+                    await executor.look_up(adopted)  # their fills since, before the book
                 logger.warning("lease: took over from instance {} (epoch {}): {} open "
-                               "positions", last.get("instance"), last.get("epoch"),
-                               engine.portfolio.open_symbols())
+                               "positions, {} open orders adopted", last.get("instance"),
+                               last.get("epoch"), engine.portfolio.open_symbols(),
+                               len(adopted))
             # Another primary since this instance's own last epoch may have filled orders
             # its saved state lacks (it may have saved none); with none in between (the
             # account's first primary, or this one started again) a book that differs from
@@ -131,19 +158,65 @@ async def save(lease: Lease, engine: Engine) -> None:
     """The primary's state, for the next one (every second, and at a handover)."""
     if engine.control.lease_refusal() is None:  # holding it, the takeover done
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await lease.save(engine.state())
+            await lease.save(last_state(engine))
 
 
-async def hand_off(lease: Lease, engine: Engine, to: str = "") -> bool:
+async def hand_off(lease: Lease, engine: Engine, to: str = "", keep: bool = False) -> bool:
     """Give the lease up with this primary's last state: nothing may be in flight (the
-    caller drained the executor)."""
+    caller drained the executor). ``keep``: stay the primary when the state cannot be
+    saved (at a stop the lease goes anyway: it would expire)."""
     if not lease.primary:
         return False
     engine.control.lead(False)  # from here on nothing of this instance's goes out
     try:
-        await lease.save(engine.state())
+        saved = await lease.save(last_state(engine))
+    except (RedisError, OSError, TimeoutError) as exc:
+        saved = False
+        logger.warning("lease: the last state could not be saved ({})", type(exc).__name__)
+    if not saved and keep:  # an operator's handover: not without the state; still primary
+        if lease.primary:
+            engine.control.lead(True)
+        return False
+    try:
         return await lease.release(to)
     except (RedisError, OSError, TimeoutError) as exc:
         _ALERT.error("lease: could not hand over ({}); the lease expires by itself in {}s",
                      type(exc).__name__, lease.ttl)
         return False
+
+
+async def handover(lease: Lease, engine: Engine, timeout: float, to: str) -> dict[str, Any]:
+    """An operator's handover: nothing new goes out from the moment it is asked (the bar
+    in hand is done: a bar is handled without an await), the attempts under way return and
+    every order sent is acknowledged (bounded by ``timeout``), then the lease goes with
+    this primary's last state, to ``to`` or to any standby. Refused, still the primary,
+    when something stays in flight."""
+    control = engine.control
+    if control.lease_refusal() is not None:
+        who = f"instance {lease.holder} is (epoch {lease.epoch})" if lease.holder \
+            and lease.holder != lease.instance else "no instance has taken over yet"
+        raise ControlRefused(f"this instance ({lease.instance}) is not the primary: {who}")
+    if to == lease.instance:
+        raise ControlRefused(f"instance {to} is this one: hand over to a standby", 400)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    control.lead(False)  # every attempt from here on is refused
+    left = await control.settle(timeout)
+    while (left or engine.in_flight()) and loop.time() - started < timeout:
+        await asyncio.sleep(0.01)
+        left = await control.settle(0.0)
+    busy = left + engine.in_flight()
+    if busy:
+        if lease.primary:
+            control.lead(True)
+        raise ControlRefused(f"{busy} orders still in flight after {timeout:g}s; not handed "
+                             "over, still the primary")
+    epoch, orders = lease.epoch, len(engine.open_orders_state())
+    if not await hand_off(lease, engine, to, keep=True):
+        state = "still the primary" if lease.primary else \
+            f"the lease expires by itself within {lease.ttl:g}s"
+        raise ControlRefused(f"not handed over: Redis did not answer; {state}", 503)
+    return {"handed_over": True, "instance": lease.instance, "lease_epoch": epoch,
+            "to": to or None, "open_orders": orders,
+            "positions": {s: q for s, q in engine.portfolio.net.items() if abs(q) > 1e-9},
+            "wait_ms": round((loop.time() - started) * 1000, 1)}

@@ -14,6 +14,7 @@ lease while it was frozen is refused even before it notices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from loguru import logger
 from redis.exceptions import RedisError
+
+from quantshift.aio import within
 
 if TYPE_CHECKING:
     from quantshift.state.shared import AccountStore
@@ -116,6 +119,8 @@ class Lease:
         self._next_try: float | None = None  # when the holder's lease runs out, as last read
         self.on_acquire: Callable[[int], None] | None = None  # must not block renewals
         self.on_lose: Callable[[str], None] | None = None
+        self._wake = asyncio.Event()
+        self.channel = store.key(f"lease:{bot}:released")  # a handover says so at once here
 
     # -- reads (the control plane asks these before every order) ------------------------
     @property
@@ -149,7 +154,15 @@ class Lease:
             wait = period - (self._clock() - started)
             if self._next_try is not None:  # try right when the holder's lease runs out
                 wait = min(wait, self._next_try - self._clock())
-            await asyncio.sleep(max(wait, 0.005))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await within(self._wake.wait(), max(wait, 0.005))
+
+    def wake(self, _message: object = None) -> None:
+        """Another instance released the lease (a handover): try for it now, not at the
+        next turn."""
+        self._next_try = None
+        self._wake.set()
 
     async def turn(self, started: float | None = None) -> None:
         """One renewal (holding) or one try to acquire (not holding)."""
@@ -224,12 +237,16 @@ class Lease:
             return False
         self.value = None
         self._quiet_until = self._clock() + 2 * self.ttl
-        done = int(await self._store.bounded(self._release(
-            keys=[self._keys[0], self._keys[2]], args=[value, to, int(self.ttl * 3000)])))
+        try:
+            done = int(await self._store.bounded(self._release(
+                keys=[self._keys[0], self._keys[2]], args=[value, to, int(self.ttl * 3000)])))
+        finally:  # released or left to expire: not this instance's from here on
+            if self.on_lose is not None:
+                self.on_lose("handed over")
         logger.warning("lease: released (epoch {}){}", self.epoch,
                        f" for instance {to}" if to else "")
-        if self.on_lose is not None:
-            self.on_lose("handed over")
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # they try at once
+            await self._store.bounded(self._store.client.publish(self.channel, to))
         return bool(done)
 
 

@@ -320,10 +320,17 @@ class AccountStore:
             await self.bounded(pubsub.subscribe(self.key("control")))
             await self._sync()  # after the subscription: no change falls in between
             pinged = time.monotonic()
+            lease = None
             while True:
+                if lease is None and self.lease is not None:  # attached after the start
+                    lease = self.lease
+                    await self.bounded(pubsub.subscribe(lease.channel))
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if msg is not None and msg.get("type") == "message":
-                    self._take(self._parse(msg["data"]), live=True)
+                    if lease is not None and _text(msg.get("channel")) == lease.channel:
+                        lease.wake()
+                    else:
+                        self._take(self._parse(msg["data"]), live=True)
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     # a cancel some library's await swallowed (aio.py): honoured here
                     raise asyncio.CancelledError
