@@ -223,6 +223,8 @@ async def test_control_without_the_right_token_is_401(clean: Path, header: str |
     ("/promote", b'{"strategy": "ma_cross", "version": "v2", "force": 1}', "force"),
     ("/rollback", b"{}", "strategy"),
     ("/flatten", b"\xff\xfe", "not valid JSON"),
+    ("/handover", b'{"to": "a b"}', "to"),
+    ("/handover", b'{"to": 3}', "to"),
 ])
 async def test_malformed_control_bodies_are_400(clean: Path, path: str, body: bytes,
                                                 words: str) -> None:
@@ -244,6 +246,14 @@ async def test_promote_and_rollback_of_a_one_version_strategy_answer_409(clean: 
         code, body = await call(client, "POST", "/rollback", headers=AUTH,
                                 json={"strategy": "nope"})
         assert code == 404 and "ma_cross" in body["error"]
+
+
+async def test_a_handover_without_a_lease_is_409_and_changes_nothing(clean: Path) -> None:
+    async with running(make_settings(clean)) as (d, client):
+        code, body = await call(client, "POST", "/handover", headers=AUTH, json={"to": "b"})
+        assert code == 409 and "holds no lease to hand over" in body["error"], body
+        assert d.engine.gate.state == "active"  # type: ignore[union-attr]
+        assert d.control.leading()  # type: ignore[union-attr]
 
 
 async def test_a_request_for_another_bot_is_refused(clean: Path) -> None:
