@@ -104,10 +104,16 @@ def build_engine(settings: Settings, journal: Journal, *, executor: ExecutorKind
     return engine
 
 
-def build_feed(settings: Settings, start_prices: dict[str, float]) -> Feed:
+def build_feed(settings: Settings, start_prices: dict[str, float],
+               account: AccountStore | None = None) -> Feed:
     if settings.feed == "alpaca":
         from quantshift.feeds.alpaca import AlpacaFeed
 
+        if account is not None:  # one websocket per Alpaca account: its instances share it
+            from quantshift.feeds.shared import SharedFeed
+
+            return SharedFeed(lambda last: AlpacaFeed.from_settings(settings).resume_after(last),
+                              account, settings.bot, settings.lease_ttl)
         return AlpacaFeed.from_settings(settings)
     if settings.feed == "ccxt":
         from quantshift.feeds.ccxt import CcxtFeed

@@ -220,7 +220,7 @@ class Daemon:
                         partial(periodic.guard_check, guard, self.db_thread))
         if any(spec.canary_adaptive for spec in s.strategies):
             self._every("canary", s.canary_check_interval, partial(periodic.adapt_canary, vc))
-        self.feed = feed = build_feed(s, dict(engine.portfolio.marks))
+        self.feed = feed = build_feed(s, dict(engine.portfolio.marks), self.account)
         status.log_feed(self)
         history = await feed.history(s.warmup_bars)
         for bar in history:

@@ -168,6 +168,12 @@ class AlpacaFeed:
                    market_hours_only=settings.market_hours_only, paper=not live,
                    timeout=settings.broker_timeout, **kwargs)
 
+    def resume_after(self, last: dict[str, int]) -> AlpacaFeed:
+        """Deliver only bars after these (ts per symbol): the gap since is filled through
+        REST when the stream connects (an instance taking over a shared feed)."""
+        self._last.update(last)
+        return self
+
     def stop(self) -> None:
         self._stopping.set()
         self._events.put_nowait((_STOP, -1, None))

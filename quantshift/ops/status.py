@@ -120,6 +120,10 @@ def build_status(d: DaemonView) -> dict[str, Any]:
             "stale": view.stale if view is not None else None,
             "idle": bool(getattr(feed, "idle", False)),
         }
+        if hasattr(feed, "source"):  # shared by the bot's instances (feeds/shared.py)
+            out["feed"]["shared"] = {
+                "source": bool(feed.source), "holder": getattr(feed, "holder", "") or None,
+                "published": getattr(feed, "published", 0), "read": getattr(feed, "read", 0)}
     else:
         out["feed"] = {"name": s.feed, "running": False, "staleness_seconds": None,
                        "stale": None, "idle": False}

@@ -92,9 +92,10 @@ class Lease:
     """This instance's side of the bot's lease on the account."""
 
     def __init__(self, store: AccountStore, bot: str, role: Role, ttl: float, *,
-                 margin: float | None = None,
+                 margin: float | None = None, quiet: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.role = role
+        self.quiet = quiet  # a lease of another kind (the shared feed's) says its own words
         self.ttl = ttl
         # Renewals go out every ttl/3; believing ourselves primary stops this long before
         # the key can expire in Redis (clock rates and the call's own time).
@@ -196,14 +197,16 @@ class Lease:
         self.value, self.epoch, self.holder = value, epoch, self._store.instance
         self._until = started + self.ttl - self.margin
         self._said_waiting = False
-        logger.warning("lease: this instance is the primary (lease epoch {})", epoch)
+        if not self.quiet:
+            logger.warning("lease: this instance is the primary (lease epoch {})", epoch)
         if self.on_acquire is not None:
             self.on_acquire(epoch)
 
     def _lost(self, why: str) -> None:
         self.value = None
-        _ALERT.error("lease: no longer the primary: {}; orders stop, this instance is a "
-                     "standby", why)
+        if not self.quiet:
+            _ALERT.error("lease: no longer the primary: {}; orders stop, this instance is "
+                         "a standby", why)
         if self.on_lose is not None:
             self.on_lose(why)
 
@@ -243,8 +246,9 @@ class Lease:
         finally:  # released or left to expire: not this instance's from here on
             if self.on_lose is not None:
                 self.on_lose("handed over")
-        logger.warning("lease: released (epoch {}){}", self.epoch,
-                       f" for instance {to}" if to else "")
+        if not self.quiet:
+            logger.warning("lease: released (epoch {}){}", self.epoch,
+                           f" for instance {to}" if to else "")
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # they try at once
             await self._store.bounded(self._store.client.publish(self.channel, to))
         return bool(done)
