@@ -168,7 +168,7 @@ class Daemon:
             self.account = account = open_account(s, journal)
             control.attach_account(account)
             await account.open(control.adopt)
-            engine.decision_tap = account.tap
+            engine.decision_tap, engine.fill_tap = account.tap, account.tap_fill
             self._spawn(account.run(), "shared store")
             self._every("account", 1.0, partial(periodic.report_account, engine, account))
             if s.compare_against:

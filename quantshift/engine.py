@@ -81,6 +81,7 @@ class Engine:
         # Each decision's summary, for an account's decision stream (state/shared.py):
         # None unless instances share an account. Called on the hot path: it only appends.
         self.decision_tap: Callable[[tuple[Any, ...]], None] | None = None
+        self.fill_tap: Callable[[tuple[Any, ...]], None] | None = None  # and each fill
         # Read by /metrics at scrape time: plain counters, the cheapest a bar can keep
         # (a defaultdict's += costs half a Counter's).
         self.signal_counts: defaultdict[tuple[str, str], int] = defaultdict(int)  # by version
@@ -269,7 +270,8 @@ class Engine:
                              signal.indicators, None, signal.version)
             if self.decision_tap is not None:
                 self.decision_tap((signal.ts, signal.symbol, signal.strategy, signal.version,
-                                   int(signal.target), outcome, veto or signal.reason, ""))
+                                   int(signal.target), outcome, veto or signal.reason, "",
+                                   price))
             if tripped:
                 self.snapshot()
             return sent
@@ -282,7 +284,7 @@ class Engine:
             self.decision_tap((signal.ts, signal.symbol, signal.strategy, signal.version,
                                int(signal.target), "exit_only" if veto else "approved",
                                veto or signal.reason,
-                               ",".join(f"{i.side.value} {i.qty:g}" for i in sent)))
+                               ",".join(f"{i.side.value} {i.qty:g}" for i in sent), price))
         executor = control.executor
         real = executor is control.real_executor  # log-only while demoted: nothing leaves
         for intent in sent:
@@ -361,6 +363,9 @@ class Engine:
         if intent.client_order_id in self._orders:
             self._add_pending(intent, -fill.signed_qty)
         self.journal.fill(fill, trade)
+        if self.fill_tap is not None:
+            self.fill_tap((intent.ts, intent.symbol, intent.strategy, intent.side.value, qty,
+                           price, commission))
         self.counts["fills"] += 1
         if trade is not None:
             self.gate.on_trade(trade)

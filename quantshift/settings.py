@@ -46,7 +46,7 @@ DEFAULT_HTTP_PORT = 8720
 BOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _QUIET_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 ALERT_KINDS = ("start", "stop", "fill", "halt", "breaker", "reconcile", "demotion",
-               "promotion", "rollback", "error")
+               "promotion", "rollback", "lease", "error")
 
 
 _PHASE_ALIASES = {"0": Phase.OBSERVATION, "1": Phase.DRY_RUN, "2": Phase.MICRO_CAPITAL,

@@ -105,7 +105,13 @@ class AccountSharing:
         lease = self._lease
         if lease is None or (self._leading and lease.primary):
             return None
-        who = f"instance {lease.holder}" if lease.holder and not lease.primary else "none yet"
+        if lease.primary:  # held, the takeover not done
+            return f"standby: taking over (lease epoch {lease.epoch}); nothing goes out " \
+                   "before the venue's state is reconciled"
+        if lease.holder == lease.instance:  # this one, as last read: it lapsed or went
+            return f"standby: this instance's lease (epoch {lease.epoch}) lapsed or was " \
+                   "given up; not the primary"
+        who = f"instance {lease.holder}" if lease.holder else "none yet"
         return f"standby: the primary is {who} (lease epoch {lease.epoch})"
 
     async def clearance(self, intent: OrderIntent) -> str | None:

@@ -218,15 +218,29 @@ def test_compare_against_lines_two_instances_up_bar_by_bar(
 
     same = compare("same", "primary")
     assert same["compared"] > 10 and same["divergence_ratio"] == 0.0 and same["differ"] == 0
+    # The same decisions come to the same paper P&L; the (paper) fills are the primary's
+    # real ones: counted, with their slippage against the decision's close.
+    money = same["money"]
+    assert money["same"]["paper_pnl"] == money["primary"]["paper_pnl"]
+    assert money["primary"]["paper_orders"] > 0 and money["primary"]["fills"] > 0
+    assert money["primary"]["fills_pnl"] is not None
+    assert money["primary"]["slippage_bps"] is not None
+    # The phase check's "comparison to production" line reads the same streams.
+    import subprocess
+
+    from tests.conftest import quantshift_bin
+    checked = subprocess.run([quantshift_bin(), "phase", "check", "--json"], env={
+        **env, "QUANTSHIFT_INSTANCE": "same", "QUANTSHIFT_COMPARE_AGAINST": "primary"},
+        capture_output=True, text=True, timeout=60)
+    [line] = [x for x in json.loads(checked.stdout)["lines"]
+              if x["name"] == "comparison to production"]
+    assert line["passed"] is True and "0.0% of" in line["value"], line
     other = compare("other", "primary")
     assert other["compared"] > 10 and 0 < other["divergence_ratio"] < 1
     assert other["examples"] and other["why"]
     ex = other["examples"][0]
     assert ex["symbol"] == "bars" and ex["strategy"] == "ma_cross"  # the file names it
     # Without Redis the comparison says which setting it needs.
-    import subprocess
-
-    from tests.conftest import quantshift_bin
     bare = {k: v for k, v in env.items() if k != "QUANTSHIFT_REDIS_URL"}
     out = subprocess.run([quantshift_bin(), "compare", "--against", "primary"], env=bare,
                          capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ in one epoch, and the last primary's positions equal to the venue's."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -78,6 +79,8 @@ def test_the_primary_frozen_or_killed_hands_trading_to_the_standby_and_never_two
         code, st = a.call("GET", "/status")
         assert code == 200 and isinstance(st, dict)
         assert st["trading"]["state"] == "active", st["trading"]  # no mismatch halted it
+        # and a switch of primaries is no error: no trigger demoted it
+        assert not st["demoted"], st["demoted_reason"]
     finally:
         a_code = a.stop()
         emu.stop()
@@ -160,5 +163,61 @@ def test_a_handover_moves_trading_to_the_named_standby_with_nothing_in_flight(
                     "the old primary sent after the handover"
     assert by_epoch.get(1) == {"a"} and by_epoch.get(2) == {"c"}, by_epoch
     # The new primary's book, which began as the old one's, is the venue's.
+    theirs = {s: p["qty"] for s, p in venue["positions"].items() if abs(p["qty"]) > 1e-9}
+    assert mine == pytest.approx(theirs)
+
+
+def test_a_partition_from_redis_and_a_restart_of_redis_never_let_two_send_in_one_epoch(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    from tests.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    emu = Emulator("exchange", tmp_path)
+    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
+           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
+           "QUANTSHIFT_RECONCILE_INTERVAL": "0", "QUANTSHIFT_LEASE_TTL": str(TTL),
+           "QUANTSHIFT_RISK_MAX_TRADES_PER_DAY": "0",
+           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
+               "fast": 2, "slow": 4, "mode": "long_only"}}])}
+    a = Bot(tmp_path / "a", proxy.url(), "a", **env).start()  # its Redis is behind the proxy
+    until(lambda: role(a) == "primary", 10)
+    b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()
+    try:
+        a.proc.wait_for(r"\| fill ", count=1, timeout=40)
+        proxy.pause()  # a and Redis no longer hear each other; nothing is closed
+        cut = time.time()
+        until(lambda: role(b) == "primary", TTL + 5)
+        until(lambda: role(a) == "standby", TTL + 2)  # it stopped at ttl - margin
+        b.proc.wait_for(r"\| fill .* coid=qs-", count=1, timeout=40)  # b trades meanwhile
+        a.proc.wait_for(r"shared store .* unreachable", timeout=10)  # a noticed the cut
+        proxy.resume()
+        a.proc.wait_for(r"shared store .* is back", timeout=15)
+        assert role(a) == "standby"
+        # Redis itself goes (SIGKILL) and comes back with its append-only file.
+        redis_server.kill()
+        time.sleep(TTL + 0.5)  # every lease lapses meanwhile
+        redis_server.start()
+        until(lambda: "primary" in (role(a), role(b)), 15)
+        new = a if role(a) == "primary" else b
+        fills = len(re.findall(r"\| fill .* coid=qs-", new.proc.log()))
+        new.proc.wait_for(r"\| fill .* coid=qs-", count=fills + 1, timeout=40)
+        assert new.call("POST", "/halt", {"reason": "the end of the test"})[0] == 200
+        time.sleep(0.5)
+        mine, venue = held_by(new), emu.state()
+    finally:
+        codes = [x.stop() for x in (a, b)]
+        emu.stop()
+        proxy.close()
+    assert codes == [0, 0]
+    coids = [o["client_order_id"] for o in venue["orders"]]
+    assert len(coids) == len(set(coids)), "a client order id reached the venue twice"
+    by_epoch: dict[int, set[str]] = {}
+    for bot in (a, b):
+        for _, epoch, instance, _ in fences(bot):
+            by_epoch.setdefault(epoch, set()).add(instance)
+    assert all(len(names) == 1 for names in by_epoch.values()), by_epoch
+    assert max(by_epoch) >= 3  # a, then b in the partition, then one after Redis's restart
+    # Partitioned, a sent nothing under its epoch after the cut (beyond ttl - margin).
+    assert not [r for r in fences(a) if r[1] == 1 and r[3] / 1e9 > cut + TTL]
     theirs = {s: p["qty"] for s, p in venue["positions"].items() if abs(p["qty"]) > 1e-9}
     assert mine == pytest.approx(theirs)

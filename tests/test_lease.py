@@ -153,3 +153,31 @@ async def test_a_primary_that_cannot_reach_redis_stops_at_ttl_minus_margin(
         assert a.control.refusal(entry("x")) is not None
     finally:
         await a.stop()
+
+
+async def test_a_redis_that_lost_its_data_never_hands_an_epoch_out_twice(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    a = await Node(tmp_path, redis_server.url, "a").start()
+    b = await Node(tmp_path, redis_server.url, "b").start()
+    try:
+        assert a.lease.primary and a.lease.epoch == 1
+        await until(lambda: b.lease.holder == "a", TTL)
+        redis_server.kill()
+        redis_server.wipe()  # the counter of acquisitions is gone with the rest
+        redis_server.start()
+        # The lease is gone with it: a finds so at its next renewal, and one of them takes
+        # the lease again, under epoch 2, not 1 again (each knew epoch 1).
+        await until(lambda: any(n.lease.primary and n.lease.epoch == 2 for n in (a, b)),
+                    4 * TTL)
+        assert not any(n.lease.primary and n.lease.epoch == 1 for n in (a, b))
+    finally:
+        for n in (a, b):
+            await n.stop()
+    # An instance that starts after such a loss knows its ledger's highest epoch.
+    c = await Instance(tmp_path, redis_server.url, "c").start()
+    try:
+        fresh = Lease(c.store, "other", Role.AUTO, TTL, floor=7)
+        await fresh.turn()
+        assert fresh.primary and fresh.epoch == 8
+    finally:
+        await c.stop()

@@ -370,20 +370,48 @@ def test_compare_streams_counts_only_the_bars_both_saw() -> None:
     assert only.why == {"decided on one side only": 1}
 
 
+def test_compare_puts_a_shadows_paper_pnl_beside_the_primarys_real_fills() -> None:
+    from quantshift.shadow.against import compare_streams, money
+
+    def row(ts: int, price: float, orders: str = "") -> dict[str, str]:
+        return {"ts": str(ts), "symbol": "AAA", "strategy": "s", "version": "v1",
+                "target": "1", "outcome": "approved", "reason": "r", "orders": orders,
+                "price": repr(price)}
+
+    # Both buy 2 at 100 on bar 1; the shadow sells at 110 on bar 2, the primary holds;
+    # bar 3 closes at 105. Bar 0 is before the shadow started: outside the window.
+    primary = [row(0, 90.0, "buy 5"), row(1, 100.0, "buy 2"), row(2, 110.0), row(3, 105.0)]
+    shadow = [row(1, 100.0, "buy 2"), row(2, 110.0, "sell 2"), row(3, 105.0)]
+    fills = [{"ts": "0", "symbol": "AAA", "strategy": "s", "side": "buy", "qty": "5",
+              "price": "90", "commission": "0"},
+             {"ts": "1", "symbol": "AAA", "strategy": "s", "side": "buy", "qty": "2",
+              "price": "100.1", "commission": "0.5"}]
+    d = compare_streams("shadow", shadow, "primary", primary)
+    m = money(d, shadow, primary, [], fills)
+    assert m["shadow"] == {"paper_pnl": 20.0, "paper_orders": 2, "fills": 0,
+                           "fills_pnl": None, "slippage_bps": None}
+    assert m["primary"]["paper_pnl"] == 10.0 and m["primary"]["paper_orders"] == 1
+    # 2 bought at 100.1 plus 0.5 commission, marked at 105: 9.30; 10 bps worse than 100
+    assert m["primary"]["fills"] == 1 and m["primary"]["fills_pnl"] == 9.3
+    assert m["primary"]["slippage_bps"] == 10.0
+    assert d.as_dict()["money"] == m
+
+
 async def test_decisions_stream_and_the_share_that_differs_from_another_instance(
         pair: tuple[Instance, Instance]) -> None:
     from quantshift.ops import periodic
 
     a, b = pair
     for ts in range(10):
-        a.store.tap((ts, "AAA", "s", "v1", 1, "approved", "cross", "buy 1"))
-        b.store.tap((ts, "AAA", "s", "v1", 1 if ts < 8 else -1, "approved", "cross", "buy 1"))
+        a.store.tap((ts, "AAA", "s", "v1", 1, "approved", "cross", "buy 1", 100.0))
+        b.store.tap((ts, "AAA", "s", "v1", 1 if ts < 8 else -1, "approved", "cross", "buy 1",
+                     100.0))
     await wait_for(lambda: not a.store._decisions and not b.store._decisions)
     rows = await a.store.decisions("a")
     assert [r["ts"] for r in rows] == [str(t) for t in range(10)]
     assert rows[0] == {"ts": "0", "symbol": "AAA", "strategy": "s", "version": "v1",
                        "target": "1", "outcome": "approved", "reason": "cross",
-                       "orders": "buy 1"}
+                       "orders": "buy 1", "price": "100.0"}
     await periodic.compare_against(a.store, "b")
     assert a.store.divergence == {"b": 0.2}
 

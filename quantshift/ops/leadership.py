@@ -27,7 +27,8 @@ def attach(settings: Settings, account: AccountStore, engine: Engine) -> Lease:
     """The bot's lease on the account; orders go to log-only until it is this
     instance's and the takeover is done."""
     control = engine.control
-    lease = Lease(account, settings.bot, Role(settings.role), settings.lease_ttl)
+    lease = Lease(account, settings.bot, Role(settings.role), settings.lease_ttl,
+                  floor=engine.journal.max_fence_epoch())
     account.lease = lease
     control.attach_lease(lease)
     lease.on_lose = partial(_step_down, lease, engine)

@@ -273,34 +273,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def compare_instances(settings: Any, mine: str, against: str, as_json: bool) -> int:
     """``compare --against``: two instances' decision streams, bar by bar."""
-    import asyncio
 
     from quantshift.errors import EX_CONFIG
-    from quantshift.shadow.against import compare_streams
+    from quantshift.shadow.against import read_comparison
 
     if settings.redis_url is None:
         print("quantshift: invalid setting QUANTSHIFT_REDIS_URL: compare --against reads "
               "the account's decision streams in Redis; it is not set", file=sys.stderr)
         return EX_CONFIG
-    from quantshift.app import open_account
     from quantshift.errors import ConfigError
 
-    async def read() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-        store = open_account(settings, None)
-        try:
-            await store.open(lambda doc, live: None)
-            if not store.up:
-                raise OSError(f"shared store {store.where} unreachable ({store.last_error})")
-            return await store.decisions(mine), await store.decisions(against)
-        finally:
-            await store.close()
-
     try:
-        a, b = asyncio.run(read())
+        d = read_comparison(settings, mine, against)
     except ConfigError as exc:
         print(f"quantshift: invalid setting {exc.setting}: {exc.message}", file=sys.stderr)
         return EX_CONFIG
-    d = compare_streams(mine, a, against, b)
+    a, b = d.rows
     if as_json:
         sys.stdout.write(orjson.dumps(d.as_dict()).decode() + "\n")
         return 0
@@ -310,6 +298,14 @@ def compare_instances(settings: Any, mine: str, against: str, as_json: bool) -> 
         return 1
     print(f"{mine} vs {against}, account {settings.account_name}: {d.compared} decisions "
           f"in the bars both saw, {d.same} the same, divergence {d.ratio * 100:.2f}%")
+    for name, m in d.money.items():
+        line = (f"  {name}: paper P&L {m['paper_pnl']:,.2f} ({m['paper_orders']} orders at "
+                "the decision closes)")
+        if m["fills"]:
+            line += f"; real fills {m['fills']}, P&L {m['fills_pnl']:,.2f}"
+            if m["slippage_bps"] is not None:
+                line += f", slippage {m['slippage_bps']:+.1f} bps against the close"
+        print(line)
     for why, n in d.why.most_common():
         print(f"  {n:>6}  {why}")
     for r in d.differ[:10]:

@@ -123,6 +123,12 @@ def checklist(settings: Settings, target: Phase | None = None,
                           "never reconciled" if not facts["reconciled"]
                           else (", ".join(mism) or "match"), "match"))
     lines.append(Line("not demoted", not facts["demoted"], facts["demoted"] or "no", "no"))
+    if settings.compare_against:
+        from quantshift.shadow.against import MAX_DIVERGENCE, production_line
+
+        ok, text = production_line(settings)
+        lines.append(Line("comparison to production", ok, text,
+                          f"<= {MAX_DIVERGENCE:.0%} of decisions differ"))
     for text in MANUAL.get(target, []) if target else []:
         lines.append(Line(text, None, "manual sign-off", "a human ticks it"))
     return target, lines

@@ -163,6 +163,10 @@ def write_report(settings: Settings, registry: VersionRegistry, day: date,
                       f"{'-' if f.divergence is None else f'{f.divergence:.1%}'} | {verdict} |")
     else:
         md.append("Each strategy runs one version: nothing to compare.")
+    if settings.compare_against:
+        from quantshift.shadow.against import production_line
+
+        md += ["", "## Comparison to production", "", f"- {production_line(settings)[1]}"]
     md += ["", "## Recommendation", "", recommend(figures, facts["demoted"], errors), ""]
     md_path.write_text("\n".join(md), encoding="utf-8")
     return md_path, png_path

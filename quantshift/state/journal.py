@@ -386,6 +386,11 @@ class Journal:
     def max_fill_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM fills").fetchone()[0])
 
+    def max_fence_epoch(self) -> int:
+        """The highest lease epoch an order of this ledger went out under (0: none)."""
+        row = self._db.execute("SELECT max(epoch) FROM order_fences").fetchone()
+        return int(row[0] or 0)
+
     def client_order_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
 

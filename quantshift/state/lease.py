@@ -30,16 +30,23 @@ from quantshift.aio import within
 if TYPE_CHECKING:
     from quantshift.state.shared import AccountStore
 
-_ALERT = logger.bind(alert="error")
+_ALERT_LEASE = logger.bind(alert="lease")
 
-# KEYS: lease, epoch counter, handover target. ARGV: instance|nonce, ttl ms, instance.
-# Returns {epoch, value} when acquired, {0, holder's value or '', ms it has left} when not.
+# KEYS: lease, epoch counter, handover target. ARGV: instance|nonce, ttl ms, instance, the
+# highest epoch this instance knows of (a Redis that lost its data must not count again
+# from 1: the token would repeat). Returns {epoch, value} when acquired, {0, holder's value
+# or '', ms it has left} when not.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur, redis.call('PTTL', KEYS[1])} end
 local to = redis.call('GET', KEYS[3])
 if to and to ~= ARGV[3] then return {0, '', redis.call('PTTL', KEYS[3])} end
 local e = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[4]) or 0
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[2], e)
+end
 local v = e .. '|' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 redis.call('DEL', KEYS[3])
@@ -92,7 +99,7 @@ class Lease:
     """This instance's side of the bot's lease on the account."""
 
     def __init__(self, store: AccountStore, bot: str, role: Role, ttl: float, *,
-                 margin: float | None = None, quiet: bool = False,
+                 margin: float | None = None, quiet: bool = False, floor: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.role = role
         self.quiet = quiet  # a lease of another kind (the shared feed's) says its own words
@@ -113,6 +120,7 @@ class Lease:
         self._save = client.register_script(_SAVE)
         self.value: str | None = None  # ours, while we hold it
         self.epoch = 0  # the fencing token of the lease held (or last seen held)
+        self.floor = floor  # the highest token known (the ledger's, at start): never reused
         self.holder = ""  # the instance that holds it, as last read
         self._until = 0.0
         self._quiet_until = 0.0  # after a handover: leave the lease to the others a while
@@ -159,9 +167,11 @@ class Lease:
             with contextlib.suppress(TimeoutError):
                 await within(self._wake.wait(), max(wait, 0.005))
 
-    def wake(self, _message: object = None) -> None:
-        """Another instance released the lease (a handover): try for it now, not at the
-        next turn."""
+    def wake(self, to: object = None) -> None:
+        """Another instance released the lease (a handover, naming ``to`` or nobody): try
+        for it now, not at the next turn; named, even right after handing it over itself."""
+        if _text(to) == self.instance:
+            self._quiet_until = 0.0
         self._next_try = None
         self._wake.set()
 
@@ -179,8 +189,9 @@ class Lease:
             self.epoch, self.holder = holder_of(_text(
                 await b(self._store.client.get(self._keys[0]))))
             return
+        self.floor = max(self.floor, self.epoch)
         out = await b(self._acquire(keys=self._keys,
-                                    args=[self._me, ttl_ms, self._store.instance]))
+                                    args=[self._me, ttl_ms, self._store.instance, self.floor]))
         epoch, value = int(out[0]), _text(out[1])
         self._next_try = None
         if not epoch:
@@ -204,9 +215,9 @@ class Lease:
 
     def _lost(self, why: str) -> None:
         self.value = None
-        if not self.quiet:
-            _ALERT.error("lease: no longer the primary: {}; orders stop, this instance is "
-                         "a standby", why)
+        if not self.quiet:  # a switch of primaries is operations, not an error of this one
+            _ALERT_LEASE.warning("lease: no longer the primary: {}; orders stop, this "
+                                 "instance is a standby", why)
         if self.on_lose is not None:
             self.on_lose(why)
 

@@ -61,7 +61,10 @@ NS_PER_DAY = 86_400 * NS_PER_SECOND
 HOUR_MS = 3_600_000
 STREAM_MAXLEN = 200_000  # decisions kept per instance (about a day of 100 symbols' bars)
 DECISION_FIELDS = ("ts", "symbol", "strategy", "version", "target", "outcome", "reason",
-                   "orders")
+                   "orders", "price")
+# A fill of this instance's (its real executor's), keyed by the bar its order was decided on.
+FILL_FIELDS = ("ts", "symbol", "strategy", "side", "qty", "price", "commission")
+_STREAMS = {"decisions": DECISION_FIELDS, "fills": FILL_FIELDS}
 _ALERT = logger.bind(alert="error")
 
 # The account's trading state: a new change takes the next number and is published.
@@ -328,7 +331,7 @@ class AccountStore:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if msg is not None and msg.get("type") == "message":
                     if lease is not None and _text(msg.get("channel")) == lease.channel:
-                        lease.wake()
+                        lease.wake(msg.get("data"))
                     else:
                         self._take(self._parse(msg["data"]), live=True)
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
@@ -487,7 +490,12 @@ class AccountStore:
     def tap(self, decision: tuple[Any, ...]) -> None:
         """One decision for this instance's stream (the engine's hot path: it only queues;
         the link writes them a batch at a time)."""
-        self._decisions.append(decision)
+        self._decisions.append(("decisions", decision))
+
+    def tap_fill(self, fill: tuple[Any, ...]) -> None:
+        """One fill of this instance's for its fill stream (compare: real fills against a
+        shadow's paper P&L)."""
+        self._decisions.append(("fills", fill))
 
     async def _flush(self) -> None:
         if self.pending is not None:
@@ -496,9 +504,8 @@ class AccountStore:
             batch = list(self._decisions)
             self._decisions.clear()
             pipe = self._client.pipeline(transaction=False)
-            key = self.key(f"decisions:{self.instance}")
-            for row in batch:
-                pipe.xadd(key, dict(zip(DECISION_FIELDS, (
+            for stream, row in batch:
+                pipe.xadd(self.key(f"{stream}:{self.instance}"), dict(zip(_STREAMS[stream], (
                     "" if v is None else str(v) for v in row), strict=True)),
                     maxlen=STREAM_MAXLEN, approximate=True)
             try:
@@ -668,10 +675,11 @@ class AccountStore:
                 "exposure": {_text(k): float(v) for k, v in
                              (await b(c.hgetall(self.key(f"exposure:{day}")))).items()}}
 
-    async def decisions(self, instance: str, count: int | None = None) -> list[dict[str, str]]:
-        """An instance's decisions as its stream holds them, oldest first (the newest
-        ``count`` with a count)."""
-        key = self.key(f"decisions:{instance}")
+    async def decisions(self, instance: str, count: int | None = None,
+                        stream: str = "decisions") -> list[dict[str, str]]:
+        """An instance's decisions (or ``stream="fills"``: its fills) as its stream holds
+        them, oldest first (the newest ``count`` with a count)."""
+        key = self.key(f"{stream}:{instance}")
         if count is not None:
             rows = list(reversed(await self.bounded(self._client.xrevrange(key, count=count))))
         else:
