@@ -142,8 +142,13 @@ def main() -> None:
         goal = args.ttl + 1.0 if kind.startswith("sig") else 1.0
         out[kind] = {"rounds": len(values), "p50_s": round(percentile(values, 50), 3),
                      "p99_s": round(percentile(values, 99), 3),
-                     "max_s": round(max(values), 3),
-                     "meets_goal": percentile(values, 99) <= goal}
+                     "max_s": round(max(values), 3)}
+        if kind == "handover_order_gap":  # no goal of its own: the strategy's cadence
+            out[kind]["note"] = ("includes the wait for the strategy's next order (ma_cross "
+                                 "2/4 on 1 s bars orders on crossings only); the handover's "
+                                 "own share is the 'handover' figure")
+        else:
+            out[kind]["meets_goal"] = percentile(values, 99) <= goal
     save("failover", out)
 
 
