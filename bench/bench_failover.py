@@ -7,9 +7,11 @@ positions booked, reconciled), polled every 10 ms.
 * SIGSTOP: the frozen one is woken with SIGCONT after the takeover (it finds the lease
   lost and is a standby), and again.
 * handover: ``POST /handover`` to the primary naming the standby; the time until the
-  standby is primary (the window in which no instance sends), and, from the ledgers'
-  fencing rows, the last order of the old primary to the first order of the new (which
-  also waits for the strategy's next order).
+  standby is primary (the window in which no instance sends); from the ledgers' fencing
+  rows, the last order of the old primary to the first order of the new (which also waits
+  for the strategy's next order); and the orders the switch missed: those the old primary,
+  now a standby deciding on the same bars under the same ids, decided before the new
+  primary's first order and the new one never sent (goal 0).
 
 Goals: failover p99 <= ttl + 1 s; handover p99 <= 1 s. Saves bench/results/failover.json.
 
@@ -63,13 +65,42 @@ def order_gap(old: Bot, new: Bot, epoch: int) -> float | None:
     """Seconds from the old primary's last order of ``epoch`` to the new one's first of
     the next epoch (waits up to 15 s for it)."""
     last = max((ts for e, ts in fences(old) if e == epoch), default=None)
-    deadline = time.monotonic() + 15
+    first = first_order(new, epoch + 1)
+    return None if first is None or last is None else (first - last) / 1e9
+
+
+def first_order(bot: Bot, epoch: int, timeout: float = 15.0) -> int | None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        first = min((ts for e, ts in fences(new) if e == epoch + 1), default=None)
-        if first is not None and last is not None:
-            return (first - last) / 1e9
+        first = min((ts for e, ts in fences(bot) if e == epoch), default=None)
+        if first is not None:
+            return first
         time.sleep(0.05)
     return None
+
+
+def missed(old: Bot, new: Bot, handed_ns: int, epoch: int) -> int | None:
+    """Orders the handover cost: the old primary, a standby from the handover on, decides
+    on the same bars under the same ids; each order it decided on a bar that closed after
+    the handover and before the new primary's first order, and that the new primary never
+    sent, is one the switch lost (0: the new primary sent from the first bar on)."""
+    first = first_order(new, epoch)
+    if first is None:
+        return None
+    [ledger] = (old.root / "var").glob("*-sandbox.sqlite")
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT ts, client_order_id FROM decisions WHERE "
+                          "client_order_id IS NOT NULL AND client_order_id != ''").fetchall()
+    [nledger] = (new.root / "var").glob("*-sandbox.sqlite")
+    with sqlite3.connect(f"file:{nledger}?mode=ro", uri=True) as db:
+        sent = {r[0] for r in db.execute("SELECT client_order_id FROM order_fences")}
+    bar_ns = 1_000_000_000  # QUANTSHIFT_BAR_SECONDS
+    lost = 0
+    for ts, coids in rows:
+        closed = ts + bar_ns
+        if handed_ns < closed < first - 50_000_000:
+            lost += sum(1 for c in coids.split(",") if c and c not in sent)
+    return lost
 
 
 def main() -> None:
@@ -89,7 +120,7 @@ def main() -> None:
                "fast": 2, "slow": 4, "mode": "long_short"}}])}
     bots = {name: Bot(root / name, redis.url, name, **env) for name in ("a", "b")}
     figures: dict[str, list[float]] = {"sigkill": [], "sigstop": [], "handover": [],
-                                       "handover_order_gap": []}
+                                       "handover_order_gap": [], "handover_orders_missed": []}
     try:
         bots["a"].start()
         wait(lambda: role(bots["a"]) == "primary", 15)
@@ -101,6 +132,7 @@ def main() -> None:
                 wait(lambda s=s: role(s) == "standby", 15)
                 time.sleep(1.0)  # a bar or so of trading
                 sent = time.monotonic()
+                handed_ns = time.time_ns()
                 if kind == "handover":
                     code, answer = p.call("POST", "/handover", {"to": standby})
                     if code != 200:
@@ -117,6 +149,10 @@ def main() -> None:
                     if gap is not None:
                         figures["handover_order_gap"].append(gap)
                         line += f", last order to first order {gap:.3f}s"
+                    lost = missed(p, s, handed_ns, epoch + 1)
+                    if lost is not None:
+                        figures["handover_orders_missed"].append(float(lost))
+                        line += f", orders missed {lost}"
                 print(line, flush=True)
                 if kind == "sigkill":
                     p.proc.proc.wait(10)  # type: ignore[union-attr]
@@ -146,7 +182,10 @@ def main() -> None:
         if kind == "handover_order_gap":  # no goal of its own: the strategy's cadence
             out[kind]["note"] = ("includes the wait for the strategy's next order (ma_cross "
                                  "2/4 on 1 s bars orders on crossings only); the handover's "
-                                 "own share is the 'handover' figure")
+                                 "own share is the 'handover' figure and the orders missed")
+        elif kind == "handover_orders_missed":
+            out[kind] = {"rounds": len(values), "total": int(sum(values)),
+                         "meets_goal": sum(values) == 0}
         else:
             out[kind]["meets_goal"] = percentile(values, 99) <= goal
     save("failover", out)

@@ -59,7 +59,7 @@ def test_a_halt_issued_while_redis_was_away_is_not_held_against_the_other() -> N
 
 @pytest.mark.skipif(BINARY is None, reason="redis-server is not installed (scripts/test "
                     "installs it with apt-get when run as root)")
-@pytest.mark.parametrize("seed", [3, 11])
+@pytest.mark.parametrize("seed", [11])
 def test_seeded_schedules_run_clean(tmp_path: Path, seed: int) -> None:
     ev, bad = run_seed(seed, tmp_path, n=6)
     assert bad == [], f"seed {seed}: {bad}; replay: python -m tests.faultsim.pair --seed {seed}"
