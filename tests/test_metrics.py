@@ -218,6 +218,16 @@ def test_error_records_are_counted_by_component(daemons: Any) -> None:
     assert value(scrape(m), "quantshift_errors_total", component="tests.test_metrics") == 2
 
 
+def test_an_error_with_a_rule_of_its_own_is_counted_but_not_by_the_trigger(
+        daemons: Any) -> None:
+    _, m = daemons()
+    logger.error("a broker call failed")
+    logger.bind(alert="error", ruled=True).error("shared store unreachable")
+    assert value(scrape(m), "quantshift_errors_total", component="tests.test_metrics") == 2
+    assert m.errors_total() == 1  # the error-rate trigger's count: the outage has its rule
+    m.close()
+
+
 def test_two_daemons_in_one_process_keep_their_own_series(daemons: Any) -> None:
     a, ma = daemons("a")
     b, mb = daemons("b")

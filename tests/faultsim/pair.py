@@ -46,6 +46,8 @@ VENUE_FAULTS = ("rate_limit", "server_error", "slow", "lost_ack", "duplicate_id"
                 "partial_fill")
 FENCE_SLACK_NS = 50_000_000
 HALT_SLACK = 1.0  # s for a halt issued on one instance to reach the other through Redis
+START_TRIES = 5
+RESTART_SEC = 1.0  # the shipped unit's is 5 s; a shorter one keeps schedules short
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,22 @@ class PairRun:
         return proc is not None and proc.poll() is None
 
     def _restart(self, who: str) -> None:
+        """Start it again as systemd would: a start that exits (the venue unreachable at
+        start-up: 69) is tried again after RestartSec; 78 (a setting) is not."""
         bot = self.bots[who]
-        bot.proc = type(bot.proc)(bot.root, bot.env)
-        bot.start()
+        for _ in range(START_TRIES):
+            bot.proc = type(bot.proc)(bot.root, bot.env)
+            try:
+                bot.start()
+                return
+            except AssertionError:
+                proc = bot.proc.proc
+                if proc is None or proc.poll() is None or proc.returncode == 78:
+                    raise
+                self.ev.done.append({"kind": "start", "who": who, "at": time.time(),
+                                     "took": 0.0, "note": f"exit {proc.returncode}"})
+            time.sleep(RESTART_SEC)
+        raise RuntimeError(f"{who} did not start in {START_TRIES} tries")
 
     def _wait(self, cond: Any, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -155,9 +170,9 @@ class PairRun:
             for who in "ab":
                 self.proxies[who] = TcpProxy(self.redis.port)
                 self.bots[who] = Bot(self.root / who, self.proxies[who].url(), who, **env)
-            self.bots["a"].start()
+            self._restart("a")
             self._wait(lambda: self._role("a") == "primary", 15)
-            self.bots["b"].start()
+            self._restart("b")
             for event in self.events:
                 time.sleep(event.delay)
                 self._do(event)
