@@ -508,6 +508,10 @@ class Engine:
             self.exits.restore(state.get("exits", {}))
         for symbol, ts in state.get("last_ts", {}).items():
             self.last_ts[symbol] = max(int(ts), self.last_ts.get(symbol, 0))
+        # The strategies hold what the book holds now: a standby's own (it never filled)
+        # would have them enter what is held, or never exit it.
+        for (strategy, symbol), instance in self._instances.items():
+            instance.position = self.portfolio.position_qty(strategy, symbol)
         self.snapshot()
 
     def restore(self) -> dict[str, Any]:

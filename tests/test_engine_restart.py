@@ -392,3 +392,20 @@ def test_an_exit_decided_as_a_breaker_trips_is_counted_once_after_a_crash(
         assert list(e2.gate.hour_ts) == list(e1.gate.hour_ts)
     finally:
         e2.journal.close()
+
+
+def test_a_takeover_tells_the_strategies_what_the_book_now_holds(make_settings) -> None:
+    # A standby's strategies never saw a fill; the book it takes over is long AAA and
+    # short BBB: from then on they decide as holders (an exit, never the entry again).
+    leader = engine_on(make_settings(state_dir=Path("leader")))
+    for bar in bars(60):
+        leader.on_bar(bar)
+    held = {s: q for s, q in leader.portfolio.net.items() if abs(q) > 1e-9}
+    assert held, "the leader holds nothing: the test proves nothing"
+    standby = engine_on(make_settings(state_dir=Path("standby"), shadow_mode="log_only"))
+    for bar in bars(60):
+        standby.on_bar(bar)
+    assert all(i.position == 0 for i in standby._instances.values())  # log-only: no fill
+    standby.take_over(leader.state())
+    for (strategy, symbol), instance in standby._instances.items():
+        assert instance.position == leader.portfolio.position_qty(strategy, symbol)

@@ -78,8 +78,17 @@ async def ws_ping(exchange: Any) -> None:
             await exchange.watch(url, rid, {"id": rid, "method": "ping"}, rid,
                                  {"id": rid, "method": answered})
         finally:
-            client.subscriptions.pop(rid, None)
             client.futures.pop(rid, None)
+            if rid in client.subscriptions:
+                # Not answered (a timeout, a cancel), and the answer may still come: ccxt's
+                # route for an id with no subscription fails on the entry its user-data
+                # stream keeps there (True, not a dict), and the loop logs a traceback. The
+                # id keeps a subscription that takes the late answer and goes with it.
+                client.subscriptions[rid] = {"id": rid, "method": _late_answer}
+
+
+def _late_answer(client: Any, message: Any) -> None:
+    client.subscriptions.pop(str((message or {}).get("id")), None)
 
 
 def to_venue_order(o: dict[str, Any]) -> VenueOrder:
