@@ -38,7 +38,9 @@ def good() -> PairEvidence:
     (lambda ev: ev.venue["orders"].append({"client_order_id": "z", "created_at": 12.0}),
      "under no lease epoch"),
     (lambda ev: ev.fences["b"].append(("w", 1, "b", 11 * 10**9)), "two instances"),
-    (lambda ev: ev.fences["a"].append(("v", 1, "a", 25 * 10**9)), "after one under epoch 2"),
+    (lambda ev: (ev.fences["a"].append(("v", 1, "a", 25 * 10**9)),
+                 ev.venue["orders"].append({"client_order_id": "v", "created_at": 25.0})),
+     "after one under epoch 2"),
     (lambda ev: ev.halts.append((5.0, 30.0, True)), "during a halt"),
     (lambda ev: ev.final_positions.update(AAA=1.0), "not the venue's"),
     (lambda ev: ev.exit_codes.update(b=1), "exit status"),
@@ -49,6 +51,12 @@ def test_each_invariant_fails_on_evidence_that_breaks_it(spoil, words: str) -> N
     spoil(ev)
     bad = violations(ev)
     assert bad and words in bad[0], bad
+
+
+def test_a_clearance_whose_order_never_went_out_is_no_order_of_its_epoch() -> None:
+    ev = good()
+    ev.fences["a"].append(("refused-after-clearance", 1, "a", 25 * 10**9))
+    assert violations(ev) == []
 
 
 def test_a_halt_issued_while_redis_was_away_is_not_held_against_the_other() -> None:

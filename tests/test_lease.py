@@ -181,3 +181,27 @@ async def test_a_redis_that_lost_its_data_never_hands_an_epoch_out_twice(
         assert fresh.primary and fresh.epoch == 8
     finally:
         await c.stop()
+
+
+async def test_a_clearance_that_outlives_the_lease_while_redis_is_silent_is_refused(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    # The caps' call goes out while the lease holds, Redis stays silent (a partition), and
+    # by the time the call gives up the lease has lapsed: no offline pass for that order.
+    from tests.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    a = await Node(tmp_path, proxy.url(), "a").start(loop=False)
+    try:
+        assert a.lease.primary
+        proxy.pause()
+        task = asyncio.create_task(a.control.clearance(entry("exit", reduce_only=True)))
+        await asyncio.sleep(0.1)
+        a.clock.frozen = time.monotonic() + 10 * TTL  # the call is still waiting
+        why = await task
+        assert why is not None and "lease lapsed" in why, why
+        a.journal.flush()
+        assert a.journal._db.execute("SELECT count(*) FROM order_fences").fetchone() == (0,)
+    finally:
+        proxy.resume()
+        await a.stop()
+        proxy.close()

@@ -168,6 +168,8 @@ class AccountCaps:
                                                 force=not check)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._down(exc)
+                if lease is not None and not lease.primary:  # the call outlived the lease
+                    return "not the primary: the lease lapsed while Redis did not answer"
         why = self.entry_refusal() if check else None
         return why if why is not None else self._reserve_offline(intent, notional, check)
 

@@ -341,12 +341,16 @@ def violations(ev: PairEvidence) -> list[str]:
     shared = {e: names for e, names in by_epoch.items() if len(names) > 1}
     if shared:
         out.append(f"two instances sent in one lease epoch: {shared}")
-    # Redis clears an order only under the epoch it holds, so the orders' epochs rise with
-    # time: none cleared under an epoch after one under a later epoch (the row's time is
-    # taken just after Redis's answer: a few ms of slack).
+    # Redis clears an order only under the epoch it holds, so the epochs of the orders that
+    # reached the venue rise with time: none cleared under an epoch after one under a later
+    # epoch (the row's time is taken just after the answer: a few ms of slack). A row of an
+    # order refused after its clearance (the lease lapsed before its attempt) sent nothing.
+    at_venue = set(coids)
     spans: dict[int, tuple[int, int]] = {}
     for rows in ev.fences.values():
-        for _, epoch, _, ts in rows:
+        for coid, epoch, _, ts in rows:
+            if coid not in at_venue:
+                continue
             lo, hi = spans.get(epoch, (ts, ts))
             spans[epoch] = (min(lo, ts), max(hi, ts))
     epochs = sorted(spans)
