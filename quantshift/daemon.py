@@ -100,6 +100,12 @@ class Daemon:
     def demoted_reason(self) -> str:
         return self.control.view().demoted_reason if self.control is not None else ""
 
+    def _feed_fresh(self) -> bool:
+        """Bars are coming: a standby may take over now."""
+        feed, control = self.feed, self.control
+        return feed is not None and feed.last_bar_at > 0 and control is not None \
+            and control.stale is None and self.feed_running()
+
     def feed_running(self) -> bool:
         return any(name == "feed" and not task.done() for task, name in self._tasks.items())
 
@@ -205,7 +211,8 @@ class Daemon:
                                                retry=False)
                 leadership.on_acquire(lease, control, engine, start_reconcile)
                 self._spawn(lease.run(), "lease")
-                self._every("lease-state", 1.0, partial(leadership.save, lease, engine))
+                self._every("lease-state", 1.0, partial(leadership.save, lease, engine,
+                                                        self._feed_fresh))
             else:
                 await start_reconcile()
             self.reconciled = True

@@ -126,6 +126,10 @@ def test_a_handover_moves_trading_to_the_named_standby_with_nothing_in_flight(
         assert code == 409 and "not the primary" in answer["error"], answer  # b is a standby
         code, answer = a.call("POST", "/handover", {"to": "a"})
         assert code == 400, answer
+        # An instance that is not there (or whose feed is not fresh) gets nothing.
+        code, answer = a.call("POST", "/handover", {"to": "zz"})
+        assert code == 409 and "instance zz is not ready" in answer["error"], answer
+        assert role(a) == "primary"
         held = held_by(a)
         out = subprocess.run([quantshift_bin(), "handover", "--to", "c"], env=a.env,
                              capture_output=True, text=True, timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -155,11 +156,14 @@ async def _adopt_venue_positions(lease: Lease, control: ControlPlane, engine: En
                        "booked to {} at {:g}", diff, symbol, owner, price)
 
 
-async def save(lease: Lease, engine: Engine) -> None:
-    """The primary's state, for the next one (every second, and at a handover)."""
-    if engine.control.lease_refusal() is None:  # holding it, the takeover done
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+async def save(lease: Lease, engine: Engine, fresh: Callable[[], bool]) -> None:
+    """The primary's state, for the next one (every second, and at a handover); a standby
+    whose feed is fresh says it can take over."""
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        if engine.control.lease_refusal() is None:  # holding it, the takeover done
             await lease.save(last_state(engine))
+        elif lease.role is not Role.STANDBY and fresh():
+            await lease.mark_ready()
 
 
 async def hand_off(lease: Lease, engine: Engine, to: str = "", keep: bool = False) -> bool:
@@ -199,6 +203,15 @@ async def handover(lease: Lease, engine: Engine, timeout: float, to: str) -> dic
         raise ControlRefused(f"this instance ({lease.instance}) is not the primary: {who}")
     if to == lease.instance:
         raise ControlRefused(f"instance {to} is this one: hand over to a standby", 400)
+    try:
+        ready = await lease.ready(to)
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise ControlRefused(f"not handed over: Redis did not answer ({type(exc).__name__}); "
+                             "still the primary", 503) from None
+    if not ready:  # it would miss the bars until its feed is back: keep trading here
+        who = f"instance {to} is not" if to else "no standby is"
+        raise ControlRefused(f"not handed over: {who} ready to take over (running, its feed "
+                             "fresh, not QUANTSHIFT_ROLE=standby); still the primary")
     loop = asyncio.get_running_loop()
     started = loop.time()
     control.lead(False)  # every attempt from here on is refused

@@ -113,6 +113,7 @@ class Lease:
                       store.key(f"lease:{bot}:handover"), store.key(f"lease:{bot}:snapshot")]
         self._me = f"{store.instance}|{os.getpid()}-{time.time_ns()}"
         self.key = self._keys[0]
+        self._ready = store.key(f"lease:{bot}:ready:")  # + instance: a standby able to lead
         client = store.client
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
@@ -231,6 +232,24 @@ class Lease:
                              "at_ms": time.time_ns() // 1_000_000, "state": state}).decode()
         return bool(int(await self._store.bounded(self._save(
             keys=[self._keys[0], self._keys[3]], args=[value, body]))))
+
+    async def mark_ready(self) -> None:
+        """This standby can take over now (its feed is fresh): for three TTLs."""
+        await self._store.bounded(self._store.client.set(
+            f"{self._ready}{self._store.instance}", "1", px=int(self.ttl * 3000)))
+
+    async def ready(self, to: str = "") -> list[str]:
+        """The standbys that said they can take over (``to`` alone, when named)."""
+        client = self._store.client
+        if to:
+            found = await self._store.bounded(client.exists(f"{self._ready}{to}"))
+            return [to] if found else []
+
+        async def scan() -> list[str]:
+            return [_text(k)[len(self._ready):] async for k in
+                    client.scan_iter(match=f"{self._ready}*", count=100)]
+
+        return [n for n in await self._store.bounded(scan()) if n != self._store.instance]
 
     async def last_state(self) -> dict[str, Any] | None:
         """What the last primary left (``save``): epoch, instance, at_ms and state."""
