@@ -101,10 +101,14 @@ class Daemon:
         return self.control.view().demoted_reason if self.control is not None else ""
 
     def _feed_fresh(self) -> bool:
-        """Bars are coming: a standby may take over now."""
+        """Bars are coming (the last one at most two bar lengths ago): a standby may take
+        over now. A process that was frozen finds its last bar old here before the feed
+        watch marks it stale."""
         feed, control = self.feed, self.control
-        return feed is not None and feed.last_bar_at > 0 and control is not None \
-            and control.stale is None and self.feed_running()
+        if feed is None or control is None or not feed.last_bar_at or control.stale:
+            return False
+        age = time.monotonic() - feed.last_bar_at
+        return self.feed_running() and (feed.bar_seconds <= 0 or age <= 2 * feed.bar_seconds)
 
     def feed_running(self) -> bool:
         return any(name == "feed" and not task.done() for task, name in self._tasks.items())

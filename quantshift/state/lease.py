@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from quantshift.state.shared import AccountStore
 
 _ALERT_LEASE = logger.bind(alert="lease")
+READY_MS = 2_500  # how long a standby's "ready to take over" lasts unrenewed
 
 # KEYS: lease, epoch counter, handover target. ARGV: instance|nonce, ttl ms, instance, the
 # highest epoch this instance knows of (a Redis that lost its data must not count again
@@ -234,9 +235,10 @@ class Lease:
             keys=[self._keys[0], self._keys[3]], args=[value, body]))))
 
     async def mark_ready(self) -> None:
-        """This standby can take over now (its feed is fresh): for three TTLs."""
+        """This standby can take over now (its feed is fresh): said every second, it lasts
+        2.5 s, so a standby that froze or lost its feed is not ready for long."""
         await self._store.bounded(self._store.client.set(
-            f"{self._ready}{self._store.instance}", "1", px=int(self.ttl * 3000)))
+            f"{self._ready}{self._store.instance}", "1", px=READY_MS))
 
     async def ready(self, to: str = "") -> list[str]:
         """The standbys that said they can take over (``to`` alone, when named)."""
