@@ -36,14 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.redis_server import RedisServer
 from tests.test_account_process import Bot
 from tests.test_broker_process import Emulator
-
-
-def role(bot: Bot) -> str | None:
-    try:
-        code, st = bot.call("GET", "/status")
-    except OSError:
-        return None
-    return str(st.get("role")) if code == 200 and isinstance(st, dict) else None
+from tests.test_failover_process import fences, role
 
 
 def wait(cond, timeout: float) -> float:  # type: ignore[no-untyped-def]
@@ -55,16 +48,15 @@ def wait(cond, timeout: float) -> float:  # type: ignore[no-untyped-def]
     return time.monotonic() - started
 
 
-def fences(bot: Bot) -> list[tuple[int, int]]:
-    [ledger] = (bot.root / "var").glob("*-sandbox.sqlite")
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-        return db.execute("SELECT epoch, ts_ns FROM order_fences").fetchall()
+def epochs(bot: Bot) -> list[tuple[int, int]]:
+    """(epoch, ns) of each order the bot's ledger fenced."""
+    return [(epoch, ts) for _, epoch, _, ts in fences(bot)]
 
 
 def order_gap(old: Bot, new: Bot, epoch: int) -> float | None:
     """Seconds from the old primary's last order of ``epoch`` to the new one's first of
     the next epoch (waits up to 15 s for it)."""
-    last = max((ts for e, ts in fences(old) if e == epoch), default=None)
+    last = max((ts for e, ts in epochs(old) if e == epoch), default=None)
     first = first_order(new, epoch + 1)
     return None if first is None or last is None else (first - last) / 1e9
 
@@ -72,7 +64,7 @@ def order_gap(old: Bot, new: Bot, epoch: int) -> float | None:
 def first_order(bot: Bot, epoch: int, timeout: float = 15.0) -> int | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        first = min((ts for e, ts in fences(bot) if e == epoch), default=None)
+        first = min((ts for e, ts in epochs(bot) if e == epoch), default=None)
         if first is not None:
             return first
         time.sleep(0.05)
@@ -91,9 +83,7 @@ def missed(old: Bot, new: Bot, handed_ns: int, epoch: int) -> int | None:
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT ts, client_order_id FROM decisions WHERE "
                           "client_order_id IS NOT NULL AND client_order_id != ''").fetchall()
-    [nledger] = (new.root / "var").glob("*-sandbox.sqlite")
-    with sqlite3.connect(f"file:{nledger}?mode=ro", uri=True) as db:
-        sent = {r[0] for r in db.execute("SELECT client_order_id FROM order_fences")}
+    sent = {coid for coid, *_ in fences(new)}
     bar_ns = 1_000_000_000  # QUANTSHIFT_BAR_SECONDS
     lost = 0
     for ts, coids in rows:

@@ -481,20 +481,30 @@ class Engine:
                 continue
             intent, filled, avg, sent = parsed
             coid = intent.client_order_id
-            state = OrderState.SUBMITTED if sent else OrderState.NEW
             self._known_ids.add(coid)
             self.journal.intent(intent)
-            self.journal.order_state(coid, state, f"adopted from instance {source}")
-            self._orders[coid] = Order(intent, state, filled, avg)
-            if intent.parent and self.exits is not None:
-                self.exits.leg_opened(intent)
-            left = intent.qty - filled
-            self._add_pending(intent, left if intent.side is Side.BUY else -left)
+            self.journal.order_state(coid, OrderState.SUBMITTED if sent else OrderState.NEW,
+                                     f"adopted from instance {source}")
             taken[sent].append((intent, filled, avg))
         for sent, group in taken.items():
-            if group and executor is not None:
-                executor.restore_open(group, sent)
+            self._follow(group, sent)
         return [i.client_order_id for group in taken.values() for i, _, _ in group]
+
+    def _follow(self, group: list[tuple[OrderIntent, float, float]], sent: bool) -> None:
+        """Track orders open at the venue (``sent``) or journaled unanswered, with what they
+        have filled: the book's side (pending quantities, legs watched) and the real
+        executor's (also while demoted: it reconciles them)."""
+        executor = self.control.real_executor
+        if executor is None or not group:
+            return
+        for intent, filled, avg in group:
+            self._orders[intent.client_order_id] = Order(
+                intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled, avg)
+            if intent.parent and self.exits is not None:
+                self.exits.leg_opened(intent)  # still at the venue, guarding its position
+            left = intent.qty - filled
+            self._add_pending(intent, left if intent.side is Side.BUY else -left)
+        executor.restore_open(group, sent)
 
     def take_over(self, state: dict[str, Any]) -> None:
         """Start from another instance's state (a new primary takes the last one's book:
@@ -555,18 +565,8 @@ class Engine:
                 self.on_order_state(intent, OrderState.FILLED, "filled before the restart")
             else:
                 (resting if sent else unsent).append((intent, filled, avg))
-        executor = self.control.real_executor  # also while demoted: it reconciles them
-        for group, sent in ((resting, True), (unsent, False)):
-            if executor is None or not group:
-                continue
-            for intent, filled, avg in group:
-                self._orders[intent.client_order_id] = Order(
-                    intent, OrderState.SUBMITTED if sent else OrderState.NEW, filled, avg)
-                if intent.parent and self.exits is not None:
-                    self.exits.leg_opened(intent)  # still at the venue, guarding its position
-                left = intent.qty - filled
-                self._add_pending(intent, left if intent.side is Side.BUY else -left)
-            executor.restore_open(group, sent)
+        self._follow(resting, True)
+        self._follow(unsent, False)
         return {"snapshot": snap is not None, "fills_replayed": replayed,
                 "open_orders": len(resting), "unsent": len(unsent),
                 "halted": self.control.state is TradingState.HALTED}

@@ -21,11 +21,21 @@ import pytest
 from tests.conftest import quantshift_bin
 from tests.redis_server import RedisServer
 from tests.test_account_process import Bot, until
-from tests.test_broker_process import Emulator
+from tests.test_broker_process import VENUES, Emulator
 
 pytestmark = pytest.mark.process
 
 TTL = 2.0
+
+
+def lease_env(emu: Emulator, venue: str, ttl: float, mode: str, **extra: str) -> dict[str, str]:
+    """The settings of daemons of one bot sharing a lease against ``emu``: the venue's
+    sizing, 1 s bars, a journal flushed often, ma_cross 2/4 in ``mode``; ``extra`` on top."""
+    return {**emu.exports, **VENUES[venue]["env"], "QUANTSHIFT_BAR_SECONDS": "1",
+            "QUANTSHIFT_FLUSH_INTERVAL": "0.05", "QUANTSHIFT_RECONCILE_INTERVAL": "0",
+            "QUANTSHIFT_LEASE_TTL": str(ttl),
+            "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
+                "fast": 2, "slow": 4, "mode": mode}}]), **extra}
 
 
 def role(bot: Bot) -> str | None:
@@ -37,8 +47,12 @@ def role(bot: Bot) -> str | None:
 
 
 def fences(bot: Bot) -> list[tuple[str, int, str, int]]:
-    [ledger] = (bot.root / "var").glob("*-sandbox.sqlite")
-    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+    """The fencing rows of the bot's ledger (none for a daemon that never started):
+    client order id, epoch, instance, ns."""
+    ledgers = list((bot.root / "var").glob("*-sandbox.sqlite"))
+    if not ledgers:
+        return []
+    with sqlite3.connect(f"file:{ledgers[0]}?mode=ro", uri=True) as db:
         return db.execute("SELECT client_order_id, epoch, instance, ts_ns FROM order_fences"
                           ).fetchall()
 
@@ -46,11 +60,7 @@ def fences(bot: Bot) -> list[tuple[str, int, str, int]]:
 def test_the_primary_frozen_or_killed_hands_trading_to_the_standby_and_never_two_send(
         tmp_path: Path, redis_server: RedisServer) -> None:
     emu = Emulator("exchange", tmp_path)
-    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
-           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
-           "QUANTSHIFT_RECONCILE_INTERVAL": "0", "QUANTSHIFT_LEASE_TTL": str(TTL),
-           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
-               "fast": 2, "slow": 4, "mode": "long_short"}}])}
+    env = lease_env(emu, "exchange", TTL, "long_short")
     a = Bot(tmp_path / "a", redis_server.url, "a", **env).start()
     until(lambda: role(a) == "primary", 10)
     b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()
@@ -111,11 +121,7 @@ def held_by(bot: Bot) -> dict[str, float]:
 def test_a_handover_moves_trading_to_the_named_standby_with_nothing_in_flight(
         tmp_path: Path, redis_server: RedisServer) -> None:
     emu = Emulator("exchange", tmp_path)
-    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
-           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
-           "QUANTSHIFT_RECONCILE_INTERVAL": "2", "QUANTSHIFT_LEASE_TTL": "3",
-           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
-               "fast": 2, "slow": 4, "mode": "long_only"}}])}
+    env = lease_env(emu, "exchange", 3, "long_only", QUANTSHIFT_RECONCILE_INTERVAL="2")
     a = Bot(tmp_path / "a", redis_server.url, "a", **env).start()
     until(lambda: role(a) == "primary", 10)
     b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()
@@ -177,12 +183,7 @@ def test_a_partition_from_redis_and_a_restart_of_redis_never_let_two_send_in_one
 
     proxy = TcpProxy(redis_server.port)
     emu = Emulator("exchange", tmp_path)
-    env = {**emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01", "QUANTSHIFT_FRACTIONAL": "true",
-           "QUANTSHIFT_BAR_SECONDS": "1", "QUANTSHIFT_FLUSH_INTERVAL": "0.05",
-           "QUANTSHIFT_RECONCILE_INTERVAL": "0", "QUANTSHIFT_LEASE_TTL": str(TTL),
-           "QUANTSHIFT_RISK_MAX_TRADES_PER_DAY": "0",
-           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
-               "fast": 2, "slow": 4, "mode": "long_only"}}])}
+    env = lease_env(emu, "exchange", TTL, "long_only", QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0")
     a = Bot(tmp_path / "a", proxy.url(), "a", **env).start()  # its Redis is behind the proxy
     until(lambda: role(a) == "primary", 10)
     b = Bot(tmp_path / "b", redis_server.url, "b", **env).start()

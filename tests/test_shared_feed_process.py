@@ -6,7 +6,6 @@ fills the gap through REST and trades on."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ import pytest
 from tests.redis_server import RedisServer
 from tests.test_account_process import Bot, until
 from tests.test_broker_process import Emulator
-from tests.test_failover_process import held_by, role
+from tests.test_failover_process import held_by, lease_env, role
 
 pytestmark = pytest.mark.process
 
@@ -36,11 +35,7 @@ def decided(bot: Bot) -> dict[str, list[int]]:
 def test_a_standby_sees_the_bars_of_the_one_websocket_and_takes_it_over(
         tmp_path: Path, redis_server: RedisServer) -> None:
     emu = Emulator("alpaca", tmp_path)
-    env = {**emu.exports, "QUANTSHIFT_SIZING": "fixed:2", "QUANTSHIFT_BAR_SECONDS": "1",
-           "QUANTSHIFT_FLUSH_INTERVAL": "0.05", "QUANTSHIFT_RECONCILE_INTERVAL": "0",
-           "QUANTSHIFT_LEASE_TTL": "2", "QUANTSHIFT_RISK_MAX_TRADES_PER_DAY": "0",
-           "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
-               "fast": 2, "slow": 4, "mode": "long_short"}}])}
+    env = lease_env(emu, "alpaca", 2, "long_short", QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0")
     a = Bot(tmp_path / "a", redis_server.url, "a", **env).start()
     until(lambda: role(a) == "primary", 10)
     a.proc.wait_for(r"holds the venue's connection and shares its bars", timeout=10)

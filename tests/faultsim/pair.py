@@ -23,7 +23,6 @@ import argparse
 import json
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
 from tests.test_account_process import Bot
 from tests.test_broker_process import Emulator
+from tests.test_failover_process import fences, lease_env
 
 TTL = 2.0
 KINDS = ("kill", "term", "freeze", "partition", "redis_kill", "redis_wipe", "handover", "halt",
@@ -112,13 +112,9 @@ class PairRun:
     # -- the world ------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         assert self.emu is not None
-        return {**self.emu.exports, "QUANTSHIFT_SIZING": "fraction:0.01",
-                "QUANTSHIFT_FRACTIONAL": "true", "QUANTSHIFT_BAR_SECONDS": "1",
-                "QUANTSHIFT_FLUSH_INTERVAL": "0.05", "QUANTSHIFT_RECONCILE_INTERVAL": "3",
-                "QUANTSHIFT_LEASE_TTL": str(TTL), "QUANTSHIFT_BROKER_TIMEOUT": "3",
-                "QUANTSHIFT_RISK_MAX_TRADES_PER_DAY": "0",
-                "QUANTSHIFT_STRATEGIES": json.dumps([{"name": "ma_cross", "params": {
-                    "fast": 2, "slow": 4, "mode": "long_only"}}])}
+        return lease_env(self.emu, "exchange", TTL, "long_only",
+                         QUANTSHIFT_RECONCILE_INTERVAL="3", QUANTSHIFT_BROKER_TIMEOUT="3",
+                         QUANTSHIFT_RISK_MAX_TRADES_PER_DAY="0")
 
     def _status(self, who: str) -> dict[str, Any] | None:
         try:
@@ -302,21 +298,12 @@ class PairRun:
             log = bot.proc.log_path.read_text() if bot.proc.log_path.exists() else ""
             if "crashed; stopping the daemon" in log or "Traceback" in log:
                 self.ev.crashed.append(f"{who}: a crash in its log")
-            self.ev.fences[who] = _fences(bot.root)
+            self.ev.fences[who] = [tuple(r) for r in fences(bot)]
         for proxy in self.proxies.values():
             proxy.close()
         if self.emu is not None:
             self.emu.stop()
         self.redis.kill()
-
-
-def _fences(root: Path) -> list[tuple[str, int, str, int]]:
-    ledgers = list((root / "var").glob("*-sandbox.sqlite"))
-    if not ledgers:
-        return []
-    with sqlite3.connect(f"file:{ledgers[0]}?mode=ro", uri=True) as db:
-        return [tuple(r) for r in db.execute(  # type: ignore[misc]
-            "SELECT client_order_id, epoch, instance, ts_ns FROM order_fences")]
 
 
 def violations(ev: PairEvidence) -> list[str]:
