@@ -7,11 +7,15 @@ positions booked, reconciled), polled every 10 ms.
 * SIGSTOP: the frozen one is woken with SIGCONT after the takeover (it finds the lease
   lost and is a standby), and again.
 * handover: ``POST /handover`` to the primary naming the standby; the time until the
-  standby is primary (the window in which no instance sends); from the ledgers' fencing
-  rows, the last order of the old primary to the first order of the new (which also waits
-  for the strategy's next order); and the orders the switch missed: those the old primary,
-  now a standby deciding on the same bars under the same ids, decided before the new
-  primary's first order and the new one never sent (goal 0).
+  standby is primary; the window in which no instance may send, from the two sides' own
+  clocks (the old primary's ``stopped_ns`` in its answer, when it stopped sending, to the
+  new one's ``primary_since_ns`` in /status, when it may send: no strategy in it); from
+  the ledgers' fencing rows, the last order of the old primary to the first order of the
+  new, in seconds (which also waits for the strategy's next order) and in bars (1: the
+  new primary's first order is on the bar after the old one's last, none skipped); and
+  the orders the switch missed: those the old primary, now a standby deciding on the same
+  bars under the same ids, decided before the new primary's first order and the new one
+  never sent (goal 0).
 
 Goals: failover p99 <= ttl + 1 s; handover p99 <= 1 s. Saves bench/results/failover.json.
 
@@ -38,6 +42,8 @@ from tests.test_account_process import Bot
 from tests.test_broker_process import Emulator
 from tests.test_failover_process import fences, role
 
+BAR_NS = 1_000_000_000  # QUANTSHIFT_BAR_SECONDS
+
 
 def wait(cond, timeout: float) -> float:  # type: ignore[no-untyped-def]
     started = time.monotonic()
@@ -53,12 +59,24 @@ def epochs(bot: Bot) -> list[tuple[int, int]]:
     return [(epoch, ts) for _, epoch, _, ts in fences(bot)]
 
 
-def order_gap(old: Bot, new: Bot, epoch: int) -> float | None:
-    """Seconds from the old primary's last order of ``epoch`` to the new one's first of
-    the next epoch (waits up to 15 s for it)."""
-    last = max((ts for e, ts in epochs(old) if e == epoch), default=None)
-    first = first_order(new, epoch + 1)
-    return None if first is None or last is None else (first - last) / 1e9
+def order_gap(old: Bot, new: Bot, epoch: int) -> tuple[float, float] | None:
+    """From the old primary's last order of ``epoch`` to the new one's first of the next
+    epoch (waits up to 15 s for it): seconds, and bars between the bars they were decided
+    on."""
+    last = max(((ts, coid) for coid, e, _, ts in fences(old) if e == epoch), default=None)
+    if first_order(new, epoch + 1) is None or last is None:
+        return None
+    first = min((ts, coid) for coid, e, _, ts in fences(new) if e == epoch + 1)
+    bars = (bar_time(new, first[1]) - bar_time(old, last[1])) / BAR_NS
+    return (first[0] - last[0]) / 1e9, bars
+
+
+def bar_time(bot: Bot, coid: str) -> int:
+    """The bar an order was decided on (its intent's time)."""
+    [ledger] = (bot.root / "var").glob("*-sandbox.sqlite")
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT ts FROM intents WHERE client_order_id = ?", (coid,)
+                              ).fetchone()[0])
 
 
 def first_order(bot: Bot, epoch: int, timeout: float = 15.0) -> int | None:
@@ -84,10 +102,9 @@ def missed(old: Bot, new: Bot, handed_ns: int, epoch: int) -> int | None:
         rows = db.execute("SELECT ts, client_order_id FROM decisions WHERE "
                           "client_order_id IS NOT NULL AND client_order_id != ''").fetchall()
     sent = {coid for coid, *_ in fences(new)}
-    bar_ns = 1_000_000_000  # QUANTSHIFT_BAR_SECONDS
     lost = 0
     for ts, coids in rows:
-        closed = ts + bar_ns
+        closed = ts + BAR_NS
         if handed_ns < closed < first - 50_000_000:
             lost += sum(1 for c in coids.split(",") if c and c not in sent)
     return lost
@@ -110,8 +127,9 @@ def main() -> None:
                "fast": 2, "slow": 4, "mode": "long_short"}}])}
     bots = {name: Bot(root / name, redis.url, name, **env) for name in ("a", "b")}
     not_ready = 0  # handovers refused because the standby was not ready yet
-    figures: dict[str, list[float]] = {"sigkill": [], "sigstop": [], "handover": [],
-                                       "handover_order_gap": [], "handover_orders_missed": []}
+    figures: dict[str, list[float]] = {
+        "sigkill": [], "sigstop": [], "handover": [], "handover_no_send_window": [],
+        "handover_order_gap": [], "handover_order_gap_bars": [], "handover_orders_missed": []}
     try:
         bots["a"].start()
         wait(lambda: role(bots["a"]) == "primary", 15)
@@ -144,10 +162,16 @@ def main() -> None:
                 line = f"{kind} {n + 1}/{args.rounds}: {took:.3f}s"
                 if kind == "handover":
                     epoch = int(answer["lease_epoch"])
+                    _, st = s.call("GET", "/status")
+                    since = int(st["lease"]["primary_since_ns"])  # type: ignore[index]
+                    window = (since - int(answer["stopped_ns"])) / 1e9
+                    figures["handover_no_send_window"].append(window)
+                    line += f", no instance may send for {window * 1000:.0f} ms"
                     gap = order_gap(p, s, epoch)
                     if gap is not None:
-                        figures["handover_order_gap"].append(gap)
-                        line += f", last order to first order {gap:.3f}s"
+                        figures["handover_order_gap"].append(gap[0])
+                        figures["handover_order_gap_bars"].append(gap[1])
+                        line += f", last order to first order {gap[0]:.3f}s ({gap[1]:g} bars)"
                     lost = missed(p, s, handed_ns, epoch + 1)
                     if lost is not None:
                         figures["handover_orders_missed"].append(float(lost))
@@ -175,14 +199,22 @@ def main() -> None:
     for kind, values in figures.items():
         if not values:
             continue
-        goal = args.ttl + 1.0 if kind.startswith("sig") else 1.0
+        goal = args.ttl + 1.0 if kind.startswith("sig") else 1.0  # the no-send window too
         out[kind] = {"rounds": len(values), "p50_s": round(percentile(values, 50), 3),
                      "p99_s": round(percentile(values, 99), 3),
                      "max_s": round(max(values), 3)}
         if kind == "handover_order_gap":  # no goal of its own: the strategy's cadence
             out[kind]["note"] = ("includes the wait for the strategy's next order (ma_cross "
                                  "2/4 on 1 s bars orders on crossings only); the handover's "
-                                 "own share is the 'handover' figure and the orders missed")
+                                 "own share is 'handover_no_send_window'; the bars between "
+                                 "the two orders are 'handover_order_gap_bars'")
+        elif kind == "handover_order_gap_bars":  # 1: the very next bar
+            out[kind] = {"rounds": len(values), "min": min(values), "p50": percentile(values, 50),
+                         "max": max(values),
+                         "note": "bars from the old primary's last order's bar to the new "
+                                 "one's first; the strategy orders on crossings only, so more "
+                                 "than 1 is a bar without a crossing unless orders were "
+                                 "missed (see handover_orders_missed)"}
         elif kind == "handover_orders_missed":
             out[kind] = {"rounds": len(values), "total": int(sum(values)),
                          "meets_goal": sum(values) == 0}

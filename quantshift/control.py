@@ -123,6 +123,7 @@ class ControlPlane(AccountSharing):
         self._state = _ACTIVE
         self._reason = ""
         self._stale: str | None = None
+        self._late_ns = 0  # an entry decided on a bar older than this stays in (0: any age)
         self._market_open: bool | None = None
         self._demotion: dict[str, Any] | None = None
         self._real: Executor | None = None
@@ -232,9 +233,11 @@ class ControlPlane(AccountSharing):
             return None  # a flatten's exit (or an exit a flattening halt lets finish)
         state = self._state
         if state is _ACTIVE:
+            if intent.reduce_only:
+                return None
+            late = self.late(intent.ts) if self._late_ns else None
             link = self._account
-            return link.entry_refusal() if link is not None and not intent.reduce_only \
-                else None
+            return late or (link.entry_refusal() if link is not None else None)
         if state is _REDUCING:
             return None if intent.reduce_only else f"reducing: {self._reason}; only " \
                                                     "exposure-reducing orders pass"
@@ -469,6 +472,20 @@ class ControlPlane(AccountSharing):
     def _mark_stale(self, cmd: MarkStale) -> dict[str, Any]:
         self._stale = cmd.reason or None
         return self._now()
+
+    def set_late_limit(self, seconds: float) -> None:
+        """A live feed's rule: an entry decided on a bar that started more than
+        ``seconds`` ago does not go out (a backlog after a freeze, a backfill after a
+        takeover, an entry retried past it); exits always may. 0: no limit (a file)."""
+        self._late_ns = int(seconds * 1e9)
+
+    def late(self, bar_ts: int) -> str | None:
+        """Why an entry on the bar of ``bar_ts`` is too late now; None when it is not."""
+        age = time.time_ns() - bar_ts
+        if not self._late_ns or age <= self._late_ns:
+            return None
+        return f"late bar: decided on a bar that began {age / 1e9:.1f}s ago (entries only " \
+               f"within {self._late_ns / 1e9:g}s); exits pass"
 
     def mark_fresh(self) -> None:
         """A bar came: the feed is fresh again (called by the engine on the hot path)."""

@@ -238,6 +238,8 @@ class Daemon:
             engine.warm_up(bar)
         if history:
             logger.info("strategies warmed up on {} history bars", len(history))
+        if feed.bar_seconds > 0 and s.late_bars > 0:  # a live cadence: no entry on the past
+            control.set_late_limit(s.late_bars * feed.bar_seconds + 2.0)
         self._spawn(feed.run(engine.on_bar), "feed")
         self._every("journal", s.flush_interval,
                     partial(periodic.flush, journal, vc.books, self.db_thread, control))

@@ -490,6 +490,25 @@ class Engine:
             self._follow(group, sent)
         return [i.client_order_id for group in taken.values() for i, _, _ in group]
 
+    def shadow_intent(self, client_order_id: str) -> OrderIntent | None:
+        """This bot's decision under this id, made here as a standby (never sent from
+        here; every instance derives the same id for one decision), or None."""
+        if client_order_id in self._orders:
+            return None
+        return self.journal.shadow_intent(client_order_id)
+
+    def adopt_found(self, intent: OrderIntent, source: str) -> None:
+        """Follow an order another instance sent for a decision made here as a standby
+        (``shadow_intent``; the quantity the venue's): journaled as sent, counted by the
+        risk gate, tracked from nothing filled, so every fill the venue reports books here."""
+        coid = intent.client_order_id
+        self._known_ids.add(coid)
+        self.journal.intent(intent, replace=True)
+        self.journal.order_state(coid, OrderState.SUBMITTED, f"adopted: {source}")
+        if not intent.parent:
+            self.gate.count_order(intent.ts, self.portfolio)
+        self._follow([(intent, 0.0, 0.0)], True)
+
     def _follow(self, group: list[tuple[OrderIntent, float, float]], sent: bool) -> None:
         """Track orders open at the venue (``sent``) or journaled unanswered, with what they
         have filled: the book's side (pending quantities, legs watched) and the real

@@ -5,6 +5,7 @@ the caps' answer for an order. A mixin of :class:`~quantshift.control.ControlPla
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class AccountSharing:
     _leading: bool
     _journal: Journal | None
     _handover: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    leading_since_ns: int | None = None  # when this instance last began to send (wall clock)
 
     _reason: str
 
@@ -83,6 +85,7 @@ class AccountSharing:
         """``True`` once a new primary has reconciled with the venue (orders go to the
         real executor, unless demoted); ``False`` when the lease is lost or given up."""
         self._leading = on
+        self.leading_since_ns = time.time_ns() if on else None
         self._route()
 
     def attach_handover(self, handover: Callable[[str], Awaitable[dict[str, Any]]]) -> None:

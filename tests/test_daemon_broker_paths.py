@@ -5,6 +5,7 @@ bars come back."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sqlite3
 import time
@@ -89,3 +90,35 @@ async def test_a_silent_feed_goes_stale_and_recovers(clean: Path) -> None:
         # this test's own strategy only: on a slow machine the sim strategy may decide too
         reasons = [r[0] for r in db.execute("SELECT reason FROM vetoes WHERE strategy = 's'")]
     assert len(reasons) == 1 and reasons[0].startswith("feed stale: no bar from sim")
+
+
+async def test_no_entry_goes_out_on_a_late_bar_exits_do(clean: Path) -> None:
+    """A bar that began more than ``late_bars`` bar lengths (+ 2 s) ago — a backlog after
+    a freeze, a backfill after a takeover — decides no entry; an exit on it goes out, and
+    an entry whose attempts run past the limit is refused at its next one."""
+    settings = Settings(state_dir=clean / "var", symbols=["AAA"], sim_interval=0.5,
+                        late_bars=2, warmup_bars=0)  # late: older than 0.5 * 2 + 2 = 3 s
+    d = Daemon(settings)
+    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
+    await d.startup()
+    try:
+        engine = d.engine
+        assert engine is not None
+        now = time.time_ns()
+        assert engine.decide(Signal("s", "AAA", now - 8 * 10**9, Direction.LONG, "t"),
+                             100.0) == []
+        (entry,) = engine.decide(Signal("s", "AAA", now - 2 * 10**9, Direction.LONG, "t"),
+                                 100.0)  # within the limit
+        assert engine.control.refusal(entry) is None
+        later = dataclasses.replace(entry, ts=now - 4 * 10**9)  # its attempts ran past it
+        assert "late bar" in (engine.control.refusal(later) or "")
+        (exit_leg,) = engine.decide(Signal("s", "AAA", now - 60 * 10**9, Direction.FLAT,
+                                           "t"), 100.0)
+        assert exit_leg.reduce_only and engine.control.refusal(exit_leg) is None
+    finally:
+        d.handle_exit(signal.SIGTERM)
+        await d.shutdown()
+    with sqlite3.connect(clean / "var" / "equity-paper.sqlite") as db:
+        reasons = [r[0] for r in db.execute("SELECT reason FROM vetoes WHERE strategy = 's'")]
+    assert len(reasons) == 1 and reasons[0].startswith("late bar: decided on a bar that "
+                                                       "began 8."), reasons

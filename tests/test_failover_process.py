@@ -151,6 +151,8 @@ def test_a_handover_moves_trading_to_the_named_standby_with_nothing_in_flight(
         time.sleep(2.5)  # a periodic reconciliation at c: positions agree, nothing halts
         code, st = c.call("GET", "/status")
         assert st["trading"]["state"] == "active" and st["lease_epoch"] == 2, st["trading"]
+        began = st["lease"]["primary_since_ns"]  # c may send from here on
+        assert max(ts for *_, ts in fences(a)) < began  # a's last order came before
         code, ast = a.call("GET", "/status")
         assert ast["role"] == "standby"
         assert c.call("POST", "/halt", {"reason": "the end of the test"})[0] == 200

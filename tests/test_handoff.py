@@ -6,15 +6,25 @@ and the new primary's reconciliation agrees with the venue."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from functools import partial
 from pathlib import Path
 
 import orjson
 import pytest
 
-from quantshift.domain import Direction, OrderState
+from quantshift.control import TradingState
+from quantshift.domain import Direction, OrderState, Signal
 from quantshift.execution import handoff
+from quantshift.ops import leadership, periodic
+from quantshift.state.caps import Caps
+from quantshift.state.lease import Lease, Role
+from quantshift.state.shared import AccountStore
+from tests.redis_server import RedisServer
 from tests.test_brackets import (  # noqa: F401  (make_rig: the fixture)
     EXITS,
+    assert_books_match_the_venue,
     enter,
     make_rig,
     position,
@@ -82,3 +92,74 @@ def test_a_document_that_is_not_an_order_is_skipped() -> None:
     parsed = handoff.from_doc({"coid": "x", "strategy": "t", "symbol": "AAA", "side": "buy",
                                "qty": 1, "ts": 1, "ref_price": 1})
     assert parsed is not None and parsed[0].client_order_id == "x" and parsed[3] is True
+
+
+async def test_orders_the_last_primary_sent_after_its_state_are_found_and_followed(
+        make_rig, clean: Path, redis_server: RedisServer) -> None:  # noqa: F811
+    """The primary is killed a moment after an entry: the state it left in the lease
+    predates it. The standby made the same decision in shadow (log-only, the same id):
+    taking over, it finds the order at the venue by that id, books its fill to the
+    strategy, follows its legs, and its reconciliation knows every order there."""
+    a = await make_rig()
+    b = await start_rig(a.emu, clean / "b", EXITS)
+    stores = [AccountStore(redis_server.url, "acct", name, Caps(), sends=True, live=False,
+                           grace=5.0, journal=rig.journal, timeout=0.5)
+              for name, rig in (("a", a), ("b", b))]
+    la, lb = (Lease(store, "equity", Role.AUTO, 1.0) for store in stores)
+    try:
+        for store, lease in zip(stores, (la, lb), strict=True):
+            store.lease = lease
+            await store.open(lambda _cmd: None)
+        b.engine.control.attach_lease(lb)  # a standby: its orders go to log-only
+        await la.turn()
+        await lb.turn()
+        assert la.primary and not lb.primary
+        assert await la.save(leadership.last_state(a.engine))  # before the entry
+        price = a.emu.engine.last["AAA"]
+        decision = Signal("t", "AAA", time.time_ns(), Direction.LONG, "test")
+        (entry,) = a.engine.decide(decision, price)
+        await settle(a, lambda: len(a.executor.open_legs()) == 2)
+        (shadow,) = b.engine.decide(decision, price)
+        assert shadow.client_order_id == entry.client_order_id
+        # b alone decides another entry (a bar later), which a never sent
+        (unsent,) = b.engine.decide(Signal("t", "AAA", decision.ts + 60 * 10**9,
+                                           Direction.LONG, "test"), price)
+        b.journal.flush()
+        assert b.rows("SELECT state FROM orders WHERE client_order_id = "
+                      f"'{entry.client_order_id}'") == [(OrderState.NOT_SENT.value,)]
+        await stop_rig(a)  # killed: the lease is never given up
+        deadline = time.monotonic() + 3.0
+        while not lb.primary and time.monotonic() < deadline:  # a's lease runs out
+            await asyncio.sleep(0.1)
+            await lb.turn()
+        assert lb.primary and lb.epoch == 2
+
+        async def commit() -> None:
+            b.journal.flush()
+
+        reconcile = partial(periodic.reconcile, b.engine.control, b.engine, None, commit,
+                            at_start=True)
+        assert await leadership.take_over(lb, b.engine.control, b.engine, reconcile,
+                                          retry=False)
+        assert b.engine.control.state is TradingState.ACTIVE and b.engine.control.leading()
+        assert position(b) == 10 and len(b.executor.open_legs()) == 2
+        assert b.rows("SELECT client_order_id, side, qty FROM fills ORDER BY seq") == [
+            (entry.client_order_id, "buy", 10)]  # the strategy's fill, not a lump
+        assert b.rows(f"SELECT state, detail FROM orders WHERE client_order_id = "
+                      f"'{unsent.client_order_id}'")[0][0] == OrderState.NOT_SENT.value
+        report = b.engine.journal.get("reconcile_last")
+        assert report["unknown"] == [] and report["mismatches"] == {}, report
+        # The take-profit fills at the venue: the new primary books it.
+        legs = venue_legs(a, entry.client_order_id)
+        a.emu.engine.push("AAA", close=price * 1.01, high=entry.take_profit + 0.1)
+        await settle(b, lambda: position(b) == 0 and not b.executor.open_legs())
+        assert b.rows("SELECT client_order_id, side FROM fills ORDER BY seq")[-1] == (
+            legs["limit"].client_order_id, "sell")
+        assert_books_match_the_venue(b)
+    finally:
+        for store in stores:
+            await store.close()
+        b.closed = True
+        b.journal.flush()
+        await b.engine.control.real_executor.close()  # type: ignore[union-attr]
+        b.journal.close()

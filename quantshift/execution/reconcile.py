@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -22,7 +22,14 @@ from loguru import logger
 from quantshift.aio import within
 from quantshift.domain import OrderIntent, OrderState
 from quantshift.execution.tracked import Lookup, Tracked
-from quantshift.execution.venues.base import RateLimited, Venue, VenueError, VenueUnavailable
+from quantshift.execution.venues.base import (
+    OrderNotFound,
+    RateLimited,
+    Venue,
+    VenueError,
+    VenueOrder,
+    VenueUnavailable,
+)
 
 T = TypeVar("T")
 _READ_ATTEMPTS = 4
@@ -72,6 +79,44 @@ class Reconciliation:
     def _finish(self, coid: str, state: OrderState, detail: str) -> None: ...
 
     async def drain(self, timeout: float) -> None: ...
+
+    def _apply(self, vo: VenueOrder, nested: bool = False) -> None: ...
+
+    async def _call(self, coro: Awaitable[VenueOrder]) -> VenueOrder: ...  # type: ignore[empty-body]
+
+    async def find_own(self, mine: Callable[[str], OrderIntent | None],
+                       recent: list[OrderIntent],
+                       adopt: Callable[[OrderIntent], None]) -> list[str]:
+        """Orders of this bot at the venue that nothing here follows: a new primary's look
+        for what the last one sent after the state it left. Every open order whose id
+        ``mine`` knows, and each of ``recent`` (decisions made here lately, as a standby:
+        every instance derives the same id for one decision) that a lookup finds. Each is
+        adopted (``adopt``: journaled, followed), then takes the venue's word: its fills,
+        its legs, its state. A venue error is raised: nothing is concluded from it."""
+        found: dict[str, tuple[OrderIntent, VenueOrder]] = {}
+        for vo in await self._read(self.venue.open_orders, "open orders"):
+            coid = vo.client_order_id
+            if coid and coid not in self._orders and (intent := mine(coid)) is not None:
+                found[coid] = intent, vo
+        for intent in recent:
+            coid = intent.client_order_id
+            if coid in found or coid in self._orders:
+                continue
+            try:
+                found[coid] = intent, await self._call(self.venue.order(coid, intent.symbol))
+            except OrderNotFound:
+                continue  # decided here, never sent by the last primary
+        adopted: list[str] = []
+        for coid, (intent, vo) in found.items():
+            if vo.symbol != intent.symbol or vo.side is not intent.side:
+                logger.warning("order {} at {} is {} {} and the journal's {} {}: not adopted",
+                               coid, self.venue.name, vo.side.value, vo.symbol,
+                               intent.side.value, intent.symbol)
+                continue
+            adopt(replace(intent, qty=vo.qty or intent.qty))
+            self._apply(vo)
+            adopted.append(coid)
+        return adopted
 
     async def reconcile(self, expected: Callable[[], dict[str, float]], known_ids: set[str],
                         now_ns: int | None = None) -> ReconcileReport:

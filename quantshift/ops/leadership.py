@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -117,6 +118,7 @@ async def take_over(lease: Lease, control: ControlPlane, engine: Engine,
             mine_before = last is not None and last.get("instance") == instance \
                 and int(last.get("epoch", 0)) == lease.epoch - 1
             if lease.epoch > 1 and not mine_before:
+                await _adopt_venue_orders(lease, control, engine, last)
                 await _adopt_venue_positions(lease, control, engine)
             await reconcile()
         except (RedisError, OSError, TimeoutError, VenueError) as exc:
@@ -133,6 +135,30 @@ async def take_over(lease: Lease, control: ControlPlane, engine: Engine,
                        control.real_executor.kind.value if control.real_executor else "real")
         return True
     return False
+
+
+async def _adopt_venue_orders(lease: Lease, control: ControlPlane, engine: Engine,
+                              last: dict[str, Any] | None) -> None:
+    """Orders the last primary sent after the state it left carry ids this instance
+    derived too (it made the same decisions, as a standby): found at the venue, they are
+    followed from here, their fills booked to their strategies (before the positions are
+    compared). Decisions from a little before that state on are looked up (clocks of two
+    machines differ); without a state, those of the last minute."""
+    executor = control.real_executor
+    if not isinstance(executor, BrokerExecutor):
+        return
+    at_ms = int(last.get("at_ms", 0)) if last is not None else 0
+    since = at_ms * 1_000_000 - int(3 * lease.ttl * 1e9) if at_ms \
+        else time.time_ns() - 60_000_000_000
+    source = f"sent by instance {last.get('instance')}" if last is not None \
+        else "sent by the last primary"
+    adopted = await executor.find_own(engine.shadow_intent,
+                                      engine.journal.shadow_intents_since(since),
+                                      lambda intent: engine.adopt_found(intent, source))
+    if adopted:
+        logger.warning("lease: {} orders of this bot at the venue that the last primary's "
+                       "state lacks are followed from here: {}", len(adopted),
+                       ", ".join(adopted))
 
 
 async def _adopt_venue_positions(lease: Lease, control: ControlPlane, engine: Engine) -> None:
@@ -213,7 +239,7 @@ async def handover(lease: Lease, engine: Engine, timeout: float, to: str) -> dic
         raise ControlRefused(f"not handed over: {who} ready to take over (running, its feed "
                              "fresh, not QUANTSHIFT_ROLE=standby); still the primary")
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    started, stopped_ns = loop.time(), time.time_ns()
     control.lead(False)  # every attempt from here on is refused
     left = await control.settle(timeout)
     while (left or engine.in_flight()) and loop.time() - started < timeout:
@@ -231,6 +257,6 @@ async def handover(lease: Lease, engine: Engine, timeout: float, to: str) -> dic
             f"the lease expires by itself within {lease.ttl:g}s"
         raise ControlRefused(f"not handed over: Redis did not answer; {state}", 503)
     return {"handed_over": True, "instance": lease.instance, "lease_epoch": epoch,
-            "to": to or None, "open_orders": orders,
+            "to": to or None, "open_orders": orders, "stopped_ns": stopped_ns,
             "positions": {s: q for s, q in engine.portfolio.net.items() if abs(q) > 1e-9},
             "wait_ms": round((loop.time() - started) * 1000, 1)}

@@ -159,7 +159,8 @@ def build_status(d: DaemonView) -> dict[str, Any]:
         # primary only once the takeover is done: until then nothing of it goes out
         out["role"] = "primary" if engine.control.lease_refusal() is None else "standby"
         out["lease_epoch"] = lease.epoch
-        out["lease"] = {**lease.view(), "role": out["role"]}
+        out["lease"] = {**lease.view(), "role": out["role"],
+                        "primary_since_ns": engine.control.leading_since_ns}
     return out
 
 

@@ -97,6 +97,9 @@ class EntryRules:
             return f"feed stale: {control.stale}; entries stop until fresh bars arrive"
         if control.market_open is False:
             return "market closed: entries wait for the venue's market hours"
+        late = control.late(signal.ts)
+        if late is not None:
+            return late
         if lim.max_daily_loss:
             base = self.day_equity
             day_pnl = equity - (base if base is not None else pf.day_start_equity)

@@ -84,6 +84,10 @@ _INSERT = {
     "intent": "INSERT OR IGNORE INTO intents (client_order_id, ts, strategy, symbol, side, "
               "qty, ref_price, reduce_only, reason, created_ns, take_profit, stop_loss, "
               "parent, leg) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    # An order found at the venue under an id of this bot: the venue's quantity is the truth.
+    "adopt": "INSERT OR REPLACE INTO intents (client_order_id, ts, strategy, symbol, side, "
+             "qty, ref_price, reduce_only, reason, created_ns, take_profit, stop_loss, "
+             "parent, leg) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "order": "INSERT INTO order_events (client_order_id, state, detail, ts_ns) VALUES (?,?,?,?)",
     "fence": "INSERT OR REPLACE INTO order_fences (client_order_id, epoch, instance, ts_ns) "
              "VALUES (?,?,?,?)",
@@ -105,6 +109,9 @@ _INTENT_COLUMNS = (("take_profit", "REAL"), ("stop_loss", "REAL"), ("parent", "T
 _INTENT_FIELDS = ("client_order_id, ts, strategy, symbol, side, qty, ref_price, reduce_only, "
                   "reason, take_profit, stop_loss, parent, leg")
 _FINAL = tuple(s.value for s in OrderState if s.final)
+# An intent no order of this ledger went out for: every order sent is fenced first.
+_SHADOW = ("client_order_id NOT IN (SELECT client_order_id FROM order_fences) AND "
+           "client_order_id NOT IN (SELECT client_order_id FROM fills)")
 
 
 def _unsettled(fields: str) -> str:
@@ -247,8 +254,9 @@ class Journal:
     def veto(self, ts: int, strategy: str, symbol: str, target: int, reason: str) -> None:
         self._queue.append(("veto", (ts, strategy, symbol, target, reason)))
 
-    def intent(self, i: OrderIntent) -> None:
-        self._queue.append(("intent", (
+    def intent(self, i: OrderIntent, replace: bool = False) -> None:
+        """An order decided (``replace``: one found at the venue, whose row it rewrites)."""
+        self._queue.append(("adopt" if replace else "intent", (
             i.client_order_id, i.ts, i.strategy, i.symbol, i.side.value, i.qty, i.ref_price,
             int(i.reduce_only), i.reason, time.time_ns(), i.take_profit, i.stop_loss,
             i.parent or None, i.leg or None)))
@@ -393,6 +401,23 @@ class Journal:
 
     def client_order_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT client_order_id FROM intents")}
+
+    def shadow_intent(self, client_order_id: str) -> OrderIntent | None:
+        """The intent journaled under this id that no order of this ledger went out for
+        (a standby's decision: no fencing row), or None. The queue is written first."""
+        self.flush()
+        row = self._db.execute(f"SELECT {_INTENT_FIELDS} FROM intents WHERE "
+                               f"client_order_id = ? AND {_SHADOW}", (client_order_id,)
+                               ).fetchone()
+        return None if row is None else _intent(row)
+
+    def shadow_intents_since(self, created_ns: int, limit: int = 200) -> list[OrderIntent]:
+        """Those intents (``shadow_intent``) decided since ``created_ns``, entries and
+        exits only (a bracket's legs are the venue's to make), the newest first."""
+        self.flush()
+        return [_intent(r) for r in self._db.execute(
+            f"SELECT {_INTENT_FIELDS} FROM intents WHERE created_ns >= ? AND parent IS NULL "
+            f"AND {_SHADOW} ORDER BY created_ns DESC LIMIT ?", (created_ns, limit))]
 
     def unsettled(self) -> list[tuple[OrderIntent, float, float, bool]]:
         """Every intent with no final state on disk: the quantity already filled, its
