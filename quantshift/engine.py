@@ -49,6 +49,9 @@ LATENCY_BOUNDS_NS: tuple[int, ...] = (
 
 # Log lines that are also alerts (ops/notify.py copies them to Telegram).
 _ALERT_FILL = logger.bind(alert="fill")
+# A strategy's exception is its version's (isolated, shadow/runtime.py), not the daemon's:
+# an error with a rule of its own, which the error-rate trigger does not count.
+_STRATEGY_RAISED = logger.bind(alert="error", ruled=True)
 
 class Engine:
     def __init__(self, *, strategies: list[StrategyMaker], gate: RiskGate,
@@ -93,6 +96,10 @@ class Engine:
         self.latency_counts = [0] * (len(LATENCY_BOUNDS_NS) + 1)
         self.latency_sum_ns = 0
         self._books: Any = None
+        # Versions whose code raised, (strategy, version): skipped from then on; the hook
+        # (shadow/runtime.py) retires them, after the bar, and rolls an active one back.
+        self.failed: set[tuple[str, str]] = set()
+        self.on_strategy_error: Callable[[str, str, BaseException], None] | None = None
         self._rewire()
         self.control.attach(self)
         self.control.on_executor_change(self._executor_changed)
@@ -184,8 +191,15 @@ class Engine:
             if self.exits is not None:
                 self.exits.observe(bar, self.portfolio)
             strategies = self._by_symbol.get(symbol) or self._spawn(symbol)
+        failed = self.failed
         for strategy in strategies:
-            signal = strategy.on_bar(bar)
+            if failed and (strategy.id, strategy.version) in failed:
+                continue
+            try:
+                signal = strategy.on_bar(bar)
+            except Exception as exc:  # its code: that version stops, the daemon does not
+                self._raised(strategy, bar, exc)
+                continue
             if signal is not None:
                 signal.version = strategy.version
                 if live:
@@ -204,11 +218,31 @@ class Engine:
         strategies = self._by_symbol.get(bar.symbol)
         if strategies is None:
             strategies = self._spawn(bar.symbol)
+        failed = self.failed
         for strategy in strategies:
-            if strategy.on_bar(bar) is not None:
-                self.counts["warmup_signals"] += 1
+            if failed and (strategy.id, strategy.version) in failed:
+                continue
+            try:
+                if strategy.on_bar(bar) is not None:
+                    self.counts["warmup_signals"] += 1
+            except Exception as exc:
+                self._raised(strategy, bar, exc)
         if self.books is not None:
             self.books.warm_up(bar)
+
+    def _raised(self, strategy: StrategyBase, bar: Bar, exc: Exception) -> None:
+        """A strategy's ``on_bar`` raised: its version decides nothing more here (every
+        symbol), the traceback is logged once, and the hook is told (once)."""
+        key = (strategy.id, strategy.version)
+        if key in self.failed:
+            return
+        self.failed.add(key)
+        _STRATEGY_RAISED.opt(exception=exc).error(
+            "strategy {} version {} raised on the {} bar at {}: it decides nothing more "
+            "({}: {})", strategy.id, strategy.version, bar.symbol, bar.ts,
+            type(exc).__name__, exc)
+        if self.on_strategy_error is not None:
+            self.on_strategy_error(strategy.id, strategy.version, exc)
 
     def _spawn(self, symbol: str) -> list[StrategyBase]:
         """The strategies' instances for a symbol's first bar."""

@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     # Live feeds: the bar length, when a feed counts as stale, how hard to reconnect.
     bar_seconds: int = Field(60, ge=1, le=86_400)
     stale_bars: float = Field(3.0, gt=0, le=10_000)
+    # Which side's strategy versions run when the file and the journal differ.
+    versions_from: Literal["journal", "config"] = "journal"
     late_bars: float = Field(3.0, ge=0, le=10_000)  # no entry on a bar older (0: off)
     reconnect_max_seconds: float = Field(60.0, gt=0, le=_DAY)
     market_hours_only: bool = True  # equities: act only while the venue's clock is open

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from quantshift.shadow.merge import merge
 from quantshift.shadow.routing import CanaryRouter, canary_bucket, routes_to_canary
 from quantshift.shadow.versions import (
     StrategyVersions,
@@ -262,26 +263,84 @@ def test_from_dict_refuses_a_state_that_breaks_the_rules() -> None:
         VersionRegistry.from_dict({"format": 99, "strategies": {}})
 
 
-def test_restore_keeps_a_promotion_across_a_restart_unless_the_versions_changed() -> None:
+def edited(*versions: dict[str, Any], percent: int = 30) -> StrategyVersions:
+    """``three_versions`` as the operator edited it: these statuses, maybe more versions."""
+    return entry(id="trend", params={"fast": 5, "slow": 15}, canary_percent=percent,
+                 versions=list(versions))
+
+
+def test_a_restart_keeps_the_running_versions_and_says_where_the_file_differs() -> None:
     running = VersionRegistry.from_config([three_versions(), entry(id="plain")])
-    running.promote("trend", "v2")
+    running.promote("trend", "v2")  # v2 active, v1 shadow, previous v1
     running.set_canary_percent("trend", 12)
     saved = running.to_dict()
 
-    restarted = VersionRegistry.from_config([three_versions(), entry(id="plain")])
-    assert restarted.restore(saved) == []
-    assert (restarted.active("trend"), restarted.previous_active("trend")) == ("v2", "v1")
-    assert restarted.canary_percent("trend") == 12
-    # The start state is activated once: the restored v2, not the configured v1.
-    assert +restarted.activations == {("trend", "v2"): 1, ("plain", "v1"): 1}
-    assert running.activations == {("trend", "v1"): 1, ("trend", "v2"): 1, ("plain", "v1"): 1}
+    same, diffs = merge(VersionRegistry.from_config([three_versions(), entry(id="plain")]),
+                        saved, "journal")
+    assert (same.active("trend"), same.previous_active("trend")) == ("v2", "v1")
+    assert same.canary_percent("trend") == 12
+    assert +same.activations == {("trend", "v2"): 1, ("plain", "v1"): 1}  # started once
+    # The file says what it said: its statuses and share differ from the running ones.
+    assert {(d.version, d.what) for d in diffs} == {
+        ("v1", "status"), ("v2", "status"), (None, "canary_percent")}
+    assert "strategy 'trend': canary_percent is 30 in the configuration and 12 in the " \
+           "journal; 12 applies" in [d.line() for d in diffs]
 
-    edited = three_versions().model_copy(update={"versions": [
-        *three_versions().versions, VersionSpec(version="v4", status=S)]})
-    reconfigured = VersionRegistry.from_config([edited])
-    notes = reconfigured.restore(saved)
-    assert reconfigured.active("trend") == "v1"  # the edited configuration wins
-    assert any("'trend': versions changed" in n for n in notes)
-    assert any("'plain': no longer configured" in n for n in notes)
-    assert reconfigured.restore({"format": 1, "strategies": {"x": {}}})[0].startswith(
-        "persisted versions ignored")
+    # The operator edits the file: v3 retired, the share down, a v4 added.
+    file = edited({"version": "v1", "status": "active"},
+                  {"version": "v2", "status": "canary", "params": {"fast": 8}},
+                  {"version": "v3", "status": "retired", "exits": {"stop_loss": "2%"}},
+                  {"version": "v4", "status": "shadow", "params": {"slow": 30}}, percent=10)
+    journal_wins, diffs = merge(VersionRegistry.from_config([file]), saved, "journal")
+    assert journal_wins.active("trend") == "v2"
+    assert journal_wins.previous_active("trend") == "v1"  # a version added keeps the history
+    assert journal_wins.status("trend", "v3") is VersionStatus.SHADOW
+    assert journal_wins.status("trend", "v4") is VersionStatus.SHADOW
+    assert journal_wins.canary_percent("trend") == 12
+    lines = [d.line() for d in diffs]
+    assert "strategy 'trend' version 'v3': status is 'retired' in the configuration and " \
+           "'shadow' in the journal; the journal's applies" in lines
+    assert "strategy 'trend' version 'v4': the version is 'configured' in the configuration " \
+           "and absent in the journal; added as shadow" in lines
+    assert "strategy 'plain': the strategy is absent in the configuration and 'present' in " \
+           "the journal; not configured: its saved state is dropped" in lines
+
+    config_wins, _ = merge(VersionRegistry.from_config([file]), saved, "config")
+    assert config_wins.active("trend") == "v1" and config_wins.canary("trend") == "v2"
+    assert config_wins.status("trend", "v3") is VersionStatus.RETIRED
+    assert config_wins.canary_percent("trend") == 10
+    assert config_wins.previous_active("trend") == "v1"  # the history is the journal's
+
+
+def test_a_version_added_to_the_file_as_active_joins_as_a_shadow_beside_the_running_one(
+        ) -> None:
+    running = VersionRegistry.from_config([three_versions()])
+    running.promote("trend", "v3")
+    file = edited({"version": "v1", "status": "shadow"},
+                  {"version": "v2", "status": "canary", "params": {"fast": 8}},
+                  {"version": "v3", "status": "shadow", "exits": {"stop_loss": "2%"}},
+                  {"version": "v4", "status": "active", "params": {"slow": 30}})
+    merged, diffs = merge(VersionRegistry.from_config([file]), running.to_dict(), "journal")
+    assert merged.active("trend") == "v3"
+    assert merged.status("trend", "v4") is VersionStatus.SHADOW
+    assert any(d.version == "v4" and "added as shadow: another version is active" in d.line()
+               for d in diffs)
+
+
+def test_a_version_only_the_journal_knows_is_kept_unless_the_file_wins() -> None:
+    running = VersionRegistry.from_config([three_versions()])
+    data = running.to_dict()  # as a version added at run time leaves it
+    data["strategies"]["trend"]["versions"].append(VersionSpec(
+        version="v5", status=VersionStatus.SHADOW, name="ma_cross",
+        params={"fast": 4, "slow": 40}).model_dump(mode="json"))
+    kept, diffs = merge(VersionRegistry.from_config([three_versions()]), data, "journal")
+    assert kept.spec("trend", "v5").params == {"fast": 4, "slow": 40}
+    assert [(d.version, d.applied) for d in diffs] == [("v5", "kept (added at run time)")]
+    dropped, _ = merge(VersionRegistry.from_config([three_versions()]), data, "config")
+    assert [v.version for v in dropped.versions("trend")] == ["v1", "v2", "v3"]
+
+
+def test_a_saved_state_that_cannot_be_read_leaves_the_file_in_force() -> None:
+    config = VersionRegistry.from_config([three_versions()])
+    merged, [diff] = merge(config, {"format": 1, "strategies": {"x": {}}}, "journal")
+    assert merged is config and "the configuration applies" in diff.line()

@@ -293,3 +293,45 @@ def test_a_report_that_cannot_be_written_ends_in_one_line(
     assert code == 1
     assert err.startswith("quantshift: report: ") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_a_file_edited_since_the_last_run_is_reported_and_the_journal_wins(
+        clean: Path) -> None:
+    """The file and the journal never disagree silently: each difference is one line in
+    the log and in /status, the journal's running state wins by default (a promotion, a
+    share set at run time), the file's with QUANTSHIFT_VERSIONS_FROM=config; either way a
+    version added to the file keeps the promotion history."""
+    first = make_settings(clean, symbols=SYMBOLS, strategies=versioned(canary_percent=40))
+    async with running(first) as (d, client):
+        await wait_until(lambda: d.engine.bars >= len(SYMBOLS))  # type: ignore[union-attr]
+        code, _ = await call(client, "POST", "/promote", headers=AUTH, json={
+            "strategy": "ma_cross", "version": "v2", "force": True})
+        assert code == 200
+    strategies = versioned(canary_percent=10)
+    strategies[0]["versions"][2]["status"] = "retired"  # v3
+    strategies[0]["versions"].append({"version": "v4", "status": "shadow",
+                                      "params": {"fast": 4, "slow": 9}})
+    edited = first.model_copy(update={"strategies": make_settings(
+        clean, strategies=strategies).strategies})
+    async with running(edited) as (d, client):
+        code, st = await call(client, "GET", "/status")
+        [row] = st["strategies"]
+        assert (row["version"], row["previous_active"], row["canary_percent"]) == ("v2", "v1",
+                                                                                   40)
+        assert row["versions"] == {"v1": "shadow", "v2": "active", "v3": "canary",
+                                   "v4": "shadow"}
+        lines = {x["line"] for x in st["version_differences"]}
+        assert "strategy 'ma_cross': canary_percent is 10 in the configuration and 40 in " \
+               "the journal; 40 applies" in lines
+        assert "strategy 'ma_cross' version 'v3': status is 'retired' in the configuration " \
+               "and 'canary' in the journal; the journal's applies" in lines
+        assert any("version 'v4'" in x and "added as shadow" in x for x in lines)
+        assert st["versions_from"] == "journal"
+    async with running(edited.model_copy(update={"versions_from": "config"})) as (d, client):
+        code, st = await call(client, "GET", "/status")
+        [row] = st["strategies"]
+        assert (row["version"], row["previous_active"], row["canary"]) == ("v1", "v1", None)
+        assert d.version_control.registry.canary_percent("ma_cross") == 10  # type: ignore[union-attr]
+        assert row["versions"] == {"v1": "active", "v2": "shadow", "v3": "retired",
+                                   "v4": "shadow"}
+        assert st["version_differences"]  # still said, though the file won

@@ -110,6 +110,10 @@ def build_status(d: DaemonView) -> dict[str, Any]:
         "last_error": d.last_error.last,
         "strategies": d.version_control.status() if d.version_control is not None
         else strategy_versions(s),
+        # The file and the journal differ here; QUANTSHIFT_VERSIONS_FROM said which won.
+        "version_differences": [diff.to_dict() for diff in d.version_control.differences]
+        if d.version_control is not None else [],
+        "versions_from": s.versions_from,
         "guard": d.guard.last_reasons if d.guard is not None else [],
         "market_hours": s.feed == "alpaca",
     }

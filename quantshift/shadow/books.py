@@ -100,6 +100,16 @@ class VersionBooks:
     def get(self, strategy: str, version: str) -> VersionBook | None:
         return self.books.get((strategy, version))
 
+    def drop(self, strategy: str, version: str) -> None:
+        """A version retired at run time: its book sees no more bars (its file stays)."""
+        book = self.books.pop((strategy, version), None)
+        if book is None:
+            return
+        self._all.remove(book)
+        book.engine.snapshot()
+        book.journal.flush()
+        book.journal.close()
+
     # -- bars -------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         for book in self._all:

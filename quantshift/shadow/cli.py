@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-VERSION_ACTIONS = ("promote", "rollback", "demote", "canary")
+VERSION_ACTIONS = ("promote", "rollback", "demote", "canary", "retire")
 
 
 def _reads_files(command: Callable[[argparse.Namespace], int]) \
@@ -155,6 +155,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def load_registry(settings: Any) -> Any:
     """The versions as the daemon runs them: the config, then what the ledger persisted
     (promotions and rollbacks survive in it)."""
+    from quantshift.shadow.merge import merge
     from quantshift.shadow.runtime import KV_KEY
     from quantshift.shadow.versions import VersionRegistry
 
@@ -168,8 +169,8 @@ def load_registry(settings: Any) -> Any:
             row = None
         finally:
             db.close()
-        if row:
-            registry.restore(orjson.loads(row[0]))
+        if row:  # what the daemon runs, as it decides it at start (shadow/merge.py)
+            registry, _ = merge(registry, orjson.loads(row[0]), settings.versions_from)
     return registry
 
 

@@ -15,6 +15,7 @@ with the versions the operator left, not the ones in the config file.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -26,7 +27,13 @@ from quantshift.control import ControlRefused
 from quantshift.engine import Engine
 from quantshift.settings import Settings
 from quantshift.shadow.books import VersionBooks, open_books
-from quantshift.shadow.versions import VersionChange, VersionError, VersionRegistry
+from quantshift.shadow.merge import Difference, merge
+from quantshift.shadow.versions import (
+    VersionChange,
+    VersionError,
+    VersionRegistry,
+    VersionStatus,
+)
 from quantshift.state.journal import Journal
 from quantshift.strategies.base import StrategyBase, factory
 
@@ -34,6 +41,7 @@ KV_KEY = "strategy_versions"
 ADAPTIVE_KEY = "adaptive_canary"
 _ALERT_PROMOTION = logger.bind(alert="promotion")
 _ALERT_ROLLBACK = logger.bind(alert="rollback")
+_TRACE_CHARS = 8000  # of a strategy's traceback, journaled once
 
 Maker = Callable[[str], StrategyBase]
 
@@ -68,19 +76,29 @@ class VersionControl:
         self.engine = engine
         self.journal = journal
         self._flush = flush  # makes the version books durable before a verdict reads them
-        self.registry = VersionRegistry.from_config(settings.strategies)
+        self.configured = VersionRegistry.from_config(settings.strategies)
+        self.registry = self.configured
+        self.differences: list[Difference] = []
         persisted = journal.get(KV_KEY)
         if persisted:
-            for note in self.registry.restore(persisted):
-                logger.warning("strategy versions: {}", note)
+            prefer = settings.versions_from
+            self.registry, self.differences = merge(self.configured, persisted, prefer)
+            for diff in self.differences:  # never silently: one line each
+                logger.warning("strategy versions (QUANTSHIFT_VERSIONS_FROM={}): {}", prefer,
+                               diff.line())
         self._makers: dict[str, dict[str, Maker]] = {
-            spec.key: {v.version: factory(v.name or spec.name, spec.key, v.params, v.version)
-                       for v in spec.effective_versions()}
-            for spec in settings.strategies}
+            key: {v.version: factory(v.name or key, key, v.params, v.version)
+                  for v in self.registry.versions(key)}
+            for key in self.registry.strategies()}
         engine.use_makers([RoutedMaker(key, self.registry, self._makers[key])
                            for key in self.registry.strategies()])
         self.books: VersionBooks | None = open_books(settings, self.registry)
         engine.attach_books(self.books)
+        self.isolated: set[tuple[str, str]] = set()  # versions whose code raised
+        engine.on_strategy_error = self._raised
+        if self.books is not None:
+            for book in self.books.books.values():
+                book.engine.on_strategy_error = self._raised
 
     # -- what /status shows -------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
@@ -94,6 +112,7 @@ class VersionControl:
                         "canary_percent": self.registry.canary_percent(key)
                         if self.registry.canary(key) else 0,
                         "previous_active": self.registry.previous_active(key),
+                        "raised": sorted(v for k, v in self.isolated if k == key),
                         "versions": {v.version: v.status.value
                                      for v in self.registry.versions(key)}})
         return out
@@ -185,6 +204,60 @@ class VersionControl:
         _ALERT_ROLLBACK.warning("rollback: {} {} is active again (was {})", strategy,
                                 change.active, change.previous_active)
         return {"change": change.to_dict()}
+
+    # -- a version whose code raises (the engine has stopped running it) -------------------
+    def _raised(self, strategy: str, version: str, exc: BaseException) -> None:
+        """Isolate the version, after the bar in hand (a change is applied between bars)."""
+        if (strategy, version) in self.isolated:
+            return
+        self.isolated.add((strategy, version))
+        trace = "".join(traceback.format_exception(exc))[-_TRACE_CHARS:]
+        try:
+            asyncio.get_running_loop().call_soon(self.isolate, strategy, version, trace)
+        except RuntimeError:  # no loop (a book driven by hand): at once
+            self.isolate(strategy, version, trace)
+
+    def isolate(self, strategy: str, version: str, trace: str) -> dict[str, Any]:
+        """Retire a version whose code raised; an active one is rolled back first to the
+        previous active version (if there is one that still runs). The daemon trades on;
+        the traceback is journaled once, with the change."""
+        registry = self.registry
+        for book in (self.books.books.values() if self.books else ()):
+            book.engine.failed.add((strategy, version))  # the real book's twin stops too
+        self.engine.failed.add((strategy, version))
+        out: dict[str, Any] = {"strategy": strategy, "version": version}
+        if registry.status(strategy, version) is VersionStatus.ACTIVE:
+            previous = registry.previous_active(strategy)
+            if previous is None or (strategy, previous) in self.isolated or \
+                    registry.status(strategy, previous) is VersionStatus.RETIRED:
+                _ALERT_ROLLBACK.error("strategy {}: its active version {} raised and there is "
+                                      "no version to roll back to: the strategy decides "
+                                      "nothing more (its positions keep their exits)",
+                                      strategy, version)
+                self._record("retire", out, {"status": 409, "error": "no version to roll "
+                                             "back to", "trace": trace})
+                return out
+            change = registry.rollback(strategy)
+            self._apply(change)
+            out["rollback"] = change.to_dict()
+            self._record("rollback", {**out, "reason": "its code raised"},
+                         {"status": 200, "change": change.to_dict()})
+            _ALERT_ROLLBACK.warning("rollback: {} {} raised; {} is active again", strategy,
+                                    version, change.active)
+        change = registry.set_status(strategy, version, VersionStatus.RETIRED)
+        self._apply(change)
+        if self.books is not None:
+            self.books.drop(strategy, version)
+        out["change"] = change.to_dict()
+        self._record("retire", {"strategy": strategy, "version": version,
+                                "reason": "its code raised"},
+                     {"status": 200, "change": change.to_dict(), "trace": trace})
+        _ALERT_ROLLBACK.warning("strategy {}: version {} retired (its code raised); the "
+                                "daemon trades on", strategy, version)
+        return out
+
+    def _record(self, action: str, params: dict[str, Any], result: dict[str, Any]) -> None:
+        self.journal.control(action, params, "daemon", orjson.dumps(result).decode())
 
     def _apply(self, change: VersionChange) -> None:
         """Swap the real book's instances of the strategy, persist the registry."""

@@ -332,39 +332,6 @@ class VersionRegistry:
             registry.add(key, versions, percent, previous)
         return registry
 
-    def restore(self, data: dict[str, Any]) -> list[str]:
-        """Apply a persisted state over this (configured) registry; returns what was not.
-
-        Statuses, the previous active version and the canary's share come back for every
-        strategy whose version ids are unchanged, so a restart keeps a promotion. Where the
-        configuration added or removed versions it wins: the operator edited it since.
-        Parameters always come from the configuration.
-        """
-        notes: list[str] = []
-        try:
-            saved = VersionRegistry.from_dict(data)
-        except (VersionError, KeyError, TypeError, AttributeError) as exc:
-            return [f"persisted versions ignored: {exc}"]
-        for key in saved.strategies():
-            if key not in self._entries:
-                notes.append(f"strategy {key!r}: no longer configured; its state is dropped")
-                continue
-            mine, theirs = self._entries[key], saved._entries[key]
-            if set(mine.specs) != set(theirs.specs):
-                notes.append(f"strategy {key!r}: versions changed in the configuration; the "
-                             "configured statuses apply")
-                continue
-            started = self.active(key)
-            for version, spec in theirs.specs.items():
-                self._set(key, version, spec.status)
-            mine.refresh()
-            if self.active(key) != started:  # the start state is the persisted one
-                self.activations[(key, started)] -= 1
-                self.activations[(key, self.active(key))] += 1
-            mine.previous_active = theirs.previous_active
-            mine.canary_percent = theirs.canary_percent
-        return notes
-
     # -- internals --------------------------------------------------------------------------
     def _entry(self, strategy: str) -> _Entry:
         entry = self._entries.get(strategy)
