@@ -256,14 +256,18 @@ def cmd_control(args: argparse.Namespace) -> int:
         body["reason"] = args.reason
     if getattr(args, "flatten", False):
         body["flatten"] = True
-    for key in ("strategy", "version", "to"):  # promote / rollback, handover
-        if getattr(args, key, None):
+    action = getattr(args, "action", None) or args.command
+    path = action.startswith("versions/")  # the version is named by the path
+    for key in ("strategy", "version", "to", "status", "percent"):
+        if getattr(args, key, None) is not None and not (path and key in ("strategy",
+                                                                          "version")):
             body[key] = getattr(args, key)
     if getattr(args, "force", False):
         body["force"] = True
     api = DaemonApi(settings)
     try:
-        code, answer = api.control(args.command, body)
+        code, answer = api.read(f"/{action}") if action == "versions" else \
+            api.control(action, body)
     except DaemonDown:
         _say(f"the {settings.bot} daemon is not running (nothing answers at {api.url})")
         return EX_UNAVAILABLE
@@ -279,7 +283,8 @@ def cmd_control(args: argparse.Namespace) -> int:
              "QUANTSHIFT_API_TOKEN")
         return EX_NOPERM
     if code != 200:
-        _say(f"{args.command} refused ({code}): {answer.get('error', 'no reason given')}")
+        label = getattr(args, "label", None) or action
+        _say(f"{label} refused ({code}): {answer.get('error', 'no reason given')}")
         return 1
     if answer.get("handed_over"):
         held = ", ".join(f"{q:g} {sym}" for sym, q in answer.get("positions", {}).items())
@@ -290,10 +295,11 @@ def cmd_control(args: argparse.Namespace) -> int:
               f"{answer.get('open_orders', 0)} open orders and positions "
               f"{held or 'none'} go with it; it is a standby now")
         return 0
-    if "change" in answer:  # promote / rollback
-        from quantshift.shadow.cli import describe_change
+    if "change" in answer or "strategies" in answer or "canary_percent" in answer:
+        # the versions' commands
+        from quantshift.shadow.cli import describe_versions
 
-        print(describe_change(settings.bot, answer))
+        print(describe_versions(settings.bot, answer))
         return 0
     state, reason = answer.get("state"), answer.get("reason")
     line = f"{settings.bot}: trading {state}" + (f" ({reason})" if reason else "")

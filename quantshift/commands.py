@@ -8,7 +8,8 @@ from enum import Enum
 from typing import Any, ClassVar
 
 __all__ = ["Command", "ControlRefused", "Demote", "Flatten", "Halt", "Handover", "Lift",
-           "MarkStale", "NotDurable", "Promote", "Reduce", "Resume", "Rollback", "Source"]
+           "MarkStale", "NotDurable", "Promote", "Reduce", "Resume", "Rollback", "SetCanary",
+           "SetStatus", "Source"]
 
 
 class ControlRefused(Exception):
@@ -109,6 +110,27 @@ class Promote(Command):
 class Rollback(Command):
     strategy: str
     name: ClassVar[str] = "rollback"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetStatus(Command):
+    """A version that is not active becomes a shadow, the canary (``percent``: its share,
+    else the strategy's current one) or retired."""
+
+    strategy: str
+    version: str
+    status: str
+    percent: int | None = None
+    name: ClassVar[str] = "version"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetCanary(Command):
+    """The share of symbols the canary trades."""
+
+    strategy: str
+    percent: int
+    name: ClassVar[str] = "canary"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,6 +48,8 @@ from quantshift.commands import (
     Reduce,
     Resume,
     Rollback,
+    SetCanary,
+    SetStatus,
     Source,
 )
 from quantshift.domain import OrderIntent, TradingState
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Command", "ControlPlane", "ControlRefused", "ControlView", "Demote", "Flatten",
            "Halt", "Handover", "Lift", "MarkStale", "NotDurable", "Promote", "Reduce", "Resume",
-           "Rollback", "Source"]
+           "Rollback", "SetCanary", "SetStatus", "Source"]
 
 STATE_KEY = "trading_state"
 DEMOTION_KEY = "demotion"
@@ -97,6 +99,13 @@ class Versions(Protocol):
     def promote(self, strategy: str, version: str, force: bool) -> Awaitable[dict[str, Any]]: ...
 
     def rollback(self, strategy: str) -> dict[str, Any]: ...
+
+    def set_status(self, strategy: str, version: str, status: str,
+                   percent: int | None) -> dict[str, Any]: ...
+
+    def set_canary(self, strategy: str, percent: int) -> dict[str, Any]: ...
+
+    def listing(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,10 @@ class ControlPlane(AccountSharing):
 
     def attach_versions(self, versions: Versions) -> None:
         self._versions = versions
+
+    @property
+    def versions(self) -> Versions | None:
+        return self._versions
 
     def attach_durable(self, durable: Callable[[], Awaitable[bool]]) -> None:
         """How an operator's command is made durable before it is answered."""
@@ -320,14 +333,20 @@ class ControlPlane(AccountSharing):
             return self._mark_stale(cmd)
         if isinstance(cmd, Handover):
             return self._hand_over(cmd)
-        if isinstance(cmd, Promote | Rollback):
-            if self._versions is None:
+        if isinstance(cmd, Promote | Rollback | SetStatus | SetCanary):
+            versions = self._versions
+            if versions is None:
                 raise ControlRefused("no strategy versions to change", 404)
+            if isinstance(cmd, Promote):
+                return versions.promote(cmd.strategy, cmd.version, cmd.force)
             if isinstance(cmd, Rollback):
-                out = self._versions.rollback(cmd.strategy)
-                self._snapshot()
-                return out
-            return self._versions.promote(cmd.strategy, cmd.version, cmd.force)
+                out = versions.rollback(cmd.strategy)
+            elif isinstance(cmd, SetStatus):
+                out = versions.set_status(cmd.strategy, cmd.version, cmd.status, cmd.percent)
+            else:
+                out = versions.set_canary(cmd.strategy, cmd.percent)
+            self._snapshot()
+            return out
         raise ControlRefused(f"unknown command {cmd.name!r}", 404)
 
     async def _finish_async(self, cmd: Command, pending: Awaitable[dict[str, Any]]

@@ -163,7 +163,8 @@ async def test_status_has_the_whole_picture(clean: Path) -> None:
         assert st_["strategies"] == [{"strategy": "ma_cross", "name": "ma_cross",
                                       "version": "v1", "status": "active", "canary": None,
                                       "canary_percent": 0, "previous_active": None,
-                                      "versions": {"v1": "active"}}]
+                                      "raised": [], "versions": {"v1": "active"}}]
+        assert st_["version_differences"] == [] and st_["versions_from"] == "journal"
         err = st_["last_error"]
         assert err["message"] == "venue said no to key ***"
         assert err["component"] == "tests.test_http_api" and err["time"].endswith("+00:00")

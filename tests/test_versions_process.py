@@ -92,3 +92,98 @@ def test_versions_through_the_cli(daemon, tmp_path: Path) -> None:
     for text in ("ma_cross@v1 (shadow)", "ma_cross@v2 (active)", "## Recommendation",
                  "Keep ma_cross v1 in shadow", "![equity]"):
         assert text in md, text
+
+
+@pytest.mark.process
+def test_versions_change_status_and_share_at_run_time(daemon, tmp_path: Path) -> None:
+    """``quantshift versions``: a shadow made the canary with its share, the share moved,
+    a retired version brought back as a shadow (its book warm on the recent bars), bad
+    requests refused with the reason; each change journaled and kept across a restart."""
+    three = json.loads(STRATEGIES)
+    three[0]["versions"].append({"version": "v3", "status": "retired",
+                                 "params": {"fast": 4, "slow": 9}})
+    port = free_port()
+    env = dict(QUANTSHIFT_HTTP_PORT=str(port), QUANTSHIFT_API_TOKEN=TOKEN,
+               QUANTSHIFT_STRATEGIES=json.dumps(three), QUANTSHIFT_SYMBOLS="AAA,BBB,CCC,DDD",
+               QUANTSHIFT_WARMUP_BARS="30", COLUMNS="200")
+    d = daemon(**env).start()
+    d.wait_for(r"\| ready$")
+    listing = cli(d, "versions", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "ma_cross: v1 active (previous none)" in listing.stdout
+    assert "v3         retired  ma_cross(fast=4, mode=long_short, slow=9)" in listing.stdout
+
+    made = cli(d, "versions", "canary", "ma_cross", "v2", "--percent", "50", "--reason",
+               "first look")
+    assert made.returncode == 0, made.stderr
+    assert "ma_cross: v2 is canary (was shadow); v1 active, canary share 50%" in made.stdout
+    d.wait_for(r"versions: ma_cross v2 is canary now \(was shadow\), trading 50% of symbols")
+    for argv, phrase in [
+            (("share", "ma_cross", "150"), "versions share refused (400): field 'percent'"),
+            (("shadow", "ma_cross", "v9"), "refused (409): strategy 'ma_cross': no version "
+                                           "'v9'"),
+            (("retire", "ma_cross", "v1"), "'v1' is the active version"),
+            (("canary", "ma_cross", "v3"), "'v2' is already the canary"),
+            (("share", "nope", "5"), "refused (404): no strategy 'nope'")]:
+        out = cli(d, "versions", *argv)
+        assert out.returncode == 1 and phrase in out.stderr, (argv, out.stderr)
+    back = cli(d, "versions", "shadow", "ma_cross", "v3")
+    assert back.returncode == 0 and "v3 is shadow (was retired)" in back.stdout, back.stderr
+    share = cli(d, "versions", "share", "ma_cross", "10")
+    assert share.returncode == 0
+    assert "ma_cross canary share 10% (was 50%): v2 trades it" in share.stdout
+    status = orjson.loads(cli(d, "status", "--json").stdout)
+    [row] = status["strategies"]
+    assert row["versions"] == {"v1": "active", "v2": "canary", "v3": "shadow"}
+    assert row["canary_percent"] == 10
+    # The API itself: the token, and a body that names the version the path names.
+    assert http(port, "GET", "/versions")[0] == 401
+    code, body = http(port, "POST", "/versions/ma_cross/v2", {"strategy": "x",
+                                                              "status": "shadow"}, TOKEN)
+    assert code == 400 and "in the path" in body["error"]
+    code, body = http(port, "POST", "/versions/ma_cross/v2", {"status": "active"}, TOKEN)
+    assert code == 400 and "status" in body["error"]
+    code, body = http(port, "GET", "/versions", None, TOKEN)
+    assert code == 200 and body["strategies"][0]["versions"][2]["book"] is True
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'quantshift_canary_percent{strategy="ma_cross"} 10.0' in metrics
+    assert 'quantshift_strategy_version{status="shadow",strategy="ma_cross",version="v3"} 1.0' \
+        in metrics
+    d.wait_for(r"\| ready$")
+    assert d.stop()[0] == 0
+
+    history = cli(d, "history")
+    assert history.returncode == 0
+    changes = [line for line in history.stdout.splitlines() if " version " in line
+               or " canary " in line]
+    assert len(changes) == 10, history.stdout  # every request, the refused ones too
+    assert changes[0].endswith("v2 is canary (was shadow) — first look")
+    assert "version  ma_cross v3" in changes[6] and "v3 is shadow (was retired)" in changes[6]
+    assert "canary   ma_cross" in changes[7] and "canary share 10% (was 50%)" in changes[7]
+    assert "version  ma_cross v2" in changes[8] and "refused (400)" in changes[8]
+    d2 = daemon(**env).start()  # what was changed at run time is what runs after it
+    d2.wait_for(r"\| ready$")
+    [row] = orjson.loads(cli(d2, "status", "--json").stdout)["strategies"]
+    assert row["versions"] == {"v1": "active", "v2": "canary", "v3": "shadow"}
+    assert row["canary_percent"] == 10
+    d2.stop()
+
+
+def http(port: int, method: str, path: str, body: Any = None, token: str | None = None
+         ) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

@@ -8,10 +8,10 @@ Free text (a reason) goes to the log and the journal, so it is kept to one short
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from quantshift.control import (
     Command,
@@ -23,9 +23,11 @@ from quantshift.control import (
     Reduce,
     Resume,
     Rollback,
+    SetCanary,
+    SetStatus,
 )
 
-__all__ = ["ACTIONS", "BadRequest", "ControlRefused", "parse_body", "to_command"]
+__all__ = ["ACTIONS", "PATH_ACTIONS", "BadRequest", "ControlRefused", "parse_body", "to_command"]
 
 # One printable line: a reason lands in log lines and the journal as it is.
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200,
@@ -69,6 +71,25 @@ class RollbackBody(_Body):
     reason: Reason | None = None
 
 
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+
+class VersionBody(_Body):
+    """``POST /versions/<strategy>/<version>``: the path names the version."""
+
+    strategy: Name
+    version: Name
+    status: Literal["shadow", "canary", "retired"]
+    percent: Percent | None = None  # a canary's share (default: the strategy's)
+    reason: Reason | None = None
+
+
+class CanaryBody(_Body):
+    strategy: Name
+    percent: Percent
+    reason: Reason | None = None
+
+
 class HandoverBody(_Body):
     to: Name | None = None  # the instance to take the lease next (default: any standby)
     reason: Reason = "handed over by the operator"
@@ -77,15 +98,19 @@ class HandoverBody(_Body):
 ACTIONS: dict[str, type[_Body]] = {
     "halt": HaltBody, "resume": ResumeBody, "flatten": FlattenBody, "reduce": ReduceBody,
     "promote": PromoteBody, "rollback": RollbackBody, "handover": HandoverBody,
+    "canary": CanaryBody, "version": VersionBody,
 }
+# Served under a path of their own (the version's), not as ``POST /<action>``.
+PATH_ACTIONS = {"version"}
 
 
 class BadRequest(Exception):
     """The request cannot be understood (HTTP 400); the message says why."""
 
 
-def parse_body(action: str, raw: bytes) -> Any:
-    """The action's body model from the raw request body; BadRequest with a reason."""
+def parse_body(action: str, raw: bytes, path: dict[str, str] | None = None) -> Any:
+    """The action's body model from the raw request body (and the fields the path
+    names, which the body may not name again); BadRequest with a reason."""
     model = ACTIONS[action]
     if raw.strip() == b"":
         data: Any = {}
@@ -96,6 +121,10 @@ def parse_body(action: str, raw: bytes) -> Any:
             raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    for key, value in (path or {}).items():
+        if key in data:
+            raise BadRequest(f"{key!r} is in the path; the body may not name it again")
+        data[key] = value
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -117,6 +146,12 @@ def to_command(action: str, body: Any, actor: str) -> Command:
                        version=body.version, force=body.force)
     if action == "rollback":
         return Rollback(by=actor, reason=body.reason or "", strategy=body.strategy)
+    if action == "version":
+        return SetStatus(by=actor, reason=body.reason or "", strategy=body.strategy,
+                         version=body.version, status=body.status, percent=body.percent)
+    if action == "canary":
+        return SetCanary(by=actor, reason=body.reason or "", strategy=body.strategy,
+                         percent=body.percent)
     if action == "handover":
         return Handover(by=actor, reason=body.reason, to=body.to or "")
     raise ControlRefused(f"unknown action {action!r}", 404)

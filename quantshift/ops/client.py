@@ -61,9 +61,15 @@ class DaemonApi:
 
     def control(self, action: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """POST /<action> with the token; the answer's status and JSON."""
+        return self._call("POST", f"/{action}", {**body, "bot": self.bot}, self._auth())
+
+    def read(self, path: str) -> tuple[int, dict[str, Any]]:
+        """GET a token-protected path (``/versions``)."""
+        return self._call("GET", path, None, self._auth())
+
+    def _auth(self) -> dict[str, str]:
         token = self._token.get_secret_value() if self._token is not None else ""
-        return self._call("POST", f"/{action}", {**body, "bot": self.bot},
-                          {"Authorization": f"Bearer {token}", "X-QuantShift-Actor": _actor()})
+        return {"Authorization": f"Bearer {token}", "X-QuantShift-Actor": _actor()}
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:

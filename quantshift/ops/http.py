@@ -38,7 +38,14 @@ from pydantic import SecretStr
 from quantshift.aio import within
 from quantshift.control import ControlPlane, NotDurable
 from quantshift.errors import ConfigError
-from quantshift.ops.bodies import ACTIONS, BadRequest, ControlRefused, parse_body, to_command
+from quantshift.ops.bodies import (
+    ACTIONS,
+    PATH_ACTIONS,
+    BadRequest,
+    ControlRefused,
+    parse_body,
+    to_command,
+)
 from quantshift.ops.http_limits import (
     BUSY,
     LISTEN_BACKLOG,
@@ -161,7 +168,10 @@ class HttpServer:
         app.router.add_get("/status", self.status)
         app.router.add_get("/metrics", self.metrics)
         for action in ACTIONS:
-            app.router.add_post(f"/{action}", self._control(action))
+            if action not in PATH_ACTIONS:
+                app.router.add_post(f"/{action}", self._control(action))
+        app.router.add_get("/versions", self.versions)
+        app.router.add_post("/versions/{strategy}/{version}", self._control("version"))
         self.gate.limit = fd_headroom(self.limits.max_connections)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
@@ -237,6 +247,17 @@ class HttpServer:
     def _metrics_body(self) -> tuple[bytes, str] | None:
         return self.source.metrics()
 
+    async def versions(self, request: web.Request) -> web.Response:
+        """Every strategy's versions with their parameters (the token's: parameters are
+        the operator's edge, not for anyone who can reach the port)."""
+        refused = self._refusal(request, "versions")
+        if refused is not None:
+            return refused
+        versions = self.control.versions
+        if versions is None:
+            return _json({"error": "no strategy versions in this daemon"}, 404)
+        return _json({"strategies": versions.listing()})
+
     # -- control -------------------------------------------------------------------------
     def _control(self, action: str) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -244,19 +265,26 @@ class HttpServer:
 
         return handle
 
-    async def _handle_control(self, action: str, request: web.Request) -> web.Response:
-        remote = request.remote or "?"
+    def _refusal(self, request: web.Request, action: str) -> web.Response | None:
+        """The answer to a request without the token (None: it has it)."""
         if self._token is None:
             return _json({"error": "control is off: the daemon was started without "
                                    "QUANTSHIFT_API_TOKEN"}, 403)
         if not self._authorized(request.headers.get("Authorization", "")):
             logger.warning("control: {} from {} refused: missing or wrong token", action,
-                           remote)
+                           request.remote or "?")
             return _json({"error": "missing or wrong token: send Authorization: Bearer "
                                    "<QUANTSHIFT_API_TOKEN>"}, 401,
                          {"WWW-Authenticate": 'Bearer realm="quantshift"'})
+        return None
+
+    async def _handle_control(self, action: str, request: web.Request) -> web.Response:
+        remote = request.remote or "?"
+        refused = self._refusal(request, action)
+        if refused is not None:
+            return refused
         actor = _actor(request.headers.get("X-QuantShift-Actor", ""), remote)
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = dict(request.match_info)  # a version's path names it
         try:
             raw = await self._read_body(request)
         except TimeoutError:
@@ -265,7 +293,7 @@ class HttpServer:
             answer.force_close()  # what is left of the body would be read as a request
             return answer
         try:
-            body = parse_body(action, raw)
+            body = parse_body(action, raw, dict(request.match_info) or None)
             params = body.model_dump(exclude_none=True)
             if body.bot is not None and body.bot != self.bot:
                 raise ControlRefused(f"this daemon runs bot {self.bot!r}, not {body.bot!r}")

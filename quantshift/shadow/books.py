@@ -16,6 +16,7 @@ the running daemon starts it with indicators that have seen every bar.
 from __future__ import annotations
 
 import copy
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,27 +73,47 @@ class VersionBooks:
         self.settings = settings
         self.registry = registry
         self.books: dict[tuple[str, str], VersionBook] = {}
+        # The last bars of each symbol, which warm a book opened at run time.
+        self.recent: dict[str, deque[Bar]] = {}
+        self._keep = max(settings.warmup_bars, 1)
         for strategy in registry.strategies():
             versions = registry.versions(strategy)
             if len(versions) < 2:
                 continue  # one version: the real book is its record
             for v in versions:
-                if v.status is VersionStatus.RETIRED:
-                    continue
-                path = book_path(settings, strategy, v.version)
-                # Unlocked: the daemon's lock on its own ledger covers its books.
-                journal = Journal(path, bot=settings.bot, executor=ExecutorKind.PAPER.value,
-                                  durable=False, lock=False)
-                engine = build_engine(settings, journal, executor=ExecutorKind.PAPER,
-                                      strategies=[_spec(strategy, v)], log_decisions=False)
-                # The version's own maker, so its instances and decisions carry the version.
-                engine.use_makers([factory(v.name or strategy, strategy, v.params,
-                                           v.version)])
-                engine.control.install(_ShadowPaper(settings, engine, logger.bind(
-                    shadow=True, shadow_only=True, version=f"{strategy}@{v.version}")))
-                self.books[(strategy, v.version)] = VersionBook(strategy, v.version, journal,
-                                                                engine)
+                if v.status is not VersionStatus.RETIRED:
+                    self._open(strategy, v)
         self._all = list(self.books.values())
+
+    def _open(self, strategy: str, v: VersionSpec) -> VersionBook:
+        settings = self.settings
+        path = book_path(settings, strategy, v.version)
+        # Unlocked: the daemon's lock on its own ledger covers its books.
+        journal = Journal(path, bot=settings.bot, executor=ExecutorKind.PAPER.value,
+                          durable=False, lock=False)
+        engine = build_engine(settings, journal, executor=ExecutorKind.PAPER,
+                              strategies=[_spec(strategy, v)], log_decisions=False)
+        # The version's own maker, so its instances and decisions carry the version.
+        engine.use_makers([factory(v.name or strategy, strategy, v.params, v.version)])
+        engine.control.install(_ShadowPaper(settings, engine, logger.bind(
+            shadow=True, shadow_only=True, version=f"{strategy}@{v.version}")))
+        book = self.books[(strategy, v.version)] = VersionBook(strategy, v.version, journal,
+                                                               engine)
+        return book
+
+    def open_book(self, strategy: str, v: VersionSpec) -> VersionBook:
+        """A book for a version that runs from now on (made a shadow or a canary at run
+        time): restored from its file, if it had one, then warmed on the recent bars."""
+        book = self.books.get((strategy, v.version))
+        if book is not None:
+            return book
+        book = self._open(strategy, v)
+        book.engine.restore()
+        for bar in sorted((b for bars in self.recent.values() for b in bars),
+                          key=lambda b: b.ts):
+            book.engine.warm_up(bar)
+        self._all.append(book)
+        return book
 
     def __len__(self) -> int:
         return len(self._all)
@@ -112,12 +133,20 @@ class VersionBooks:
 
     # -- bars -------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
+        self._remember(bar)
         for book in self._all:
             book.engine.on_bar(bar)
 
     def warm_up(self, bar: Bar) -> None:
+        self._remember(bar)
         for book in self._all:
             book.engine.warm_up(bar)
+
+    def _remember(self, bar: Bar) -> None:
+        recent = self.recent.get(bar.symbol)
+        if recent is None:
+            recent = self.recent[bar.symbol] = deque(maxlen=self._keep)
+        recent.append(bar)
 
     # -- what promotion needs -----------------------------------------------------------
     def warm_instance(self, strategy: str, version: str, symbol: str) -> StrategyBase | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-VERSION_ACTIONS = ("promote", "rollback", "demote", "canary", "retire")
+VERSION_ACTIONS = ("promote", "rollback", "demote", "canary", "retire", "version")
 
 
 def _reads_files(command: Callable[[argparse.Namespace], int]) \
@@ -50,6 +50,8 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     rollback.add_argument("--reason", help="why, for the history")
     rollback.add_argument("--bot")
     rollback.set_defaults(func=control)
+
+    _add_versions(sub, control)
 
     history = sub.add_parser("history", help="promotions, rollbacks and demotions, newest "
                              "last, with who and why")
@@ -87,6 +89,85 @@ def add_subparsers(sub: Any, control: Callable[[argparse.Namespace], int]) -> No
     report.add_argument("--date", help="the UTC day (YYYY-MM-DD; default yesterday)")
     report.add_argument("--out", help="directory (default ./reports)")
     report.set_defaults(func=_reads_files(cmd_report))
+
+
+def _add_versions(sub: Any, control: Callable[[argparse.Namespace], int]) -> None:
+    """``quantshift versions list|shadow|retire|canary|promote|rollback``: the running
+    daemon's versions, changed through its control API (token) between two bars."""
+    versions = sub.add_parser("versions", help="the running daemon's strategy versions: "
+                              "list them, make one a shadow, the canary or retired, set the "
+                              "canary's share, promote, roll back")
+    vsub = versions.add_subparsers(dest="versions_command", required=True)
+
+    def command(name: str, text: str, with_version: bool = True) -> argparse.ArgumentParser:
+        cmd = vsub.add_parser(name, help=text)
+        cmd.add_argument("--bot")
+        cmd.add_argument("strategy", help="the strategy (its id, or its name)")
+        if with_version:
+            cmd.add_argument("version", help="the version id")
+        cmd.add_argument("--reason", help="why, for the history")
+        cmd.set_defaults(func=_versions_action(control), label=f"versions {name}")
+        return cmd
+
+    listing = vsub.add_parser("list", help="every strategy's versions: status, parameters, "
+                              "the canary's share, the previous active version")
+    listing.add_argument("--bot")
+    listing.set_defaults(func=control, action="versions", label="versions list")
+    command("shadow", "run the version in its own paper book only (from retired: its "
+                      "book warms on the recent bars)")
+    command("retire", "stop running the version (not the active one)")
+    canary = command("canary", "make the version the canary (the strategy's one canary)")
+    canary.add_argument("--percent", type=int, help="its share of symbols, 0..100 (default: "
+                        "the strategy's current share)")
+    share = command("share", "set the canary's share of symbols", with_version=False)
+    share.add_argument("percent", type=int, help="0..100")
+    promote = command("promote", "make the version active (refused unless the statistics "
+                      "approve it, or --force)")
+    promote.add_argument("--force", action="store_true",
+                         help="promote even when the comparison does not approve it")
+    command("rollback", "make the previous active version active again", with_version=False)
+
+
+def _versions_action(control: Callable[[argparse.Namespace], int]
+                     ) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        what = args.versions_command
+        if what in ("shadow", "retire", "canary"):
+            args.action = f"versions/{args.strategy}/{args.version}"
+            args.status = {"retire": "retired"}.get(what, what)
+        elif what == "share":
+            args.action = "canary"
+        else:  # promote, rollback
+            args.action = what
+        return control(args)
+
+    return run
+
+
+def describe_versions(bot: str, answer: dict[str, Any]) -> str:
+    """One line (a table for ``list``) for the answer of a versions command."""
+    if "strategies" in answer:
+        lines = []
+        for s in answer["strategies"]:
+            share = f", canary {s['canary']} at {s['canary_percent']}%" if s["canary"] else ""
+            lines.append(f"{bot}: {s['strategy']}: {s['active']} active (previous "
+                         f"{s['previous_active'] or 'none'}){share}")
+            for v in s["versions"]:
+                params = ", ".join(f"{k}={val}" for k, val in sorted(v["params"].items()))
+                raised = "  RAISED" if v["version"] in s.get("raised", []) else ""
+                lines.append(f"  {v['version']:<10} {v['status']:<8} {v['name']}({params})"
+                             f"{raised}")
+        return "\n".join(lines)
+    if "change" not in answer:  # the canary's share
+        who = f"{answer['canary']} trades it" if answer.get("canary") else "no canary now"
+        return (f"{bot}: {answer['strategy']} canary share {answer['canary_percent']}% (was "
+                f"{answer['was']}%): {who}")
+    change = answer["change"]
+    if change["action"] != "status":
+        return describe_change(bot, answer)
+    moved = _moved(change)
+    return f"{bot}: {change['strategy']}: {'; '.join(moved) or 'nothing changed'}; " \
+           f"{change['active']} active, canary share {answer.get('canary_percent')}%"
 
 
 def describe_change(bot: str, answer: dict[str, Any]) -> str:
@@ -141,15 +222,32 @@ def cmd_history(args: argparse.Namespace) -> int:
     for row in rows:
         p, r = row["params"], row["result"]
         status = r.get("status", 200)
-        what = r.get("error") if status != 200 else (
-            f"{r['change']['active']} active (was {r['change']['previous_active']})"
-            if "change" in r else r.get("detail", "done"))
+        what = r.get("error") if status != 200 else _outcome(r)
         why = f" — {p['reason']}" if p.get("reason") else ""
         target = " ".join(str(p[k]) for k in ("strategy", "version") if p.get(k))
         forced = " --force" if p.get("force") else ""
         print(f"{row['at']}  {row['action']:<8} {target}{forced}  by {row['actor']}: "
               f"{'' if status == 200 else f'refused ({status}): '}{what}{why}")
     return 0
+
+
+def _outcome(r: dict[str, Any]) -> str:
+    """What a version action that went through did, for the history."""
+    change = r.get("change")
+    if change and change.get("action") == "status":
+        return "; ".join(_moved(change)) or "nothing changed"
+    if change:
+        return f"{change['active']} active (was {change['previous_active']})"
+    if "canary_percent" in r:
+        return f"canary share {r['canary_percent']}% (was {r.get('was')}%)"
+    if "new_percent" in r:  # the adaptive canary's
+        return f"canary share {r['new_percent']}% (was {r.get('old_percent')}%)"
+    return str(r.get("detail", "done"))
+
+
+def _moved(change: dict[str, Any]) -> list[str]:
+    return [f"{v} is {after} (was {change['before'].get(v)})"
+            for v, after in change["after"].items() if change["before"].get(v) != after]
 
 
 def load_registry(settings: Any) -> Any:

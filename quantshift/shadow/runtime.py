@@ -205,6 +205,73 @@ class VersionControl:
                                 change.active, change.previous_active)
         return {"change": change.to_dict()}
 
+    # -- a version's status and the canary's share, at run time ----------------------------
+    def listing(self) -> list[dict[str, Any]]:
+        """Every strategy's versions as they run: status, parameters, exits, book."""
+        registry, books = self.registry, self.books
+        return [{"strategy": key, "active": registry.active(key),
+                 "canary": registry.canary(key), "canary_percent": registry.canary_percent(key),
+                 "previous_active": registry.previous_active(key),
+                 "raised": sorted(v for k, v in self.isolated if k == key),
+                 "versions": [{"version": v.version, "status": v.status.value, "name": v.name,
+                               "params": v.params, "exits": v.exits,
+                               "book": books is not None and books.get(key, v.version)
+                               is not None} for v in registry.versions(key)]}
+                for key in registry.strategies()]
+
+    def set_status(self, strategy: str, version: str, status: str,
+                   percent: int | None) -> dict[str, Any]:
+        """A version that is not active becomes a shadow, the canary or retired: between
+        two bars, its paper book opened (warm on the recent bars) or closed, the real
+        book's canary symbols routed anew, the registry persisted."""
+        self._known(strategy)
+        registry = self.registry
+        try:
+            target = VersionStatus(status)
+            spec = registry.spec(strategy, version)
+            if (strategy, version) in self.isolated and target is not VersionStatus.RETIRED:
+                raise VersionError(f"strategy {strategy!r}: version {version!r} raised in "
+                                   "this run; it stays retired until the daemon restarts")
+            was = spec.status
+            change = registry.set_status(strategy, version, target)
+        except (VersionError, ValueError) as exc:
+            raise ControlRefused(str(exc)) from None
+        if target is VersionStatus.CANARY and percent is not None:
+            registry.set_canary_percent(strategy, percent)
+        if self.books is not None:
+            if target is VersionStatus.RETIRED:
+                self.books.drop(strategy, version)
+            else:
+                book = self.books.open_book(strategy, registry.spec(strategy, version))
+                book.engine.on_strategy_error = self._raised
+        self._apply(change)
+        _ALERT_PROMOTION.warning("versions: {} {} is {} now (was {}){}", strategy, version,
+                                 target.value, was.value,
+                                 f", trading {registry.canary_percent(strategy)}% of symbols"
+                                 if target is VersionStatus.CANARY else "")
+        return {"change": change.to_dict(), "canary_percent": registry.canary_percent(strategy)}
+
+    def set_canary(self, strategy: str, percent: int) -> dict[str, Any]:
+        """The share of symbols the canary trades (0: none, it stays a canary)."""
+        self._known(strategy)
+        registry = self.registry
+        try:
+            was = registry.set_canary_percent(strategy, percent)
+        except VersionError as exc:
+            raise ControlRefused(str(exc), 400) from None
+        canary = registry.canary(strategy)
+        self._apply(VersionChange(strategy, "canary", registry.active(strategy),
+                                  registry.previous_active(strategy), {}, {}))
+        _ALERT_PROMOTION.warning("versions: {} canary share {}% (was {}%){}", strategy,
+                                 percent, was, f": {canary} trades it" if canary
+                                 else "; no version is the canary now")
+        return {"strategy": strategy, "canary": canary, "canary_percent": percent, "was": was}
+
+    def _known(self, strategy: str) -> None:
+        known = self.registry.strategies()
+        if strategy not in known:
+            raise ControlRefused(f"no strategy {strategy!r}; running: {', '.join(known)}", 404)
+
     # -- a version whose code raises (the engine has stopped running it) -------------------
     def _raised(self, strategy: str, version: str, exc: BaseException) -> None:
         """Isolate the version, after the bar in hand (a change is applied between bars)."""
