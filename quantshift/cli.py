@@ -258,16 +258,18 @@ def cmd_control(args: argparse.Namespace) -> int:
         body["flatten"] = True
     action = getattr(args, "action", None) or args.command
     path = action.startswith("versions/")  # the version is named by the path
-    for key in ("strategy", "version", "to", "status", "percent"):
+    for key in ("strategy", "version", "to", "status", "percent", "params", "exits"):
         if getattr(args, key, None) is not None and not (path and key in ("strategy",
                                                                           "version")):
             body[key] = getattr(args, key)
+    if getattr(args, "strategy_name", None):
+        body["name"] = args.strategy_name
     if getattr(args, "force", False):
         body["force"] = True
     api = DaemonApi(settings)
     try:
-        code, answer = api.read(f"/{action}") if action == "versions" else \
-            api.control(action, body)
+        code, answer = api.read(f"/{action}") if getattr(args, "method", "") == "GET" \
+            else api.control(action, body)
     except DaemonDown:
         _say(f"the {settings.bot} daemon is not running (nothing answers at {api.url})")
         return EX_UNAVAILABLE
@@ -295,7 +297,8 @@ def cmd_control(args: argparse.Namespace) -> int:
               f"{answer.get('open_orders', 0)} open orders and positions "
               f"{held or 'none'} go with it; it is a standby now")
         return 0
-    if "change" in answer or "strategies" in answer or "canary_percent" in answer:
+    if "change" in answer or "strategies" in answer or "canary_percent" in answer \
+            or "added" in answer:
         # the versions' commands
         from quantshift.shadow.cli import describe_versions
 

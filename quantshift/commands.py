@@ -3,13 +3,29 @@ ask of it, and the refusals it answers with (quantshift/control.py carries them 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-__all__ = ["Command", "ControlRefused", "Demote", "Flatten", "Halt", "Handover", "Lift",
-           "MarkStale", "NotDurable", "Promote", "Reduce", "Resume", "Rollback", "SetCanary",
-           "SetStatus", "Source"]
+__all__ = [
+    "AddVersion",
+    "Command",
+    "ControlRefused",
+    "Demote",
+    "Flatten",
+    "Halt",
+    "Handover",
+    "Lift",
+    "MarkStale",
+    "NotDurable",
+    "Promote",
+    "Reduce",
+    "Resume",
+    "Rollback",
+    "SetCanary",
+    "SetStatus",
+    "Source",
+]
 
 
 class ControlRefused(Exception):
@@ -122,6 +138,18 @@ class SetStatus(Command):
     status: str
     percent: int | None = None
     name: ClassVar[str] = "version"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddVersion(Command):
+    """A new version of a strategy, as a shadow (``parameters`` over the configured ones)."""
+
+    strategy: str
+    version: str
+    strategy_name: str | None = None  # the registered strategy it runs (default: the same)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    exits: dict[str, Any] | None = None
+    name: ClassVar[str] = "add"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,6 +35,7 @@ from loguru import logger
 
 from quantshift.aio import within
 from quantshift.commands import (
+    AddVersion,
     Command,
     ControlRefused,
     Demote,
@@ -62,9 +63,27 @@ if TYPE_CHECKING:
     from quantshift.state.lease import Lease
     from quantshift.state.shared import AccountStore
 
-__all__ = ["Command", "ControlPlane", "ControlRefused", "ControlView", "Demote", "Flatten",
-           "Halt", "Handover", "Lift", "MarkStale", "NotDurable", "Promote", "Reduce", "Resume",
-           "Rollback", "SetCanary", "SetStatus", "Source"]
+__all__ = [
+    "AddVersion",
+    "Command",
+    "ControlPlane",
+    "ControlRefused",
+    "ControlView",
+    "Demote",
+    "Flatten",
+    "Halt",
+    "Handover",
+    "Lift",
+    "MarkStale",
+    "NotDurable",
+    "Promote",
+    "Reduce",
+    "Resume",
+    "Rollback",
+    "SetCanary",
+    "SetStatus",
+    "Source",
+]
 
 STATE_KEY = "trading_state"
 DEMOTION_KEY = "demotion"
@@ -104,6 +123,9 @@ class Versions(Protocol):
                    percent: int | None) -> dict[str, Any]: ...
 
     def set_canary(self, strategy: str, percent: int) -> dict[str, Any]: ...
+
+    def add(self, strategy: str, version: str, name: str | None, params: dict[str, Any],
+            exits: dict[str, Any] | None) -> Awaitable[dict[str, Any]]: ...
 
     def listing(self) -> list[dict[str, Any]]: ...
 
@@ -333,12 +355,15 @@ class ControlPlane(AccountSharing):
             return self._mark_stale(cmd)
         if isinstance(cmd, Handover):
             return self._hand_over(cmd)
-        if isinstance(cmd, Promote | Rollback | SetStatus | SetCanary):
+        if isinstance(cmd, Promote | Rollback | SetStatus | SetCanary | AddVersion):
             versions = self._versions
             if versions is None:
                 raise ControlRefused("no strategy versions to change", 404)
             if isinstance(cmd, Promote):
                 return versions.promote(cmd.strategy, cmd.version, cmd.force)
+            if isinstance(cmd, AddVersion):
+                return versions.add(cmd.strategy, cmd.version, cmd.strategy_name,
+                                    cmd.parameters, cmd.exits)
             if isinstance(cmd, Rollback):
                 out = versions.rollback(cmd.strategy)
             elif isinstance(cmd, SetStatus):

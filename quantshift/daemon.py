@@ -236,15 +236,16 @@ class Daemon:
         history = await feed.history(s.warmup_bars)
         for bar in history:
             engine.warm_up(bar)
+            vc.recent.add(bar)
         if history:
             logger.info("strategies warmed up on {} history bars", len(history))
         if feed.bar_seconds > 0 and s.late_bars > 0:  # a live cadence: no entry on the past
             control.set_late_limit(s.late_bars * feed.bar_seconds + 2.0)
-        self._spawn(feed.run(engine.on_bar), "feed")
+        self._spawn(feed.run(vc.on_bar), "feed")
         self._every("journal", s.flush_interval,
-                    partial(periodic.flush, journal, vc.books, self.db_thread, control))
+                    lambda: periodic.flush(journal, self._books(), self.db_thread, control))
         self._every("snapshots", s.snapshot_interval,
-                    partial(periodic.snapshot, engine, vc.books))
+                    lambda: periodic.snapshot(engine, self._books()))  # books added later too
         self._every("status", s.status_interval,
                     partial(periodic.report_status, engine, self.notifier))
         if feed.bar_seconds > 0:

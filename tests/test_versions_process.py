@@ -187,3 +187,60 @@ def http(port: int, method: str, path: str, body: Any = None, token: str | None 
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.process
+def test_a_version_added_at_run_time_runs_as_a_warm_shadow_and_survives_a_restart(
+        daemon, tmp_path: Path) -> None:
+    one = json.dumps([{"name": "ma_cross", "params": {"fast": 2, "slow": 5,
+                                                      "mode": "long_short"}}])
+    port = free_port()
+    env = dict(QUANTSHIFT_HTTP_PORT=str(port), QUANTSHIFT_API_TOKEN=TOKEN,
+               QUANTSHIFT_STRATEGIES=one, QUANTSHIFT_SYMBOLS="AAA,BBB,CCC,DDD",
+               QUANTSHIFT_WARMUP_BARS="20", COLUMNS="200")
+    d = daemon(**env).start()
+    d.wait_for(r"\| ready$")
+    params = tmp_path / "v2.toml"
+    params.write_text('slow = 8\n[exits]\nstop_loss = "2%"\n')
+    added = cli(d, "versions", "add", "ma_cross", "v2", "--param", "fast=3",
+                "--params-file", str(params), "--reason", "a slower exit")
+    assert added.returncode == 0, added.stderr
+    assert "ma_cross: v2 added as a shadow, ma_cross(fast=3, mode=long_short, slow=8), " \
+           "warm on 80 bars" in added.stdout  # the last 20 bars of each of 4 symbols
+    d.wait_for(r"versions: ma_cross v2 added as a shadow")
+    for argv, code_phrase in [
+            (("--param", "nope=1"), "refused (400): strategy 'ma_cross': ma_cross parameter "
+                                    "nope: no such parameter"),
+            (("--param", "fast=abc"), "refused (400): strategy 'ma_cross': ma_cross "
+                                      "parameter fast"),
+            ((), "refused (409): strategy 'ma_cross': version 'v2' exists (shadow)")]:
+        out = cli(d, "versions", "add", "ma_cross", "v2" if not argv else "v3", *argv)
+        assert out.returncode == 1 and code_phrase in out.stderr, (argv, out.stderr)
+    out = cli(d, "versions", "add", "ma_cross", "bad id!")
+    assert out.returncode == 1 and "refused (400): field 'version'" in out.stderr
+    out = cli(d, "versions", "add", "nope", "v9")
+    assert out.returncode == 1 and "refused (404): no strategy 'nope'" in out.stderr
+    out = cli(d, "versions", "add", "ma_cross", "v3", "--params-file", str(tmp_path / "x"))
+    assert out.returncode == 78 and "--params-file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    canary = cli(d, "versions", "canary", "ma_cross", "v2", "--percent", "50")
+    assert canary.returncode == 0, canary.stderr
+    code, body = http(port, "GET", "/versions", None, TOKEN)
+    assert code == 200
+    [row] = body["strategies"]
+    assert [(v["version"], v["status"], v["book"]) for v in row["versions"]] == [
+        ("v1", "active", True), ("v2", "canary", True)]
+    assert row["versions"][1]["exits"] == {"stop_loss": "2%"}
+    d.wait_for(r"\| fill (buy|sell) ")
+    assert d.stop()[0] == 0
+
+    d2 = daemon(**env).start()  # not in the file: the journal's version runs on
+    d2.wait_for(r"version 'v2': the version is absent in the configuration and 'canary' "
+                r"in the journal; kept \(added at run time\)")
+    d2.wait_for(r"\| ready$")
+    [row] = orjson.loads(cli(d2, "status", "--json").stdout)["strategies"]
+    assert row["versions"] == {"v1": "active", "v2": "canary"}
+    d2.stop()
+    history = cli(d2, "history").stdout
+    assert "add      ma_cross v2" in history and "v2 added as a shadow" in history
+    assert "— a slower exit" in history

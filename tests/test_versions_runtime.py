@@ -335,3 +335,28 @@ async def test_a_file_edited_since_the_last_run_is_reported_and_the_journal_wins
         assert row["versions"] == {"v1": "active", "v2": "shadow", "v3": "retired",
                                    "v4": "shadow"}
         assert st["version_differences"]  # still said, though the file won
+
+
+async def test_a_version_added_beside_a_lone_active_one_sees_every_bar_from_then_on(
+        clean: Path) -> None:
+    settings = make_settings(clean, symbols=SYMBOLS, warmup_bars=5,
+                             strategies=[{"name": "ma_cross", "params": FAST}])
+    async with running(settings) as (d, client):
+        engine, vc = d.engine, d.version_control
+        assert engine is not None and vc is not None and vc.books is None
+        await wait_until(lambda: engine.bars >= 2 * len(SYMBOLS))
+        code, body = await call(client, "POST", "/versions", headers=AUTH, json={
+            "strategy": "ma_cross", "version": "v2", "params": {"fast": 3}})
+        assert code == 200 and body["warmed_on"] == 5 * len(SYMBOLS), body
+        assert vc.books is not None and engine.books is vc.books
+        book = vc.books.get("ma_cross", "v2")
+        assert book is not None
+        seen, bars = book.engine.bars, engine.bars
+        await wait_until(lambda: engine.bars >= bars + 2 * len(SYMBOLS))
+        assert book.engine.bars - seen == engine.bars - bars  # the same live bars, all
+        code, body = await call(client, "POST", "/versions", headers=AUTH, json={
+            "strategy": "ma_cross", "version": "v3", "params": {"fast": "quick"}})
+        assert code == 400 and "ma_cross parameter fast" in body["error"], body
+        assert [v.version for v in vc.registry.versions("ma_cross")] == ["v1", "v2"]
+    with sqlite3.connect(book_path(settings, "ma_cross", "v2")) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] > 0

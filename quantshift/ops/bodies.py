@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from quantshift.control import (
+    AddVersion,
     Command,
     ControlRefused,
     Flatten,
@@ -84,6 +85,20 @@ class VersionBody(_Body):
     reason: Reason | None = None
 
 
+Scalar = bool | int | float | str  # a parameter's value (strict: 1 is not "1")
+
+
+class AddBody(_Body):
+    """``POST /versions``: a new version of a configured strategy, as a shadow."""
+
+    strategy: Name
+    version: Name
+    name: Name | None = None  # the registered strategy it runs (default: the entry's)
+    params: dict[Name, Scalar] = Field(default_factory=dict, max_length=64)
+    exits: dict[Name, Scalar] | None = None
+    reason: Reason | None = None
+
+
 class CanaryBody(_Body):
     strategy: Name
     percent: Percent
@@ -98,10 +113,10 @@ class HandoverBody(_Body):
 ACTIONS: dict[str, type[_Body]] = {
     "halt": HaltBody, "resume": ResumeBody, "flatten": FlattenBody, "reduce": ReduceBody,
     "promote": PromoteBody, "rollback": RollbackBody, "handover": HandoverBody,
-    "canary": CanaryBody, "version": VersionBody,
+    "canary": CanaryBody, "version": VersionBody, "add": AddBody,
 }
-# Served under a path of their own (the version's), not as ``POST /<action>``.
-PATH_ACTIONS = {"version"}
+# Served under a path of their own (``/versions``...), not as ``POST /<action>``.
+PATH_ACTIONS = {"version", "add"}
 
 
 class BadRequest(Exception):
@@ -149,6 +164,10 @@ def to_command(action: str, body: Any, actor: str) -> Command:
     if action == "version":
         return SetStatus(by=actor, reason=body.reason or "", strategy=body.strategy,
                          version=body.version, status=body.status, percent=body.percent)
+    if action == "add":
+        return AddVersion(by=actor, reason=body.reason or "", strategy=body.strategy,
+                          version=body.version, strategy_name=body.name,
+                          parameters=dict(body.params), exits=body.exits)
     if action == "canary":
         return SetCanary(by=actor, reason=body.reason or "", strategy=body.strategy,
                          percent=body.percent)

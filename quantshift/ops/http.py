@@ -171,6 +171,7 @@ class HttpServer:
             if action not in PATH_ACTIONS:
                 app.router.add_post(f"/{action}", self._control(action))
         app.router.add_get("/versions", self.versions)
+        app.router.add_post("/versions", self._control("add"))
         app.router.add_post("/versions/{strategy}/{version}", self._control("version"))
         self.gate.limit = fd_headroom(self.limits.max_connections)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,

@@ -15,7 +15,9 @@ the running daemon starts it with indicators that have seen every bar.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,16 +68,29 @@ def book_path(settings: Settings, strategy: str, version: str) -> Path:
     return books_dir(settings) / f"{strategy}@{version}.sqlite"
 
 
+class Recent:
+    """The last bars of every symbol in the order they came (``seen``: how many came in
+    all), which warm a book opened at run time. The daemon's feed fills it."""
+
+    def __init__(self, settings: Settings) -> None:
+        keep = max(settings.warmup_bars, 1) * max(len(settings.symbols), 1)
+        self.bars: deque[Bar] = deque(maxlen=keep)
+        self.seen = 0
+
+    def add(self, bar: Bar) -> None:
+        self.bars.append(bar)
+        self.seen += 1
+
+
 class VersionBooks:
     """The paper books of every version of every multi-version strategy."""
 
-    def __init__(self, settings: Settings, registry: VersionRegistry) -> None:
+    def __init__(self, settings: Settings, registry: VersionRegistry,
+                 recent: Recent | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.books: dict[tuple[str, str], VersionBook] = {}
-        # The last bars of each symbol, which warm a book opened at run time.
-        self.recent: dict[str, deque[Bar]] = {}
-        self._keep = max(settings.warmup_bars, 1)
+        self.recent = recent if recent is not None else Recent(settings)
         for strategy in registry.strategies():
             versions = registry.versions(strategy)
             if len(versions) < 2:
@@ -109,11 +124,34 @@ class VersionBooks:
             return book
         book = self._open(strategy, v)
         book.engine.restore()
-        for bar in sorted((b for bars in self.recent.values() for b in bars),
-                          key=lambda b: b.ts):
+        for bar in self.recent.bars:
             book.engine.warm_up(bar)
         self._all.append(book)
         return book
+
+    async def open_warm(self, strategy: str, v: VersionSpec, chunk: int = 200) -> int:
+        """``open_book`` for a version added at run time, its warm-up in chunks with the
+        loop free in between (the real book's bars are not held up by it); the bars that
+        come meanwhile warm it too, and it sees live bars from the last one on. Returns
+        the bars it warmed on."""
+        book = self._open(strategy, v)
+        book.engine.restore()
+        recent = self.recent
+        done = recent.seen - len(recent.bars)
+        warmed = 0
+        while True:
+            first = recent.seen - len(recent.bars)  # the index of bars[0]
+            done = max(done, first)
+            pending = list(itertools.islice(recent.bars, done - first, done - first + chunk))
+            if not pending:
+                break
+            for bar in pending:
+                book.engine.warm_up(bar)
+            done += len(pending)
+            warmed += len(pending)
+            await asyncio.sleep(0)
+        self._all.append(book)  # no await since the last bar it saw: none is missed
+        return warmed
 
     def __len__(self) -> int:
         return len(self._all)
@@ -133,20 +171,12 @@ class VersionBooks:
 
     # -- bars -------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
-        self._remember(bar)
         for book in self._all:
             book.engine.on_bar(bar)
 
     def warm_up(self, bar: Bar) -> None:
-        self._remember(bar)
         for book in self._all:
             book.engine.warm_up(bar)
-
-    def _remember(self, bar: Bar) -> None:
-        recent = self.recent.get(bar.symbol)
-        if recent is None:
-            recent = self.recent[bar.symbol] = deque(maxlen=self._keep)
-        recent.append(bar)
 
     # -- what promotion needs -----------------------------------------------------------
     def warm_instance(self, strategy: str, version: str, symbol: str) -> StrategyBase | None:
@@ -185,8 +215,9 @@ def _spec(strategy: str, v: VersionSpec) -> StrategySpec:
     return StrategySpec(name=v.name or strategy, id=strategy, params=v.params, exits=v.exits)
 
 
-def open_books(settings: Settings, registry: VersionRegistry) -> VersionBooks | None:
-    books = VersionBooks(settings, registry)
+def open_books(settings: Settings, registry: VersionRegistry,
+               recent: Recent | None = None) -> VersionBooks | None:
+    books = VersionBooks(settings, registry, recent)
     if not len(books):
         return None
     books.restore()

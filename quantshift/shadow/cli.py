@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-VERSION_ACTIONS = ("promote", "rollback", "demote", "canary", "retire", "version")
+VERSION_ACTIONS = ("promote", "rollback", "demote", "canary", "retire", "version", "add")
 
 
 def _reads_files(command: Callable[[argparse.Namespace], int]) \
@@ -112,7 +112,15 @@ def _add_versions(sub: Any, control: Callable[[argparse.Namespace], int]) -> Non
     listing = vsub.add_parser("list", help="every strategy's versions: status, parameters, "
                               "the canary's share, the previous active version")
     listing.add_argument("--bot")
-    listing.set_defaults(func=control, action="versions", label="versions list")
+    listing.set_defaults(func=control, action="versions", method="GET", label="versions list")
+    add = command("add", "add a version of a configured strategy, as a shadow: its own "
+                  "paper book, warm on the recent bars; parameters over the configured ones")
+    add.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="a parameter (repeat; VALUE as in TOML: 5, 0.5, true, \"ema\")")
+    add.add_argument("--params-file", metavar="FILE.toml",
+                     help="parameters as TOML (top-level keys), exits in an [exits] table")
+    add.add_argument("--name", dest="strategy_name",
+                     help="the registered strategy it runs (default: the strategy's own)")
     command("shadow", "run the version in its own paper book only (from retired: its "
                       "book warms on the recent bars)")
     command("retire", "stop running the version (not the active one)")
@@ -132,7 +140,10 @@ def _versions_action(control: Callable[[argparse.Namespace], int]
                      ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         what = args.versions_command
-        if what in ("shadow", "retire", "canary"):
+        if what == "add":
+            args.action = "versions"
+            args.params, args.exits = _params(args.param, args.params_file)
+        elif what in ("shadow", "retire", "canary"):
             args.action = f"versions/{args.strategy}/{args.version}"
             args.status = {"retire": "retired"}.get(what, what)
         elif what == "share":
@@ -144,8 +155,44 @@ def _versions_action(control: Callable[[argparse.Namespace], int]
     return run
 
 
+def _params(pairs: list[str], path: str | None) -> tuple[dict[str, Any], Any]:
+    """``--param`` values and a ``--params-file``: parameters and exits (or None); a bad
+    one is a ConfigError naming the option (exit 78)."""
+    import tomllib
+
+    from quantshift.errors import ConfigError
+
+    params: dict[str, Any] = {}
+    exits = None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("--params-file", f"{path}: {exc}") from None
+        exits = doc.pop("exits", None)
+        if exits is not None and not isinstance(exits, dict):
+            raise ConfigError("--params-file", f"{path}: 'exits' must be a table")
+        params.update(doc)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--param", f"{pair!r} is not KEY=VALUE")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: a string
+        params[key.strip()] = value
+    return params, exits
+
+
 def describe_versions(bot: str, answer: dict[str, Any]) -> str:
     """One line (a table for ``list``) for the answer of a versions command."""
+    if "added" in answer:
+        v = answer["added"]
+        params = ", ".join(f"{k}={val}" for k, val in sorted(v["params"].items()))
+        return (f"{bot}: {answer['strategy']}: {v['version']} added as a shadow, "
+                f"{v['name']}({params}), warm on {answer['warmed_on']} bars")
     if "strategies" in answer:
         lines = []
         for s in answer["strategies"]:
@@ -238,6 +285,9 @@ def _outcome(r: dict[str, Any]) -> str:
         return "; ".join(_moved(change)) or "nothing changed"
     if change:
         return f"{change['active']} active (was {change['previous_active']})"
+    if "added" in r:
+        return f"{r['added']['version']} added as a shadow ({r.get('warmed_on', 0)} bars " \
+               "to warm on)"
     if "canary_percent" in r:
         return f"canary share {r['canary_percent']}% (was {r.get('was')}%)"
     if "new_percent" in r:  # the adaptive canary's

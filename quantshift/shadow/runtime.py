@@ -22,20 +22,24 @@ from typing import Any
 
 import orjson
 from loguru import logger
+from pydantic import ValidationError
 
 from quantshift.control import ControlRefused
+from quantshift.domain import Bar
 from quantshift.engine import Engine
+from quantshift.exits import ExitRule
 from quantshift.settings import Settings
-from quantshift.shadow.books import VersionBooks, open_books
+from quantshift.shadow.books import Recent, VersionBooks, open_books
 from quantshift.shadow.merge import Difference, merge
 from quantshift.shadow.versions import (
     VersionChange,
     VersionError,
     VersionRegistry,
+    VersionSpec,
     VersionStatus,
 )
 from quantshift.state.journal import Journal
-from quantshift.strategies.base import StrategyBase, factory
+from quantshift.strategies.base import StrategyBase, factory, parse_params
 
 KV_KEY = "strategy_versions"
 ADAPTIVE_KEY = "adaptive_canary"
@@ -92,7 +96,8 @@ class VersionControl:
             for key in self.registry.strategies()}
         engine.use_makers([RoutedMaker(key, self.registry, self._makers[key])
                            for key in self.registry.strategies()])
-        self.books: VersionBooks | None = open_books(settings, self.registry)
+        self.recent = Recent(settings)  # what warms a version added or brought back
+        self.books: VersionBooks | None = open_books(settings, self.registry, self.recent)
         engine.attach_books(self.books)
         self.isolated: set[tuple[str, str]] = set()  # versions whose code raised
         engine.on_strategy_error = self._raised
@@ -205,6 +210,12 @@ class VersionControl:
                                 change.active, change.previous_active)
         return {"change": change.to_dict()}
 
+    def on_bar(self, bar: Bar) -> None:
+        """The feed's callback: the bar kept for later warm-ups, then the engine's trip
+        (looked up on every bar: attaching books at run time rewires it)."""
+        self.recent.add(bar)
+        self.engine.on_bar(bar)
+
     # -- a version's status and the canary's share, at run time ----------------------------
     def listing(self) -> list[dict[str, Any]]:
         """Every strategy's versions as they run: status, parameters, exits, book."""
@@ -250,6 +261,63 @@ class VersionControl:
                                  f", trading {registry.canary_percent(strategy)}% of symbols"
                                  if target is VersionStatus.CANARY else "")
         return {"change": change.to_dict(), "canary_percent": registry.canary_percent(strategy)}
+
+    async def add(self, strategy: str, version: str, name: str | None,
+                  params: dict[str, Any], exits: dict[str, Any] | None) -> dict[str, Any]:
+        """A new version of a configured strategy, as a shadow: its parameters are the
+        strategy's configured ones updated with ``params`` (validated for the strategy it
+        runs: 400 naming the problem), its own paper book warm on the recent bars (the
+        feed's history when no book ran yet). The real book is not touched."""
+        self._known(strategy)
+        configured = next((s for s in self.settings.strategies if s.key == strategy), None)
+        if configured is None:
+            raise ControlRefused(f"strategy {strategy!r} is not in the configuration", 404)
+        runs = name or configured.name
+        merged = {**configured.params, **params}
+        try:
+            parse_params(runs, merged)
+            if exits is not None:
+                ExitRule(**exits)
+            spec = VersionSpec(version=version, status=VersionStatus.SHADOW, name=runs,
+                               params=merged,
+                               exits=exits if exits is not None else configured.exits)
+            self.registry.add_version(strategy, spec)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "exits"
+            raise ControlRefused(f"strategy {strategy!r}: {where}: {err['msg']}", 400) \
+                from None
+        except VersionError as exc:
+            raise ControlRefused(str(exc), 409 if "exists" in str(exc) else 400) from None
+        except ValueError as exc:
+            raise ControlRefused(f"strategy {strategy!r}: {exc}", 400) from None
+        self._makers[strategy][version] = factory(runs, strategy, merged, version)
+        self.journal.set(KV_KEY, self.registry.to_dict())  # from here on, a restart has it
+        warmed = await self._book_for(strategy, spec)
+        _ALERT_PROMOTION.warning("versions: {} {} added as a shadow ({} {}), warm on {} bars",
+                                 strategy, version, runs, merged, warmed)
+        return {"added": spec.model_dump(mode="json"), "strategy": strategy,
+                "warmed_on": warmed}
+
+    async def _book_for(self, strategy: str, spec: VersionSpec) -> int:
+        if self.books is not None:
+            warmed = await self.books.open_warm(strategy, spec)
+            self.books.books[(strategy, spec.version)].engine.on_strategy_error = self._raised
+            return warmed
+        # The first version beside an active one: books for both, warm on the recent
+        # bars, then every bar.
+        books = VersionBooks(self.settings, self.registry, self.recent)
+        books.restore()
+        bars = list(self.recent.bars)
+        for n, bar in enumerate(bars, 1):
+            books.warm_up(bar)
+            if n % 200 == 0:
+                await asyncio.sleep(0)
+        for book in books.books.values():
+            book.engine.on_strategy_error = self._raised
+        self.books = books
+        self.engine.attach_books(books)  # from the next bar on (no await since the last)
+        return len(bars)
 
     def set_canary(self, strategy: str, percent: int) -> dict[str, Any]:
         """The share of symbols the canary trades (0: none, it stays a canary)."""

@@ -309,6 +309,21 @@ class VersionRegistry:
         self._entry(strategy).refresh()
         return self._change(strategy, "status", before)
 
+    def add_version(self, strategy: str, spec: VersionSpec) -> None:
+        """A version added at run time: a shadow (the rules of the others unchanged)."""
+        entry = self._entry(strategy)
+        if spec.version in entry.specs:
+            raise VersionError(f"strategy {strategy!r}: version {spec.version!r} exists "
+                               f"({entry.specs[spec.version].status.value})")
+        if spec.status is not VersionStatus.SHADOW:
+            raise VersionError(f"strategy {strategy!r}: a version added at run time starts "
+                               "as a shadow")
+        try:
+            validate_versions(strategy, [*entry.specs.values(), spec])
+        except ValueError as exc:
+            raise VersionError(str(exc)) from None
+        entry.specs[spec.version] = spec
+
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.FORMAT, "strategies": {
