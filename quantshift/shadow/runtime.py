@@ -306,8 +306,12 @@ class VersionControl:
             return warmed
         # The first version beside an active one: books for both, warm on the recent
         # bars, then every bar.
-        books = VersionBooks(self.settings, self.registry, self.recent)
-        books.restore()
+        def build() -> VersionBooks:  # their files opened and read off the loop
+            made = VersionBooks(self.settings, self.registry, self.recent)
+            made.restore()
+            return made
+
+        books = await asyncio.get_running_loop().run_in_executor(None, build)
         bars = list(self.recent.bars)
         for n, bar in enumerate(bars, 1):
             books.warm_up(bar)
