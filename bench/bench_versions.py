@@ -96,6 +96,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def started(s: Settings) -> tuple[Daemon, Any]:
+    """A daemon started in this loop (its settings validated again), with its HTTP API."""
+    d = Daemon(Settings.model_validate(s.model_dump()))
+    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
+    await d.startup()
+    assert d.engine is not None and d.http is not None
+    return d, d.engine
+
+
 async def rollback_run(root: Path, rounds: int) -> dict[str, Any]:
     s = settings_for(root, 1, 20).model_copy(update={
         "http_port": free_port(), "api_token": TOKEN, "sim_interval": 0.05,
@@ -105,12 +114,7 @@ async def rollback_run(root: Path, rounds: int) -> dict[str, Any]:
                         "versions": [{"version": "v1", "status": "active"},
                                      {"version": "v2", "status": "shadow",
                                       "params": {"fast": 3, "slow": 6}}]}]})
-    s = Settings.model_validate(s.model_dump())
-    d = Daemon(s)
-    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
-    await d.startup()
-    engine = d.engine
-    assert engine is not None and d.http is not None
+    d, engine = await started(s)
     seen: dict[str, float] = {}
     journal_decision = engine.journal.decision
 
@@ -155,12 +159,7 @@ async def add_run(root: Path, adds: int) -> dict[str, Any]:
     s = settings_for(root, 0, 100).model_copy(update={
         "state_dir": root / "var-add", "http_port": free_port(), "api_token": TOKEN,
         "sim_interval": 0.05, "warmup_bars": 100, "trigger_interval": 0.0})
-    s = Settings.model_validate(s.model_dump())
-    d = Daemon(s)
-    d._exit_event, d._force_event = asyncio.Event(), asyncio.Event()
-    await d.startup()
-    engine = d.engine
-    assert engine is not None and d.http is not None
+    d, engine = await started(s)
     # (when, ns the real book took), in arrays: millions of tuples would be the
     # collector's work, and its pauses this benchmark's own.
     when, took = array("d"), array("q")

@@ -120,7 +120,7 @@ class Versions(Protocol):
     def rollback(self, strategy: str) -> dict[str, Any]: ...
 
     def set_status(self, strategy: str, version: str, status: str,
-                   percent: int | None) -> dict[str, Any]: ...
+                   percent: int | None) -> Awaitable[dict[str, Any]]: ...
 
     def set_canary(self, strategy: str, percent: int) -> dict[str, Any]: ...
 
@@ -270,9 +270,9 @@ class ControlPlane(AccountSharing):
         if state is _ACTIVE:
             if intent.reduce_only:
                 return None
-            late = self.late(intent.ts) if self._late_ns else None
             link = self._account
-            return late or (link.entry_refusal() if link is not None else None)
+            return self.late(intent.ts) or (link.entry_refusal() if link is not None
+                                            else None)
         if state is _REDUCING:
             return None if intent.reduce_only else f"reducing: {self._reason}; only " \
                                                     "exposure-reducing orders pass"
@@ -364,10 +364,11 @@ class ControlPlane(AccountSharing):
             if isinstance(cmd, AddVersion):
                 return versions.add(cmd.strategy, cmd.version, cmd.strategy_name,
                                     cmd.parameters, cmd.exits)
+            if isinstance(cmd, SetStatus):  # a book to open and warm: snapshot when done
+                return versions.set_status(cmd.strategy, cmd.version, cmd.status,
+                                           cmd.percent)
             if isinstance(cmd, Rollback):
                 out = versions.rollback(cmd.strategy)
-            elif isinstance(cmd, SetStatus):
-                out = versions.set_status(cmd.strategy, cmd.version, cmd.status, cmd.percent)
             else:
                 out = versions.set_canary(cmd.strategy, cmd.percent)
             self._snapshot()
@@ -525,8 +526,10 @@ class ControlPlane(AccountSharing):
 
     def late(self, bar_ts: int) -> str | None:
         """Why an entry on the bar of ``bar_ts`` is too late now; None when it is not."""
+        if not self._late_ns:
+            return None
         age = time.time_ns() - bar_ts
-        if not self._late_ns or age <= self._late_ns:
+        if age <= self._late_ns:
             return None
         return f"late bar: decided on a bar that began {age / 1e9:.1f}s ago (entries only " \
                f"within {self._late_ns / 1e9:g}s); exits pass"

@@ -345,9 +345,12 @@ async def test_a_version_added_beside_a_lone_active_one_sees_every_bar_from_then
         engine, vc = d.engine, d.version_control
         assert engine is not None and vc is not None and vc.books is None
         await wait_until(lambda: engine.bars >= 2 * len(SYMBOLS))
+        asked = engine.bars
         code, body = await call(client, "POST", "/versions", headers=AUTH, json={
             "strategy": "ma_cross", "version": "v2", "params": {"fast": 3}})
-        assert code == 200 and body["warmed_on"] == 5 * len(SYMBOLS), body
+        # the last 5 bars of each symbol, and every bar that came while it warmed up
+        assert code == 200, body
+        assert 5 * len(SYMBOLS) <= body["warmed_on"] <= 5 * len(SYMBOLS) + engine.bars - asked
         assert vc.books is not None and engine.books is vc.books
         book = vc.books.get("ma_cross", "v2")
         assert book is not None

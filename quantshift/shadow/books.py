@@ -19,6 +19,7 @@ import asyncio
 import copy
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ def book_path(settings: Settings, strategy: str, version: str) -> Path:
     return books_dir(settings) / f"{strategy}@{version}.sqlite"
 
 
+ErrorHook = Callable[[str, str, BaseException], None]  # strategy, version, exception
+
+
 class Recent:
     """The last bars of every symbol in the order they came (``seen``: how many came in
     all), which warm a book opened at run time. The daemon's feed fills it."""
@@ -86,9 +90,10 @@ class VersionBooks:
     """The paper books of every version of every multi-version strategy."""
 
     def __init__(self, settings: Settings, registry: VersionRegistry,
-                 recent: Recent | None = None) -> None:
+                 recent: Recent | None = None, on_error: ErrorHook | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        self.on_error = on_error  # each book's engine tells it of a strategy that raised
         self.books: dict[tuple[str, str], VersionBook] = {}
         self.recent = recent if recent is not None else Recent(settings)
         for strategy in registry.strategies():
@@ -116,33 +121,37 @@ class VersionBooks:
         engine.use_makers([factory(v.name or strategy, strategy, v.params, v.version)])
         engine.control.install(_ShadowPaper(settings, engine, logger.bind(
             shadow=True, shadow_only=True, version=f"{strategy}@{v.version}")))
+        engine.on_strategy_error = self.on_error
         return VersionBook(strategy, v.version, journal, engine)
 
-    def open_book(self, strategy: str, v: VersionSpec) -> VersionBook:
-        """A book for a version that runs from now on (made a shadow or a canary at run
-        time): restored from its file, if it had one, then warmed on the recent bars."""
-        book = self.books.get((strategy, v.version))
-        if book is not None:
-            return book
-        book = self._open(strategy, v)
-        book.engine.restore()
-        for bar in self.recent.bars:
-            book.engine.warm_up(bar)
-        self._all.append(book)
-        return book
-
     async def open_warm(self, strategy: str, v: VersionSpec, chunk: int = 200) -> int:
-        """``open_book`` for a version added at run time, its warm-up in chunks with the
-        loop free in between (the real book's bars are not held up by it); the bars that
-        come meanwhile warm it too, and it sees live bars from the last one on. Returns
-        the bars it warmed on."""
+        """A book for a version that runs from now on (added, or made a shadow or the
+        canary at run time; none when it has one): restored from its file, if it had one,
+        then warmed on the recent bars in chunks with the loop free in between (the real
+        book's bars are not held up by it); the bars that come meanwhile warm it too, and
+        it sees live bars from the last one on. Returns the bars it warmed on."""
+        key = (strategy, v.version)
+        if key in self.books:
+            return 0
+
         def build() -> VersionBook:  # its file opened and read off the loop (~10 ms)
             made = self._build(strategy, v)
             made.engine.restore()
             return made
 
         book = await asyncio.get_running_loop().run_in_executor(None, build)
-        self.books[(strategy, v.version)] = book
+        self.books[key] = book
+        warmed = await self.catch_up([book], chunk)
+        if self.books.get(key) is book:  # not retired meanwhile
+            self._all.append(book)  # no await since the last bar it saw: none is missed
+        return warmed
+
+    async def catch_up(self, books: list[VersionBook] | None = None, chunk: int = 200) -> int:
+        """Warm ``books`` (default: all of them, before they see live bars) on the recent
+        bars, in chunks with the loop free in between, until none is left: the bars that
+        come meanwhile too. Returns the bars. The caller lets them see live bars with no
+        await after this one returns."""
+        books = self._all if books is None else books
         recent = self.recent
         done = recent.seen - len(recent.bars)
         warmed = 0
@@ -151,14 +160,13 @@ class VersionBooks:
             done = max(done, first)
             pending = list(itertools.islice(recent.bars, done - first, done - first + chunk))
             if not pending:
-                break
+                return warmed
             for bar in pending:
-                book.engine.warm_up(bar)
+                for book in books:
+                    book.engine.warm_up(bar)
             done += len(pending)
             warmed += len(pending)
             await asyncio.sleep(0)
-        self._all.append(book)  # no await since the last bar it saw: none is missed
-        return warmed
 
     def __len__(self) -> int:
         return len(self._all)
@@ -171,7 +179,8 @@ class VersionBooks:
         book = self.books.pop((strategy, version), None)
         if book is None:
             return
-        self._all.remove(book)
+        if book in self._all:  # (one still warming up is not)
+            self._all.remove(book)
         book.engine.snapshot()
         book.journal.flush()
         book.journal.close()
@@ -222,9 +231,9 @@ def _spec(strategy: str, v: VersionSpec) -> StrategySpec:
     return StrategySpec(name=v.name or strategy, id=strategy, params=v.params, exits=v.exits)
 
 
-def open_books(settings: Settings, registry: VersionRegistry,
-               recent: Recent | None = None) -> VersionBooks | None:
-    books = VersionBooks(settings, registry, recent)
+def open_books(settings: Settings, registry: VersionRegistry, recent: Recent | None = None,
+               on_error: ErrorHook | None = None) -> VersionBooks | None:
+    books = VersionBooks(settings, registry, recent, on_error)
     if not len(books):
         return None
     books.restore()

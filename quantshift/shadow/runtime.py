@@ -96,14 +96,12 @@ class VersionControl:
             for key in self.registry.strategies()}
         engine.use_makers([RoutedMaker(key, self.registry, self._makers[key])
                            for key in self.registry.strategies()])
-        self.recent = Recent(settings)  # what warms a version added or brought back
-        self.books: VersionBooks | None = open_books(settings, self.registry, self.recent)
-        engine.attach_books(self.books)
         self.isolated: set[tuple[str, str]] = set()  # versions whose code raised
         engine.on_strategy_error = self._raised
-        if self.books is not None:
-            for book in self.books.books.values():
-                book.engine.on_strategy_error = self._raised
+        self.recent = Recent(settings)  # what warms a version added or brought back
+        self.books: VersionBooks | None = open_books(settings, self.registry, self.recent,
+                                                     self._raised)
+        engine.attach_books(self.books)
 
     # -- what /status shows -------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
@@ -230,8 +228,8 @@ class VersionControl:
                                is not None} for v in registry.versions(key)]}
                 for key in registry.strategies()]
 
-    def set_status(self, strategy: str, version: str, status: str,
-                   percent: int | None) -> dict[str, Any]:
+    async def set_status(self, strategy: str, version: str, status: str,
+                         percent: int | None) -> dict[str, Any]:
         """A version that is not active becomes a shadow, the canary or retired: between
         two bars, its paper book opened (warm on the recent bars) or closed, the real
         book's canary symbols routed anew, the registry persisted."""
@@ -249,12 +247,11 @@ class VersionControl:
             raise ControlRefused(str(exc)) from None
         if target is VersionStatus.CANARY and percent is not None:
             registry.set_canary_percent(strategy, percent)
-        if self.books is not None:
-            if target is VersionStatus.RETIRED:
+        if target is VersionStatus.RETIRED:
+            if self.books is not None:
                 self.books.drop(strategy, version)
-            else:
-                book = self.books.open_book(strategy, registry.spec(strategy, version))
-                book.engine.on_strategy_error = self._raised
+        else:
+            await self._book_for(strategy, registry.spec(strategy, version))
         self._apply(change)
         _ALERT_PROMOTION.warning("versions: {} {} is {} now (was {}){}", strategy, version,
                                  target.value, was.value,
@@ -266,8 +263,8 @@ class VersionControl:
                   params: dict[str, Any], exits: dict[str, Any] | None) -> dict[str, Any]:
         """A new version of a configured strategy, as a shadow: its parameters are the
         strategy's configured ones updated with ``params`` (validated for the strategy it
-        runs: 400 naming the problem), its own paper book warm on the recent bars (the
-        feed's history when no book ran yet). The real book is not touched."""
+        runs: 400 naming the problem), its own paper book warm on the recent bars. The
+        real book is not touched."""
         self._known(strategy)
         configured = next((s for s in self.settings.strategies if s.key == strategy), None)
         if configured is None:
@@ -301,27 +298,19 @@ class VersionControl:
 
     async def _book_for(self, strategy: str, spec: VersionSpec) -> int:
         if self.books is not None:
-            warmed = await self.books.open_warm(strategy, spec)
-            self.books.books[(strategy, spec.version)].engine.on_strategy_error = self._raised
-            return warmed
+            return await self.books.open_warm(strategy, spec)
         # The first version beside an active one: books for both, warm on the recent
         # bars, then every bar.
         def build() -> VersionBooks:  # their files opened and read off the loop
-            made = VersionBooks(self.settings, self.registry, self.recent)
+            made = VersionBooks(self.settings, self.registry, self.recent, self._raised)
             made.restore()
             return made
 
         books = await asyncio.get_running_loop().run_in_executor(None, build)
-        bars = list(self.recent.bars)
-        for n, bar in enumerate(bars, 1):
-            books.warm_up(bar)
-            if n % 200 == 0:
-                await asyncio.sleep(0)
-        for book in books.books.values():
-            book.engine.on_strategy_error = self._raised
+        warmed = await books.catch_up()
         self.books = books
         self.engine.attach_books(books)  # from the next bar on (no await since the last)
-        return len(bars)
+        return warmed
 
     def set_canary(self, strategy: str, percent: int) -> dict[str, Any]:
         """The share of symbols the canary trades (0: none, it stays a canary)."""
